@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from blockswap import adapters
+from blockswap.compact import CompactBlock, keep_mask
+from blockswap.substitute import drop_blocks, substitute, substituted_blocks
+
+from .conftest import TINY_COMPACT, padded_batch, tiny_model
+
+
+def _randomise(model):
+    """Give every substitute a non-zero contribution (fresh blocks already are; be explicit)."""
+    g = torch.Generator().manual_seed(3)
+    for b in adapters.blocks(model):
+        if isinstance(b, CompactBlock):
+            for p in b.parameters():
+                p.data = torch.randn(p.shape, generator=g) * 0.3
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_zero_contribution_substitute_reproduces_teacher_without_that_block(arch, attn):
+    teacher = tiny_model(arch)
+    adapters.set_attention(teacher, attn)
+    student = substitute(teacher, [1], TINY_COMPACT).eval()
+    for b in adapters.blocks(student):
+        if isinstance(b, CompactBlock):
+            b.zero_contribution()
+    reference = drop_blocks(teacher, [1]).eval()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        got = student(input_ids=ids, attention_mask=mask).logits
+        want = reference(input_ids=ids, attention_mask=mask).logits
+        full = teacher(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (got - full).abs().max() > 1e-6, "dropping a random block should change the logits"
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_sample_logits_do_not_depend_on_the_rest_of_the_batch(arch, attn):
+    teacher = tiny_model(arch)
+    adapters.set_attention(teacher, attn)
+    student = substitute(teacher, [0, 2], TINY_COMPACT).eval()
+    _randomise(student)
+    ids, mask = padded_batch(lengths=(9, 5, 3))
+    with torch.no_grad():
+        batched = student(input_ids=ids, attention_mask=mask).logits
+        for i, n in enumerate((9, 5, 3)):
+            alone = student(input_ids=ids[i : i + 1, :n], attention_mask=mask[i : i + 1, :n]).logits
+            torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(batched[0], batched[1]), "different samples must give different logits"
+
+
+def test_substitute_deep_copies_and_records_blocks():
+    teacher = tiny_model("bert")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = substitute(teacher, [2, 0], TINY_COMPACT)
+    assert substituted_blocks(student) == [0, 2]
+    assert substituted_blocks(teacher) == []
+    assert student.config.blockswap["substituted"] == [0, 2]
+    assert student.config.blockswap["compact"]["hidden"] == 8
+    assert not hasattr(teacher.config, "blockswap")
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_keep_mask_formats_agree():
+    keep = torch.tensor([[1, 1, 0]])
+    additive = torch.where(keep.bool(), 0.0, torch.finfo(torch.float32).min)[:, None, None, :].expand(1, 1, 3, 3)
+    for m in (keep, keep.bool()[:, None, None, :].expand(1, 1, 3, 3), additive):
+        got = keep_mask(m, 1, 3)
+        assert got.expand(1, 1, 3, 3)[0, 0, 0].tolist() == [True, True, False]
+    assert keep_mask(None, 1, 3) is None
+
+
+def test_padding_query_rows_stay_finite():
+    block = CompactBlock(16, compact_hidden=8, layers=1, heads=2, ffn=16, dropout=0.0)
+    x = torch.randn(1, 4, 16)
+    fully_masked = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    assert torch.isfinite(block(x, fully_masked)).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"compact_hidden": 10, "heads": 3}, "divisible"),
+        ({"compact_hidden": 0}, "positive"),
+        ({"activation": "swish2"}, "activation"),
+    ],
+)
+def test_compact_block_rejects_bad_shapes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CompactBlock(16, **kwargs)

@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from blockswap import export
+from blockswap.substitute import substitute
+
+from .conftest import TINY_COMPACT, padded_batch, tiny_model
+
+
+def _logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+def test_save_load_roundtrip_both_ways(arch, tmp_path):
+    student = substitute(tiny_model(arch), [0, 2], TINY_COMPACT).eval()
+    ids, mask = padded_batch()
+    want = _logits(student, ids, mask)
+    folder = export.save(student, tmp_path / "model")
+    files = sorted(p.name for p in folder.iterdir())
+    assert "model.safetensors" in files and "modeling_blockswap.py" in files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+
+    torch.testing.assert_close(_logits(export.load(folder), ids, mask), want, atol=0, rtol=0)
+
+    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["blockswap"] = None  # blockswap must not be importable here
+        import torch
+        from transformers import AutoModelForSequenceClassification
+        try:
+            import blockswap  # noqa: F401
+            raise SystemExit("blockswap was importable")
+        except ImportError:
+            pass
+        t = torch.load({str(tmp_path / "inputs.pt")!r})
+        m = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            print(m(input_ids=t["ids"], attention_mask=t["mask"]).logits.tolist())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_plain_load_without_remote_code_fails_loudly(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = export.save(substitute(tiny_model("bert"), [1], TINY_COMPACT), tmp_path / "m")
+    with pytest.raises(Exception):  # noqa: B017 - any loud failure beats silently dropping substitutes
+        AutoModelForSequenceClassification.from_pretrained(folder)
+
+
+def test_unsubstituted_model_saves_as_plain_folder(tmp_path):
+    teacher = tiny_model("bert")
+    folder = export.save(teacher, tmp_path / "t")
+    assert not (folder / "modeling_blockswap.py").exists()
+    ids, mask = padded_batch()
+    torch.testing.assert_close(_logits(export.load(folder), ids, mask), _logits(teacher, ids, mask))
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(export.ModelLoadError, match="does not exist"):
+        export.load_model(str(tmp_path / "missing" / "x"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(export.ModelLoadError, match="not a model folder"):
+        export.load_model(str(tmp_path / "empty"))
+
+
+def test_unreachable_hub_id_gets_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(export.ModelLoadError, match="hub cannot be reached"):
+        export.load_model("no-such-owner-xyz/no-such-model-xyz")

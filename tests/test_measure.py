@@ -1,0 +1,53 @@
+import pytest
+
+from blockswap import adapters, measure
+from blockswap.substitute import substitute
+
+from .conftest import TINY_COMPACT, tiny_model
+
+
+def analytic_bert_macs(*, batch, seq, layers, hidden, inter, labels):
+    per_token = layers * (4 * hidden * hidden + 2 * hidden * inter)
+    attention = layers * 2 * seq * seq * hidden  # QK^T and AV per sample
+    head = hidden * hidden + hidden * labels  # pooler + classifier on the first token
+    return batch * (seq * per_token + attention + head)
+
+
+@pytest.mark.parametrize("batch, seq", [(1, 16), (3, 10)])
+def test_tiny_bert_macs_equal_the_analytic_count(batch, seq):
+    model = tiny_model("bert")
+    got = measure.count_macs(model, batch=batch, seq_len=seq)
+    want = analytic_bert_macs(batch=batch, seq=seq, layers=3, hidden=32, inter=37, labels=2)
+    assert got["macs"] == want
+    per_block = batch * (seq * (4 * 32 * 32 + 2 * 32 * 37) + 2 * seq * seq * 32)
+    assert got["per_block"] == [per_block] * 3
+    assert model.config._attn_implementation == "sdpa", "counting must restore the attention kernel"
+
+
+def test_compact_block_macs_are_counted_with_attention():
+    student = substitute(tiny_model("bert"), [1], TINY_COMPACT)
+    seq = 10
+    macs = measure.count_macs(student, batch=1, seq_len=seq)["per_block"][1]
+    h, H, f = 8, 32, 16
+    want = seq * (2 * H * h) + 2 * (seq * (4 * h * h + 2 * h * f) + 2 * seq * seq * h)
+    assert macs == want
+
+
+def test_param_counts_add_up():
+    model = tiny_model("bert")
+    p = measure.count_params(model)
+    assert p["total"] == sum(x.numel() for x in model.parameters())
+    assert p["embeddings"] + p["encoder"] + p["head"] == p["total"]
+    assert len(p["per_block"]) == adapters.num_blocks(model)
+    student = substitute(model, [0], TINY_COMPACT)
+    q = measure.count_params(student)
+    compact = sum(x.numel() for x in adapters.blocks(student)[0].parameters())
+    assert q["total"] == p["total"] - p["per_block"][0] + compact
+
+
+def test_latency_records_its_conditions():
+    lat = measure.latency(tiny_model("bert"), batch=2, seq_len=8, repeats=3, warmup=1)
+    d = lat.as_dict()
+    assert d["batch"] == 2 and d["seq_len"] == 8 and d["repeats"] == 3
+    assert d["min_ms"] <= d["median_ms"] <= d["p90_ms"]
+    assert d["threads"] >= 1 and d["device"] == "cpu" and d["dtype"] == "float32"
