@@ -195,3 +195,17 @@ class IdentityBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         return (hidden_states,) if self.return_tuple else hidden_states
+
+
+def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The classifier head applied to final hidden states ``(B, S, H)`` -> logits ``(B, C)``.
+
+    Used by probes that feed a mix of block outputs to the frozen head.
+    """
+    model_type = spec_for(model.config).block_path.split(".")[0]
+    if model_type == "bert":
+        return model.classifier(model.dropout(model.bert.pooler(hidden)))
+    if model_type == "distilbert":
+        pooled = torch.relu(model.pre_classifier(hidden[:, 0]))
+        return model.classifier(model.dropout(pooled))
+    return model.classifier(hidden)  # RoBERTa / ELECTRA heads take the sequence and pool the first token

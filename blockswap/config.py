@@ -135,7 +135,7 @@ class DistillConfig:
         "epochs of block-wise hidden-state distillation (all substitutes at once)", default=1.0
     )
     blockwise_lr: float = _help("learning rate of block-wise distillation", default=1e-3)
-    e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=150)
+    e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=40)
     final_steps: int = _help("extra end-to-end steps for the chosen student", default=0)
     temperature: float = _help("softmax temperature of the logit KL", default=2.0)
     alpha: float = _help("weight of label cross-entropy", default=0.5)
@@ -160,11 +160,14 @@ class RunConfig:
     min_kept: float = _help("stop before accuracy kept falls under this fraction of the teacher's", default=0.99)
     target_gmacs_cut: float | None = _help("stop once this fraction of GMACs is cut", default=None)
     max_blocks: int | None = _help("substitute at most this many blocks", default=None)
+    full_curve: bool = _help("continue the curve to the last block after the stop rule fails (the chosen model still obeys it)", default=True)
     rerank: bool = _help("re-rank importance on the current student before each step", default=False)
     baselines: str = _help(
         "baselines to run beside the curve: magnitude, random, drop (or 'none')", default="magnitude,random,drop"
     )
     seed: int = _help("random seed of training", default=0)
+    arch: str | None = _help("built-in architecture of the teacher, for --dry-run without downloads", default=None)
+    baseline_arch: str | None = _help("built-in architecture to report --dry-run cuts against", default=None)
     eval_seq_len: int = _help("sequence length at which GMACs and latency are measured", default=128)
     mixed_precision: str = _help("accelerate mixed precision: no, fp16, bf16", default="no")
     cpu: bool = _help("force the CPU even when an accelerator is present", default=False)

@@ -113,3 +113,93 @@ def format_measure_table(result: dict) -> str:
     if result["blocks"]:
         note += f"; substituted blocks {result['blocks']}"
     return "\n".join(lines + ["", note])
+
+
+def dry_run(cfg) -> str:
+    """Build the configured plan on a random-weight model of the teacher's architecture; structure only."""
+    if cfg.run.arch is None:
+        raise ConfigError("--dry-run needs the teacher's built-in architecture: set run.arch (e.g. bert-base-uncased)")
+    n_blocks = adapters.builtin_config(cfg.run.arch).num_hidden_layers
+    k = cfg.run.max_blocks or n_blocks
+    result = measure_command(
+        model=None, arch=cfg.run.arch, substitute_n=k, blocks=None, baseline=cfg.run.baseline_arch,
+        compact=cfg.compact, seq_len=cfg.run.eval_seq_len, batch=1, with_latency=False, repeats=1,
+    )  # fmt: skip
+    head = f"dry run: {cfg.run.arch} (random weights), {k} of {n_blocks} blocks substituted, teacher {cfg.run.teacher}"
+    return head + "\n" + format_measure_table(result)
+
+
+def _tokenizer_for(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError:
+        raise export.ModelLoadError(f"no tokenizer found for {source!r}; save the tokenizer into the model folder") from None
+
+
+def finetune_command(cfg, out) -> dict:
+    """Fine-tune ``cfg.finetune.model`` (default: packaged MiniLM) on ``cfg.data``; save model, tokenizer, metrics."""
+    import json
+
+    from accelerate.utils import set_seed
+
+    from . import data
+    from .evaluate import evaluate
+    from .finetune import build_classifier, default_base_model, finetune
+
+    base = cfg.finetune.model or default_base_model()
+    tok = _tokenizer_for(base)
+    dsd = data.load_source(cfg.data)
+    tk = data.tokenize(dsd, tok, cfg.data.max_length)
+    set_seed(cfg.run.seed)
+    model = build_classifier(base, data.label_names(dsd))
+    model, history = finetune(
+        model,
+        data.loader(tk["train"], tok, batch_size=cfg.finetune.batch_size, shuffle=True, seed=cfg.run.seed),
+        data.loader(tk["validation"], tok, batch_size=64, shuffle=False),
+        cfg.finetune,
+    )
+    history["test"] = evaluate(model, data.loader(tk["test"], tok, batch_size=64, shuffle=False))
+    export.save(model, out, tokenizer=tok)
+    (out / "metrics.json").write_text(json.dumps(history, indent=2))
+    return history
+
+
+def evaluate_command(cfg, model_name: str, split: str, json_path: str | None, batch_size: int):
+    """Metrics of a classifier on a split of ``cfg.data``; returns (metrics, path written or None)."""
+    import json
+    from pathlib import Path
+
+    from . import data
+    from .evaluate import evaluate
+
+    model = export.load_model(model_name).eval()
+    tok = _tokenizer_for(model_name)
+    dsd = data.load_source(cfg.data)
+    names = data.label_names(dsd)
+    if len(names) > model.config.num_labels:
+        raise data.DataError(f"the data has {len(names)} label values but the model's head has {model.config.num_labels}")
+    tk = data.tokenize(dsd, tok, cfg.data.max_length)
+    result = evaluate(model, data.loader(tk[split], tok, batch_size=batch_size, shuffle=False))
+    result.update(dataset=cfg.data.dataset, split=split, label_names=names)
+    path = json_path
+    if path is None and Path(model_name).is_dir():
+        path = str(Path(model_name) / f"eval_{Path(cfg.data.dataset).stem}_{split}.json")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
+    return result, path
+
+
+def format_metrics(m: dict) -> str:
+    lines = [
+        "| dataset | split | n | accuracy | macro-F1 | loss | examples/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        f"| {m['dataset']} | {m['split']} | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['loss']:.4f} | "
+        f"{m['examples_per_s']:.1f} |",
+        "",
+        "confusion (rows = true, columns = predicted): " + ", ".join(m["label_names"]),
+    ]
+    lines += ["  " + " ".join(f"{v:>6}" for v in row) for row in m["confusion"]]
+    return "\n".join(lines)

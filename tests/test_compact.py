@@ -90,3 +90,12 @@ def test_padding_query_rows_stay_finite():
 def test_compact_block_rejects_bad_shapes(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CompactBlock(16, **kwargs)
+
+
+def test_head_logits_match_the_model(arch):
+    model = tiny_model(arch)
+    ids, mask = padded_batch()
+    with torch.no_grad(), adapters.capture_blocks(model) as rec:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        again = adapters.head_logits(model, rec[adapters.num_blocks(model) - 1]["output"])
+    torch.testing.assert_close(again, logits)

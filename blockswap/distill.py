@@ -1,0 +1,210 @@
+"""Distillation loops: linear initialisation, block-wise hidden-state distillation, end-to-end KD."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from . import adapters
+from .adapters import capture_blocks, forward_inputs
+from .compact import CompactBlock
+from .config import DistillConfig
+from .losses import distillation_loss, masked_mse
+
+
+class DistillationDiverged(FloatingPointError):
+    """A distillation loss became NaN or infinite."""
+
+
+@torch.no_grad()
+def init_linear(
+    teacher: PreTrainedModel, substitutes: dict[int, CompactBlock], batches: Iterable[dict[str, torch.Tensor]]
+) -> None:
+    """Start each substitute as the best rank-h linear approximation of its block's residual.
+
+    down = top-h principal directions of the block input; up = least-squares map from those
+    coordinates to (output - input); the inner layers' residual branches start at zero, so the
+    substitute's initial function is exactly that linear map. Statistics stream over ``batches``.
+    """
+    teacher.eval()
+    stats: dict[int, dict[str, torch.Tensor]] = {}
+    with capture_blocks(teacher) as rec:
+        for b in batches:
+            teacher(**forward_inputs(teacher, b))
+            m = b["attention_mask"].bool()
+            for i in substitutes:
+                x = rec[i]["input"][m].double()  # (N, H) real tokens
+                d = rec[i]["output"][m].double() - x
+                s = stats.setdefault(i, {"n": 0, "sx": 0, "sd": 0, "xx": 0, "xd": 0})
+                s["n"] += len(x)
+                s["sx"] = s["sx"] + x.sum(0)
+                s["sd"] = s["sd"] + d.sum(0)
+                s["xx"] = s["xx"] + x.T @ x
+                s["xd"] = s["xd"] + x.T @ d
+    for i, block in substitutes.items():
+        s = stats[i]
+        n = s["n"]
+        mx, md = s["sx"] / n, s["sd"] / n
+        cxx = s["xx"] / n - torch.outer(mx, mx)
+        cxd = s["xd"] / n - torch.outer(mx, md)
+        evals, evecs = torch.linalg.eigh(cxx)
+        h = block.down.out_features
+        v = evecs[:, -h:]  # (H, h) top principal directions
+        lam = evals[-h:].clamp(min=1e-6)
+        up_w = (v.T @ cxd).T / lam  # (H, h): least squares in PCA coordinates
+        block.down.weight.copy_(v.T.float())
+        block.down.bias.copy_((-v.T @ mx).float())
+        block.up.weight.copy_(up_w.float())
+        block.up.bias.copy_(md.float())
+        for layer in block.layers:
+            for lin in (layer.attn.out, layer.fc2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+
+
+class _Bundle(nn.Module):
+    """All substitutes as one module, so one (possibly distributed) forward trains them together."""
+
+    def __init__(self, substitutes: dict[int, CompactBlock]) -> None:
+        super().__init__()
+        self.subs = nn.ModuleList(substitutes.values())
+
+    def forward(self, inputs: list[torch.Tensor], masks: list) -> list[torch.Tensor]:
+        return [sub(x, m) for sub, x, m in zip(self.subs, inputs, masks, strict=True)]
+
+
+def _check(loss: torch.Tensor, what: str, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise DistillationDiverged(f"{what} loss became {loss.item()} at step {step}")
+
+
+def blockwise(
+    teacher: PreTrainedModel,
+    substitutes: dict[int, CompactBlock],
+    loader,
+    cfg: DistillConfig,
+    *,
+    accelerator: Accelerator,
+) -> dict[int, list[float]]:
+    """Train every substitute at once on masked MSE to its block's output (teacher-forced inputs).
+
+    One teacher forward per batch captures all block inputs/outputs; nothing is stored beyond the
+    batch. Returns per-block mean MSE per quarter of training (first and last entries compare).
+    """
+    teacher.eval()
+    modules = _Bundle(substitutes)
+    modules.train()
+    opt = torch.optim.AdamW(modules.parameters(), lr=cfg.blockwise_lr, weight_decay=0.0)
+    total = max(1, math.ceil(cfg.blockwise_epochs * len(loader)))
+    sched = get_linear_schedule_with_warmup(opt, min(50, total // 10), total)
+    teacher = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
+    modules, opt, sched = accelerator.prepare(modules, opt, sched)
+    history: dict[int, list[float]] = {i: [] for i in substitutes}
+    window: dict[int, list[float]] = {i: [] for i in substitutes}
+    bar = tqdm(total=total, desc="block-wise distillation", disable=None if accelerator.is_main_process else True)
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    device = accelerator.device
+    for step in range(total):
+        b = {k: v.to(device) for k, v in next(batches).items()}
+        with torch.no_grad(), capture_blocks(teacher) as rec:
+            teacher(**forward_inputs(teacher, b))
+        preds = modules([rec[i]["input"] for i in substitutes], [rec[i]["mask"] for i in substitutes])
+        losses = [masked_mse(p, rec[i]["output"], b["attention_mask"]) for p, i in zip(preds, substitutes, strict=True)]
+        loss = torch.stack(losses).sum()
+        _check(loss, "block-wise", step)
+        accelerator.backward(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        for i, part in zip(substitutes, losses, strict=True):
+            window[i].append(part.item())
+        if (step + 1) % max(1, total // 4) == 0 or step + 1 == total:
+            for i in substitutes:
+                if window[i]:
+                    history[i].append(sum(window[i]) / len(window[i]))
+                window[i] = []
+        bar.update(1)
+        bar.set_postfix(mse=f"{loss.item() / len(losses):.4f}")
+    bar.close()
+    modules.eval()
+    return history
+
+
+def _param_groups(student: PreTrainedModel, cfg: DistillConfig) -> list[dict]:
+    sub_ids = {id(p) for b in adapters.blocks(student) if isinstance(b, CompactBlock) for p in b.parameters()}
+    subs = [p for p in student.parameters() if id(p) in sub_ids]
+    kept = [p for p in student.parameters() if id(p) not in sub_ids]
+    groups = [{"params": subs, "lr": cfg.lr_substitute}]
+    if cfg.freeze_kept:
+        for p in kept:
+            p.requires_grad_(False)
+    else:
+        groups.append({"params": kept, "lr": cfg.lr_kept})
+    return groups
+
+
+def end_to_end(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    loader,
+    cfg: DistillConfig,
+    *,
+    steps: int,
+    accelerator: Accelerator,
+    desc: str = "end-to-end distillation",
+) -> list[dict[str, float]]:
+    """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs.
+
+    Substitutes train at ``lr_substitute``; kept original weights at ``lr_kept`` (or frozen).
+    Returns the loss parts of every 10th step.
+    """
+    if steps <= 0:
+        return []
+    teacher.eval()
+    student.train()
+    subs = [i for i, b in enumerate(adapters.blocks(student)) if isinstance(b, CompactBlock)]
+    opt = torch.optim.AdamW(_param_groups(student, cfg), weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, min(20, steps // 10), steps)
+    t_model = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
+    s_model = student
+    student, opt, sched = accelerator.prepare(student, opt, sched)
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    device = accelerator.device
+    log: list[dict[str, float]] = []
+    bar = tqdm(range(steps), desc=desc, disable=None if accelerator.is_main_process else True)
+    for step in bar:
+        b = {k: v.to(device) for k, v in next(batches).items()}
+        with torch.no_grad(), capture_blocks(t_model) as t_rec:
+            t_logits = t_model(**forward_inputs(t_model, b)).logits
+        with capture_blocks(s_model, detach=False) as s_rec:
+            s_logits = student(**forward_inputs(s_model, b)).logits
+        loss, parts = distillation_loss(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            labels=b["labels"],
+            student_hidden=[s_rec[i]["output"] for i in subs],
+            teacher_hidden=[t_rec[i]["output"] for i in subs],
+            mask=b["attention_mask"],
+            temperature=cfg.temperature,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+        )
+        _check(loss, "end-to-end", step)
+        accelerator.backward(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % 10 == 0 or step == steps - 1:
+            log.append({"step": step, **parts})
+        bar.set_postfix(loss=f"{parts['total']:.4f}")
+    student.eval()
+    for p in s_model.parameters():
+        p.requires_grad_(True)
+    return log

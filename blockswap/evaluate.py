@@ -1,0 +1,60 @@
+"""Task metrics: accuracy, macro-F1, loss, confusion matrix, throughput."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
+
+from .adapters import forward_inputs
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
+    """Accuracy, macro-F1, mean cross-entropy and confusion matrix (rows = true, columns = predicted).
+
+    ``logits``: (N, C); ``labels``: (N,).
+    """
+    preds = logits.argmax(-1)
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    confusion.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    tp = confusion.diag().double()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
+    present = (confusion.sum(0) + confusion.sum(1)) > 0  # classes that occur in labels or predictions
+    return {
+        "accuracy": (preds == labels).double().mean().item() if len(labels) else 0.0,
+        "macro_f1": f1[present].mean().item() if present.any() else 0.0,
+        "loss": F.cross_entropy(logits.float(), labels).item() if len(labels) else 0.0,
+        "confusion": confusion.tolist(),
+        "n": int(len(labels)),
+    }
+
+
+@torch.no_grad()
+def predict(model: PreTrainedModel, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and labels (N,) over a loader, on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        inputs = {k: v.to(device) for k, v in forward_inputs(model, batch).items()}
+        all_logits.append(model(**inputs).logits.float().cpu())
+        all_labels.append(batch["labels"])
+    model.train(was_training)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def evaluate(model: PreTrainedModel, loader: DataLoader) -> dict:
+    """Metrics of ``model`` on ``loader`` plus examples per second."""
+    t0 = time.perf_counter()
+    logits, labels = predict(model, loader)
+    seconds = time.perf_counter() - t0
+    out = metrics(logits, labels, int(model.config.num_labels))
+    out["examples_per_s"] = len(labels) / seconds if seconds > 0 else float("inf")
+    out["seconds"] = seconds
+    return out

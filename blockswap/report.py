@@ -1,0 +1,151 @@
+"""Render a run folder's JSON artifacts into report.md and PNG plots. Reads only; never computes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def _load(run_dir: Path, name: str):
+    p = run_dir / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    rows = curve["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "params_cut", "parameters cut"), (axes[1], "gmacs_cut", "GMACs cut")):
+        ax.plot([r[key] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
+        for r in rows[1:]:
+            ax.annotate(str(r["block"]), (r[key] * 100, r["kept"] * 100), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.axhline(99, color="grey", ls=":", lw=1)
+        ax.set_xlabel(f"{label} (%)")
+        ax.set_ylabel("validation accuracy kept (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("accuracy kept vs parameters cut (labels: block)")
+    axes[1].set_title("accuracy kept vs GMACs cut")
+    fig.tight_layout()
+    fig.savefig(run_dir / "curve.png", dpi=110)
+    plt.close(fig)
+    made.append("curve.png")
+    if imp:
+        names = list(imp["normalised"])
+        grid = [[0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["normalised"][n]] for n in names]
+        grid.append([0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["combined"]])
+        fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(grid[0]), 0.6 + 0.45 * len(grid)))
+        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        ax.set_yticks(range(len(grid)), names + ["combined"])
+        ax.set_xticks(range(len(grid[0])), [str(i) for i in range(len(grid[0]))])
+        ax.set_xlabel("block")
+        ax.set_title("block importance (normalised per signal)")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(run_dir / "importance.png", dpi=110)
+        plt.close(fig)
+        made.append("importance.png")
+    if base:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        ax.plot([r["params_cut"] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
+        for name, label in (("magnitude", "magnitude pruning"), ("random", "random pruning"), ("drop", "layer dropping + KD")):
+            if base.get(name):
+                ax.plot([r["params_cut"] * 100 for r in base[name]], [r["kept"] * 100 for r in base[name]], "s--", label=label)
+        ax.set_xlabel("parameters cut (%)")
+        ax.set_ylabel("validation accuracy kept (%)")
+        ax.set_title("substitution vs baselines")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "baselines.png", dpi=110)
+        plt.close(fig)
+        made.append("baselines.png")
+    return made
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f} %"
+
+
+def _curve_table(curve: dict) -> list[str]:
+    lines = [
+        "| step | block | substituted | params (M) | params cut | GMACs | GMACs cut | val acc | kept | test acc | latency ms |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in curve["rows"]:
+        mark = " **(chosen)**" if r["step"] == curve.get("chosen_step") else ""
+        lines.append(
+            f"| {r['step']}{mark} | {'' if r['block'] is None else r['block']} | {r['substituted']} | {r['params'] / 1e6:.2f} | "
+            f"{_pct(r['params_cut'])} | {r['gmacs']:.3f} | {_pct(r['gmacs_cut'])} | {r['accuracy']:.4f} | {r['kept']:.4f} | "
+            f"{r['test_accuracy']:.4f} | {r['latency_ms']:.1f} |"
+        )
+    return lines
+
+
+def _baseline_table(curve: dict, base: dict) -> list[str]:
+    names = [n for n in ("magnitude", "random", "drop") if base.get(n)]
+    lines = ["| step | params cut | substitution kept | " + " | ".join(f"{n} kept" for n in names) + " |"]
+    lines.append("|---:|---:|---:|" + "---:|" * len(names))
+    for i, r in enumerate(curve["rows"][1:]):
+        cells = [f"{base[n][i]['kept']:.4f}" if i < len(base[n]) else "" for n in names]
+        lines.append(f"| {r['step']} | {_pct(r['params_cut'])} | {r['kept']:.4f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(run_dir: str | Path) -> Path:
+    """Write ``report.md`` (and plots) for a run folder; returns the report path."""
+    run_dir = Path(run_dir)
+    curve = _load(run_dir, "curve.json")
+    if curve is None:
+        raise FileNotFoundError(f"{run_dir} has no curve.json; run `blockswap run` first")
+    summary, ev = _load(run_dir, "summary.json"), _load(run_dir, "evaluation.json")
+    imp, base, teacher = _load(run_dir, "importance.json"), _load(run_dir, "baselines.json"), _load(run_dir, "teacher.json")
+    plots = _plots(run_dir, curve, imp, base)
+    md = [f"# blockswap run: {run_dir.name}", ""]
+    if summary:
+        md += [
+            f"- teacher test accuracy: **{summary['teacher_test_accuracy']:.4f}**",
+            f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}): test accuracy "
+            f"**{summary['student_test_accuracy']:.4f}**, kept **{summary['kept_test']:.4f}**",
+            f"- parameters cut {_pct(summary['params_cut'])}, GMACs cut {_pct(summary['gmacs_cut'])}, "
+            f"speed-up x{summary['speedup_b1']:.2f} (batch 1) / x{summary['speedup_b32']:.2f} (batch 32)",
+            f"- wall time per stage (s): {summary['seconds_per_stage']}",
+            "",
+        ]
+    if teacher:
+        md += [f"Teacher: `{teacher.get('source')}`.", ""]
+    md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
+    md += ["`kept` = validation accuracy / teacher validation accuracy; cuts are fractions of the teacher."]
+    if ev:
+        lt, ls = ev["teacher"]["latency_b32"], ev["student"]["latency_b32"]
+        md += [
+            "",
+            "## Teacher vs chosen student (test split)",
+            "",
+            "| | test acc | params (M) | GMACs | latency b1 (ms) | latency b32 (ms) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name in ("teacher", "student"):
+            e = ev[name]
+            md.append(
+                f"| {name} | {e['test']['accuracy']:.4f} | {e['params'] / 1e6:.2f} | {e['macs']['gmacs']:.3f} | "
+                f"{e['latency_b1']['median_ms']:.1f} | {e['latency_b32']['median_ms']:.1f} |"
+            )
+        md += ["", f"Latency: median of {lt['repeats']} after {lt['warmup']} warm-up, seq {lt['seq_len']}, "
+               f"{lt['device']} {lt['dtype']}, {lt['threads']} threads; student spread p10-p90 "
+               f"{ls['p10_ms']:.1f}-{ls['p90_ms']:.1f} ms at batch 32."]  # fmt: skip
+    if imp:
+        md += ["", "## Block importance", "", "![importance](importance.png)", "", f"Order (least important first): {imp['order']}"]
+    if base:
+        md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base)
+        md += ["", "Pruning is unstructured on encoder Linear weights at each step's parameter cut, without retraining; "
+               "layer dropping removes the same blocks and gets the same end-to-end distillation budget."]  # fmt: skip
+    md += ["", "Plots: " + ", ".join(plots)]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(md) + "\n")
+    return out
