@@ -95,7 +95,9 @@ def _build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="fine-tune a teacher classifier")
     f.add_argument("--config", help="YAML config (flags override it)")
     f.add_argument("--out", required=True, help="folder for the model, tokenizer and metrics.json")
-    f.add_argument("--model", dest="cfg__finetune__model", help="base encoder: hub id or folder [default: packaged MiniLM]")
+    f.add_argument(
+        "--model", dest="cfg__finetune__model", help="base encoder: hub id or folder [default: packaged MiniLM]"
+    )
     add_config_flags(f, ["data"])
     for name in ("epochs", "batch-size", "lr", "warmup-ratio", "weight-decay", "max-steps"):
         kind = int if name in ("epochs", "batch-size", "max-steps") else float
@@ -155,7 +157,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    result, path = workflows.evaluate_command(config_from_args(args), args.model, args.split, args.json, args.batch_size)
+    result, path = workflows.evaluate_command(
+        config_from_args(args), args.model, args.split, args.json, args.batch_size
+    )
     print(workflows.format_metrics(result))
     if path:
         print(f"wrote {path}")

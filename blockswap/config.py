@@ -136,7 +136,6 @@ class DistillConfig:
     )
     blockwise_lr: float = _help("learning rate of block-wise distillation", default=1e-3)
     e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=40)
-    final_steps: int = _help("extra end-to-end steps for the chosen student", default=0)
     temperature: float = _help("softmax temperature of the logit KL", default=2.0)
     alpha: float = _help("weight of label cross-entropy", default=0.5)
     beta: float = _help("weight of hidden-state MSE at substituted block boundaries", default=1.0)
@@ -147,7 +146,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         _positive("distill", batch_size=self.batch_size, blockwise_lr=self.blockwise_lr, temperature=self.temperature)
         _positive("distill", lr_substitute=self.lr_substitute, lr_kept=self.lr_kept)
-        for name in ("blockwise_epochs", "e2e_steps", "final_steps", "alpha", "beta"):
+        for name in ("blockwise_epochs", "e2e_steps", "alpha", "beta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -160,7 +159,9 @@ class RunConfig:
     min_kept: float = _help("stop before accuracy kept falls under this fraction of the teacher's", default=0.99)
     target_gmacs_cut: float | None = _help("stop once this fraction of GMACs is cut", default=None)
     max_blocks: int | None = _help("substitute at most this many blocks", default=None)
-    full_curve: bool = _help("continue the curve to the last block after the stop rule fails (the chosen model still obeys it)", default=True)
+    full_curve: bool = _help(
+        "continue the curve to the last block after the stop rule fails (the chosen model still obeys it)", default=True
+    )
     rerank: bool = _help("re-rank importance on the current student before each step", default=False)
     baselines: str = _help(
         "baselines to run beside the curve: magnitude, random, drop (or 'none')", default="magnitude,random,drop"

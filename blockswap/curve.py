@@ -43,8 +43,12 @@ def _row(run: Run, step: int, block, subs: list[int], model, teacher_cost, teach
 def _next_block(run: Run, student, remaining: list[int], order: list[int]) -> int:
     if not run.cfg.run.rerank or len(remaining) == 1:
         return next(i for i in order if i in remaining)
-    cheap = {k: v for k, v in run.cfg.importance.weight_map().items() if k in ("drop_one", "influence")} or {"drop_one": 1.0}
-    ranked = importance.rank(student, kept_batches(run, run.cfg.importance.importance_batches), cheap, candidates=remaining)
+    cheap = {k: v for k, v in run.cfg.importance.weight_map().items() if k in ("drop_one", "influence")} or {
+        "drop_one": 1.0
+    }
+    ranked = importance.rank(
+        student, kept_batches(run, run.cfg.importance.importance_batches), cheap, candidates=remaining
+    )
     return ranked["order"][0]
 
 
@@ -101,7 +105,9 @@ def substitution_curve(run: Run) -> None:
             else f"no step keeps >= {cfg.min_kept} of the teacher's accuracy (best {max(r['kept'] for r in rows[1:]):.4f})"
         )
         raise StopRuleUnsatisfied(f"{why}; the curve is in {run.out / 'curve.csv'}; relax the stop rule and --resume")
-    export.save(chosen[1], run.out / "model", tokenizer=run.tokenizer)
+    if run.accelerator.is_main_process:
+        export.save(chosen[1], run.out / "model", tokenizer=run.tokenizer)
+    run.accelerator.wait_for_everyone()
     write_json(run.out / "curve.json", result)
 
 
@@ -144,12 +150,18 @@ def baselines_stage(run: Run) -> None:
         for name in ("magnitude", "random"):
             if name in names:
                 fn = baselines.magnitude_prune if name == "magnitude" else baselines.random_prune
-                pruned = fn(run.teacher, sparsity) if name == "magnitude" else fn(run.teacher, sparsity, seed=run.cfg.run.seed)
+                pruned = (
+                    fn(run.teacher, sparsity)
+                    if name == "magnitude"
+                    else fn(run.teacher, sparsity, seed=run.cfg.run.seed)
+                )
                 out[name].append(_baseline_row(r, pruned, val, test, teacher_val, sparsity=sparsity))
         if "drop" in names:
             # the same blocks as the curve, dropped cumulatively, with the same distillation budget per step
             t0 = time.perf_counter()
-            adapters.blocks(dropped)[r["block"]] = adapters.IdentityBlock(adapters.spec_for(dropped.config).returns_tuple)
+            adapters.blocks(dropped)[r["block"]] = adapters.IdentityBlock(
+                adapters.spec_for(dropped.config).returns_tuple
+            )
             distill.end_to_end(
                 dropped, run.teacher, run.loader("train", shuffle=True, seed=run.cfg.run.seed + r["step"]), run.cfg.distill,
                 steps=run.cfg.distill.e2e_steps, accelerator=run.accelerator, desc=f"drop {r['substituted']}",

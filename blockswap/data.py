@@ -65,7 +65,9 @@ def _download_sdist(target: Path) -> Path:
     sdist = target / SNIPPETS_SDIST
     if proc.returncode != 0 or not sdist.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(f"could not download vadersentiment==3.3.2 from the package registry ({last}); check pip's index")
+        raise DataError(
+            f"could not download vadersentiment==3.3.2 from the package registry ({last}); check pip's index"
+        )
     return sdist
 
 
@@ -141,7 +143,9 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
     for c in candidates:
         if c in columns:
             return c
-    raise DataError(f"no {what} column found (looked for {', '.join(candidates)}); columns are: {', '.join(columns)}; pass --{what}-column")
+    raise DataError(
+        f"no {what} column found (looked for {', '.join(candidates)}); columns are: {', '.join(columns)}; pass --{what}-column"
+    )
 
 
 def _encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -220,12 +224,18 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
     test_name = "test" if "test" in frames and (frames["test"][label_col] >= 0).all() else None
     if isinstance(feat, ClassLabel):
         names = list(feat.names)
-        conv = {k: pd.DataFrame({"text": f[text_col].astype(str), "label": f[label_col].astype(np.int64)}) for k, f in frames.items()}
+        conv = {
+            k: pd.DataFrame({"text": f[text_col].astype(str), "label": f[label_col].astype(np.int64)})
+            for k, f in frames.items()
+        }
     else:
         all_labels = pd.concat([f[label_col] for f in frames.values()])
         _, names = _encode_labels(all_labels)
         mapping = {n: i for i, n in enumerate(names)}
-        conv = {k: pd.DataFrame({"text": f[text_col].astype(str), "label": [mapping[str(v)] for v in f[label_col]]}) for k, f in frames.items()}
+        conv = {
+            k: pd.DataFrame({"text": f[text_col].astype(str), "label": [mapping[str(v)] for v in f[label_col]]})
+            for k, f in frames.items()
+        }
     train = conv[train_name]
     out: dict[str, pd.DataFrame] = {}
     if val_name and test_name:
@@ -235,9 +245,15 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
         held = conv.get(test_name or "") if test_name else conv.get(val_name or "")
         frac = (cfg.val_fraction, 1e-9) if held is not None else (cfg.val_fraction, cfg.test_fraction)
         tr, va, te = stratified_split(train["label"].to_numpy(), frac, cfg.split_seed)
-        out = {"train": train.iloc[tr], "validation": train.iloc[va], "test": held if held is not None else train.iloc[te]}
+        out = {
+            "train": train.iloc[tr],
+            "validation": train.iloc[va],
+            "test": held if held is not None else train.iloc[te],
+        }
     feats = _features(names)
-    return DatasetDict({k: Dataset.from_pandas(v.reset_index(drop=True), features=feats, preserve_index=False) for k, v in out.items()})
+    return DatasetDict(
+        {k: Dataset.from_pandas(v.reset_index(drop=True), features=feats, preserve_index=False) for k, v in out.items()}
+    )
 
 
 def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
@@ -307,4 +323,6 @@ def loader(ds: Dataset, tokenizer, *, batch_size: int, shuffle: bool, seed: int 
         lengths = np.array([len(x) for x in ds["input_ids"]])
         ds = ds.select(np.argsort(lengths, kind="stable").tolist())
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds.with_format(None), batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate(tokenizer))
+    return DataLoader(
+        ds.with_format(None), batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate(tokenizer)
+    )

@@ -105,7 +105,7 @@ def blockwise(
     total = max(1, math.ceil(cfg.blockwise_epochs * len(loader)))
     sched = get_linear_schedule_with_warmup(opt, min(50, total // 10), total)
     teacher = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
-    modules, opt, sched = accelerator.prepare(modules, opt, sched)
+    modules, opt, sched, loader = accelerator.prepare(modules, opt, sched, loader)
     history: dict[int, list[float]] = {i: [] for i in substitutes}
     window: dict[int, list[float]] = {i: [] for i in substitutes}
     bar = tqdm(total=total, desc="block-wise distillation", disable=None if accelerator.is_main_process else True)
@@ -174,7 +174,7 @@ def end_to_end(
     sched = get_linear_schedule_with_warmup(opt, min(20, steps // 10), steps)
     t_model = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
     s_model = student
-    student, opt, sched = accelerator.prepare(student, opt, sched)
+    student, opt, sched, loader = accelerator.prepare(student, opt, sched, loader)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     device = accelerator.device
     log: list[dict[str, float]] = []

@@ -56,7 +56,10 @@ def finetune(
     acc = accelerator or Accelerator(cpu=True)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": cfg.weight_decay,
+        },
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
@@ -67,7 +70,11 @@ def finetune(
     best, history, step = None, [], 0
     for epoch in range(cfg.epochs):
         model.train()
-        bar = tqdm(train_loader, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", disable=None if acc.is_main_process else True)
+        bar = tqdm(
+            train_loader,
+            desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}",
+            disable=None if acc.is_main_process else True,
+        )
         for batch in bar:
             out = model(**forward_inputs(acc.unwrap_model(model), batch), labels=batch["labels"])
             if not torch.isfinite(out.loss):

@@ -116,7 +116,9 @@ def softmax_weight(model: PreTrainedModel, batches: Batches, *, steps: int = 60,
     return w.detach().softmax(0).tolist()
 
 
-def scale(model: PreTrainedModel, batches: Batches, *, steps: int = 60, seed: int = 0, l1: float = 0.01, **_) -> list[float]:
+def scale(
+    model: PreTrainedModel, batches: Batches, *, steps: int = 60, seed: int = 0, l1: float = 0.01, **_
+) -> list[float]:
     """A learned scale on each block's contribution (out = in + s * (block(in) - in)), rest frozen.
 
     Trained on cross-entropy with an L1 pull towards 0: blocks the task needs keep |s| near 1.

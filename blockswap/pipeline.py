@@ -31,8 +31,8 @@ class RunError(ValueError):
     """A run cannot start or finish as asked; the message says why and what to do."""
 
 
-def prepare_run_dir(out: Path, *, resume: bool, config: Config) -> None:
-    """Create or validate the run folder; refuse to overwrite anything that is not this run."""
+def prepare_run_dir(out: Path, *, resume: bool, config: Config, create: bool = True) -> None:
+    """Validate (and with ``create``, create) the run folder; refuse to overwrite what is not this run."""
     marker = out / RUN_MARKER
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a folder; choose a new run folder")
@@ -43,7 +43,11 @@ def prepare_run_dir(out: Path, *, resume: bool, config: Config) -> None:
             raise RunError(f"--out {out} already holds a run; pass --resume to continue it, or choose a new folder")
         saved = (out / "config.yaml").read_text() if (out / "config.yaml").is_file() else None
         if saved is not None and saved != dump_config(config):
-            raise RunError(f"the config differs from {out / 'config.yaml'}; resume with the same flags or start a new run")
+            raise RunError(
+                f"the config differs from {out / 'config.yaml'}; resume with the same flags or start a new run"
+            )
+    if not create:
+        return
     out.mkdir(parents=True, exist_ok=True)
     if not marker.is_file():
         write_json(marker, {"tool": "blockswap", "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -74,11 +78,15 @@ def _teacher_stage(run: Run) -> None:
             accelerator=run.accelerator,
             log=run.log,
         )
-        export.save(model, run.out / "teacher", tokenizer=run.tokenizer)
+        if run.accelerator.is_main_process:
+            export.save(model, run.out / "teacher", tokenizer=run.tokenizer)
+        run.accelerator.wait_for_everyone()
         history["source"] = str(run.out / "teacher")
     history["validation"] = evaluate(model, run.loader("validation", shuffle=False))
     history["test"] = evaluate(model, run.loader("test", shuffle=False))
-    run.log(f"teacher: validation accuracy {history['validation']['accuracy']:.4f}, test {history['test']['accuracy']:.4f}")
+    run.log(
+        f"teacher: validation accuracy {history['validation']['accuracy']:.4f}, test {history['test']['accuracy']:.4f}"
+    )
     write_json(run.out / "teacher.json", history)
 
 
@@ -95,7 +103,9 @@ def _load_teacher(source: str, num_labels: int) -> PreTrainedModel:
 
 
 def _importance_stage(run: Run) -> None:
-    batches = list(run.loader("validation", shuffle=True, batch_size=32, seed=1))[: run.cfg.importance.importance_batches]
+    batches = list(run.loader("validation", shuffle=True, batch_size=32, seed=1))[
+        : run.cfg.importance.importance_batches
+    ]
     result = importance.rank(
         run.teacher,
         batches,
@@ -116,18 +126,27 @@ def _blockwise_stage(run: Run) -> None:
         batches = list(run.loader("train", shuffle=True, batch_size=64, seed=2))[:20]
         distill.init_linear(run.teacher, subs, batches)
     history = distill.blockwise(
-        run.teacher, subs, run.loader("train", shuffle=True, seed=cfg.run.seed), cfg.distill, accelerator=run.accelerator
+        run.teacher,
+        subs,
+        run.loader("train", shuffle=True, seed=cfg.run.seed),
+        cfg.distill,
+        accelerator=run.accelerator,
     )
     tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, b in subs.items() for k, v in b.state_dict().items()}
-    save_file(tensors, run.out / ".substitutes.safetensors")
-    os.replace(run.out / ".substitutes.safetensors", run.out / "substitutes.safetensors")
+    tmp = run.out / f".substitutes.{os.getpid()}.safetensors"
+    save_file(tensors, tmp)
+    os.replace(tmp, run.out / "substitutes.safetensors")
     write_json(run.out / "blockwise.json", {"mse_by_quarter": {str(k): v for k, v in history.items()}})
 
 
 def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``out``; returns the summary."""
-    prepare_run_dir(out, resume=resume, config=cfg)
     accelerator = Accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
+    prepare_run_dir(out, resume=resume, config=cfg, create=False)  # every process validates first
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        prepare_run_dir(out, resume=resume, config=cfg)
+    accelerator.wait_for_everyone()
     run = Run(cfg=cfg, out=out, accelerator=accelerator, log=log)
     if (out / "timings.json").is_file():
         run.timings = read_json(out / "timings.json")
@@ -158,5 +177,3 @@ def _tokenizer(source: str):
         return AutoTokenizer.from_pretrained(source)
     except OSError:
         raise RunError(f"no tokenizer found for {source!r}; save the tokenizer into the model folder") from None
-
-

@@ -24,7 +24,9 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
     for ax, key, label in ((axes[0], "params_cut", "parameters cut"), (axes[1], "gmacs_cut", "GMACs cut")):
         ax.plot([r[key] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
         for r in rows[1:]:
-            ax.annotate(str(r["block"]), (r[key] * 100, r["kept"] * 100), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                str(r["block"]), (r[key] * 100, r["kept"] * 100), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
         ax.axhline(99, color="grey", ls=":", lw=1)
         ax.set_xlabel(f"{label} (%)")
         ax.set_ylabel("validation accuracy kept (%)")
@@ -37,7 +39,10 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
     made.append("curve.png")
     if imp:
         names = list(imp["normalised"])
-        grid = [[0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["normalised"][n]] for n in names]
+        grid = [
+            [0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["normalised"][n]]
+            for n in names
+        ]
         grid.append([0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["combined"]])
         fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(grid[0]), 0.6 + 0.45 * len(grid)))
         im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=1)
@@ -52,10 +57,21 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
         made.append("importance.png")
     if base:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        ax.plot([r["params_cut"] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
-        for name, label in (("magnitude", "magnitude pruning"), ("random", "random pruning"), ("drop", "layer dropping + KD")):
+        ax.plot(
+            [r["params_cut"] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution"
+        )
+        for name, label in (
+            ("magnitude", "magnitude pruning"),
+            ("random", "random pruning"),
+            ("drop", "layer dropping + KD"),
+        ):
             if base.get(name):
-                ax.plot([r["params_cut"] * 100 for r in base[name]], [r["kept"] * 100 for r in base[name]], "s--", label=label)
+                ax.plot(
+                    [r["params_cut"] * 100 for r in base[name]],
+                    [r["kept"] * 100 for r in base[name]],
+                    "s--",
+                    label=label,
+                )
         ax.set_xlabel("parameters cut (%)")
         ax.set_ylabel("validation accuracy kept (%)")
         ax.set_title("substitution vs baselines")
@@ -104,7 +120,11 @@ def render(run_dir: str | Path) -> Path:
     if curve is None:
         raise FileNotFoundError(f"{run_dir} has no curve.json; run `blockswap run` first")
     summary, ev = _load(run_dir, "summary.json"), _load(run_dir, "evaluation.json")
-    imp, base, teacher = _load(run_dir, "importance.json"), _load(run_dir, "baselines.json"), _load(run_dir, "teacher.json")
+    imp, base, teacher = (
+        _load(run_dir, "importance.json"),
+        _load(run_dir, "baselines.json"),
+        _load(run_dir, "teacher.json"),
+    )
     plots = _plots(run_dir, curve, imp, base)
     md = [f"# blockswap run: {run_dir.name}", ""]
     if summary:
@@ -140,7 +160,14 @@ def render(run_dir: str | Path) -> Path:
                f"{lt['device']} {lt['dtype']}, {lt['threads']} threads; student spread p10-p90 "
                f"{ls['p10_ms']:.1f}-{ls['p90_ms']:.1f} ms at batch 32."]  # fmt: skip
     if imp:
-        md += ["", "## Block importance", "", "![importance](importance.png)", "", f"Order (least important first): {imp['order']}"]
+        md += [
+            "",
+            "## Block importance",
+            "",
+            "![importance](importance.png)",
+            "",
+            f"Order (least important first): {imp['order']}",
+        ]
     if base:
         md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base)
         md += ["", "Pruning is unstructured on encoder Linear weights at each step's parameter cut, without retraining; "

@@ -67,6 +67,7 @@ class Run:
         self.log(f"[{name}] running")
         t0 = time.perf_counter()
         fn()
+        self.accelerator.wait_for_everyone()  # every process sees the artifact before the next stage
         self.timings[name] = round(time.perf_counter() - t0, 2)
         write_json(self.out / "timings.json", self.timings)
 

@@ -135,7 +135,9 @@ def _tokenizer_for(source: str):
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError:
-        raise export.ModelLoadError(f"no tokenizer found for {source!r}; save the tokenizer into the model folder") from None
+        raise export.ModelLoadError(
+            f"no tokenizer found for {source!r}; save the tokenizer into the model folder"
+        ) from None
 
 
 def finetune_command(cfg, out) -> dict:
@@ -179,7 +181,9 @@ def evaluate_command(cfg, model_name: str, split: str, json_path: str | None, ba
     dsd = data.load_source(cfg.data)
     names = data.label_names(dsd)
     if len(names) > model.config.num_labels:
-        raise data.DataError(f"the data has {len(names)} label values but the model's head has {model.config.num_labels}")
+        raise data.DataError(
+            f"the data has {len(names)} label values but the model's head has {model.config.num_labels}"
+        )
     tk = data.tokenize(dsd, tok, cfg.data.max_length)
     result = evaluate(model, data.loader(tk[split], tok, batch_size=batch_size, shuffle=False))
     result.update(dataset=cfg.data.dataset, split=split, label_names=names)

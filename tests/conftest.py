@@ -60,3 +60,58 @@ def padded_batch(lengths=(7, 4, 2), seq=9, seed=1):
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param
+
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun", "moving", "smart"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy", "flat", "silly"]
+NEUTRAL = ["the", "movie", "film", "plot", "actors", "was", "is", "and", "story", "very", "quite", "a"]
+
+
+def tiny_tokenizer(folder):
+    """A WordPiece tokenizer over a 40-word vocabulary, written to ``folder`` (no download)."""
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + NEUTRAL
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    tok.save_pretrained(folder)
+    return tok
+
+
+def sentiment_rows(n: int, seed: int = 0, classes=("neg", "pos")):
+    """Short texts whose label is decided by their sentiment words."""
+    import random
+
+    rng = random.Random(seed)
+    words = {"neg": NEGATIVE, "pos": POSITIVE, "meh": NEUTRAL[:4]}
+    rows = []
+    for i in range(n):
+        label = classes[i % len(classes)]
+        text = " ".join(rng.choice(NEUTRAL) for _ in range(rng.randint(2, 6)))
+        text += " " + " ".join(rng.choice(words[label]) for _ in range(rng.randint(1, 3)))
+        rows.append((text, label))
+    return rows
+
+
+@pytest.fixture
+def tiny_csv(tmp_path):
+    import csv
+
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "sentiment"])
+        w.writerows(sentiment_rows(120))
+    return path
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path):
+    """A tiny random BERT classifier + tokenizer folder (vocab of 37 words)."""
+    folder = tmp_path / "teacher"
+    tok = tiny_tokenizer(folder)
+    model = tiny_model("bert", layers=3, vocab_size=len(tok))
+    model.config.id2label = {0: "neg", 1: "pos"}
+    model.config.label2id = {"neg": 0, "pos": 1}
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,165 @@
+"""`blockswap run` end to end on a tiny random teacher and a tiny CSV (no network)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from blockswap import export
+from blockswap.cli import main
+
+from .conftest import padded_batch
+
+FAST = [
+    "--e2e-steps", "2", "--blockwise-epochs", "0.5", "--probe-steps", "2", "--importance-batches", "2",
+    "--min-kept", "0.01", "--eval-seq-len", "16", "--compact-hidden", "8", "--compact-heads", "2",
+    "--compact-ffn", "16", "--distill-batch-size", "16",
+]  # fmt: skip
+ARTIFACTS = [
+    "run.json", "config.yaml", "teacher.json", "importance.json", "blockwise.json", "substitutes.safetensors",
+    "curve.json", "curve.csv", "evaluation.json", "baselines.json", "summary.json", "report.md", "curve.png",
+    "importance.png", "baselines.png", "timings.json",
+]  # fmt: skip
+
+
+def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main(argv) == 0, capsys.readouterr().err
+    for name in ARTIFACTS:
+        assert (out / name).exists(), name
+    curve = json.loads((out / "curve.json").read_text())
+    rows = curve["rows"]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert sorted(r["block"] for r in rows[1:]) == [0, 1, 2]
+    assert rows[-1]["substituted"] == [0, 1, 2]
+    for key in ("params", "params_cut", "gmacs", "gmacs_cut", "accuracy", "kept", "latency_ms", "substituted", "block"):
+        assert key in rows[1]
+    assert rows[0]["params_cut"] == 0 and rows[-1]["gmacs_cut"] > rows[1]["gmacs_cut"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chosen_step"] == 3 and 0 < summary["gmacs_cut"] < 1
+    base = json.loads((out / "baselines.json").read_text())
+    assert len(base["magnitude"]) == len(base["random"]) == len(base["drop"]) == 3
+
+    model = export.load(out / "model")
+    remote = __import__("transformers").AutoModelForSequenceClassification.from_pretrained(
+        out / "model", trust_remote_code=True
+    )
+    ids, mask = padded_batch(seq=6)
+    ids = ids.clamp(max=20)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids=ids, attention_mask=mask).logits, remote.eval()(input_ids=ids, attention_mask=mask).logits
+        )
+
+    # --resume after deleting the last artifact recomputes only that stage
+    curve_mtime = (out / "curve.json").stat().st_mtime_ns
+    (out / "baselines.json").unlink()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    log = capsys.readouterr().out
+    assert "[baselines] running" in log
+    for stage in ("teacher", "importance", "blockwise", "curve", "evaluation"):
+        assert f"[{stage}]" in log and f"[{stage}] running" not in log
+    assert (out / "baselines.json").exists()
+    assert (out / "curve.json").stat().st_mtime_ns == curve_mtime
+
+    # without --resume the folder is refused; with other flags the config mismatch is refused
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--alpha", "0.9"]) == 2
+    assert "config differs" in capsys.readouterr().err
+
+    assert main(["report", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--min-kept", "0"], "--min-kept"),
+        (["--min-kept", "1.5"], "--min-kept"),
+        (["--baselines", "magnitude,bogus"], "unknown baseline"),
+        (["--compact-hidden", "9", "--compact-heads", "2"], "divisible"),
+    ],
+)
+def test_run_argument_errors(tmp_path, capsys, extra, message):
+    assert main(["run", "--out", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_refuses_foreign_folder_and_non_classifier(tmp_path, capsys, tiny_csv):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["run", "--out", str(tmp_path / "busy"), "--dataset", str(tiny_csv)]) == 2
+    assert "not a blockswap run" in capsys.readouterr().err
+
+    from transformers import BertConfig, BertModel
+
+    from .conftest import tiny_tokenizer
+
+    enc = tmp_path / "encoder"
+    BertModel(
+        BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    ).save_pretrained(enc)
+    tiny_tokenizer(enc)
+    assert main(["run", "--teacher", str(enc), "--dataset", str(tiny_csv), "--out", str(tmp_path / "r2"), *FAST]) == 2
+    assert "not a sequence classifier" in capsys.readouterr().err
+
+
+def test_unsatisfiable_stop_rule_still_writes_the_curve(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, "--target-gmacs-cut", "0.99", "--no-baselines" if False else "--baselines", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "target-gmacs-cut" in err and "curve" in err
+    assert (out / "curve.csv").exists() and (out / "curve.unsatisfied.json").exists()
+    assert not (out / "model").exists()
+
+
+@pytest.mark.parametrize(
+    "preset, params_cut, gmacs_cut",
+    [("configs/bert-base-imdb.yaml", 0.415, 0.531), ("configs/distilbert-imdb.yaml", 0.507, 0.652)],
+)
+def test_dry_run_prints_the_thesis_structure(capsys, preset, params_cut, gmacs_cut):
+    assert main(["run", "--config", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{params_cut:.1%}" in out and f"{gmacs_cut:.1%}" in out
+
+
+def test_presets_load_and_validate():
+    from blockswap.config import load_config
+
+    for name in ("default", "bert-base-imdb", "distilbert-imdb", "tiny"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg.compact.hidden > 0
+
+
+def test_dry_run_needs_a_buildable_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  arch: gpt2\n")
+    assert main(["run", "--config", str(bad), "--dry-run"]) == 2
+    assert "unknown --arch" in capsys.readouterr().err
+    bad.write_text("compact: {hidden: 10, heads: 3}\n")
+    assert main(["run", "--config", str(bad), "--dry-run"]) == 2
+    bad.write_text("nonsense: 1\n")
+    assert main(["run", "--config", str(bad), "--dry-run"]) == 2
+    assert "unknown config section" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_launch_smoke(tmp_path, tiny_csv, tiny_teacher_dir):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "blockswap.cli", "run",
+        "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), "--baselines", "none", *FAST,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "summary.json").exists() and (out / "model" / "model.safetensors").exists()
