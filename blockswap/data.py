@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import subprocess
 import sys
@@ -82,6 +83,7 @@ def _extract_snippets(sdist: Path, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=out.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)  # atomic: a half-written file is never taken for the dataset
 
 
@@ -317,12 +319,38 @@ def collate(tokenizer):
     return fn
 
 
+class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Shuffled batches of similar length: less padding, same examples per epoch.
+
+    Each epoch shuffles all indices (seeded), sorts windows of ``batch_size * window`` by length,
+    cuts them into batches and shuffles the batch order.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, *, seed: int = 0, window: int = 50) -> None:
+        self.lengths, self.batch_size, self.seed, self.window = list(lengths), batch_size, seed, window
+        self.epoch = 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        for k in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[k]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
 def loader(ds: Dataset, tokenizer, *, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader with dynamic padding; evaluation order is by length to waste no padding."""
-    if not shuffle:
-        lengths = np.array([len(x) for x in ds["input_ids"]])
-        ds = ds.select(np.argsort(lengths, kind="stable").tolist())
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        ds.with_format(None), batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate(tokenizer)
-    )
+    """A DataLoader with dynamic padding; training batches are length-bucketed, evaluation is sorted by length."""
+    lengths = [len(x) for x in ds["input_ids"]]
+    if shuffle:
+        sampler = BucketBatchSampler(lengths, batch_size, seed=seed)
+        return DataLoader(ds.with_format(None), batch_sampler=sampler, collate_fn=collate(tokenizer))
+    ds = ds.select(np.argsort(np.array(lengths), kind="stable").tolist())
+    return DataLoader(ds.with_format(None), batch_size=batch_size, shuffle=False, collate_fn=collate(tokenizer))

@@ -96,7 +96,7 @@ def blockwise(
     """Train every substitute at once on masked MSE to its block's output (teacher-forced inputs).
 
     One teacher forward per batch captures all block inputs/outputs; nothing is stored beyond the
-    batch. Returns per-block mean MSE per quarter of training (first and last entries compare).
+    batch. Returns per-block mean MSE in each quarter of training (first and last entries compare).
     """
     teacher.eval()
     modules = _Bundle(substitutes)
@@ -106,8 +106,8 @@ def blockwise(
     sched = get_linear_schedule_with_warmup(opt, min(50, total // 10), total)
     teacher = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
     modules, opt, sched, loader = accelerator.prepare(modules, opt, sched, loader)
-    history: dict[int, list[float]] = {i: [] for i in substitutes}
-    window: dict[int, list[float]] = {i: [] for i in substitutes}
+    sums = {i: [0.0] * 4 for i in substitutes}
+    counts = [0] * 4
     bar = tqdm(total=total, desc="block-wise distillation", disable=None if accelerator.is_main_process else True)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     device = accelerator.device
@@ -123,18 +123,15 @@ def blockwise(
         opt.step()
         sched.step()
         opt.zero_grad()
+        quarter = min(3, step * 4 // total)
         for i, part in zip(substitutes, losses, strict=True):
-            window[i].append(part.item())
-        if (step + 1) % max(1, total // 4) == 0 or step + 1 == total:
-            for i in substitutes:
-                if window[i]:
-                    history[i].append(sum(window[i]) / len(window[i]))
-                window[i] = []
+            sums[i][quarter] += part.item()
+        counts[quarter] += 1
         bar.update(1)
         bar.set_postfix(mse=f"{loss.item() / len(losses):.4f}")
     bar.close()
     modules.eval()
-    return history
+    return {i: [v / c for v, c in zip(sums[i], counts, strict=True) if c] for i in substitutes}
 
 
 def _param_groups(student: PreTrainedModel, cfg: DistillConfig) -> list[dict]:

@@ -81,6 +81,7 @@ def save(model: PreTrainedModel, directory: str | os.PathLike, tokenizer=None) -
             }
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
             (tmp / "modeling_blockswap.py").write_text(_remote_code(model, model_type))
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)

@@ -168,12 +168,16 @@ SIGNALS: dict[str, Signal] = {
 
 
 def normalise(scores: Sequence[float], candidates: Sequence[int]) -> list[float]:
-    """Min-max to [0, 1] over the candidate blocks; non-candidates get NaN."""
-    vals = [scores[i] for i in candidates]
-    lo, hi = min(vals), max(vals)
+    """Scale to [0, 1] by the largest candidate score (negatives clipped to 0); non-candidates get NaN.
+
+    Dividing by the maximum keeps ratios: min-max scaling would blow up differences of a few percent
+    between near-equal blocks into the full 0..1 range and let a weak signal decide the order.
+    """
+    vals = [max(0.0, scores[i]) for i in candidates]
+    hi = max(vals)
     out = [math.nan] * len(scores)
     for i in candidates:
-        out[i] = (scores[i] - lo) / (hi - lo) if hi > lo else 0.0
+        out[i] = max(0.0, scores[i]) / hi if hi > 0 else 0.0
     return out
 
 

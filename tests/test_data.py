@@ -166,3 +166,15 @@ def test_finetune_two_steps_writes_reloadable_model(tmp_path, capsys, tiny_teach
     assert model.config.id2label == {0: "neg", 1: "pos"}
     before = export.load_model(str(tiny_teacher_dir))
     assert not torch.equal(model.classifier.weight, before.classifier.weight)
+
+
+def test_bucketed_training_batches_cover_every_example_once_and_are_seeded():
+    lengths = [((i * 7919) % 50) + 1 for i in range(1000)]
+    s = data.BucketBatchSampler(lengths, 32, seed=3, window=4)
+    epoch1, epoch2 = list(s), list(s)
+    assert sorted(i for b in epoch1 for i in b) == list(range(1000))
+    assert len(epoch1) == len(s) == 32
+    assert epoch1 != epoch2  # reshuffled each epoch
+    assert list(data.BucketBatchSampler(lengths, 32, seed=3, window=4)) == epoch1
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch1) / len(epoch1)
+    assert spread < 20  # random batches of 32 would span nearly the whole 1..50 range

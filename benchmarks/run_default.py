@@ -1,0 +1,63 @@
+"""Wall time, peak memory and results of a whole `blockswap run` (default: the offline default).
+
+    .venv/bin/python benchmarks/run_default.py [--out runs/bench] [-- extra blockswap run flags]
+
+Writes benchmarks/results/run_default.json: wall time per stage, total, peak RSS of the run process,
+the machine (cores, threads), and the run's summary numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench-default"), help="run folder (replaced)")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "run_default.json"))
+    parser.add_argument("extra", nargs="*", help="extra flags for `blockswap run` (after --)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "blockswap.cli", "run", "--out", str(out), *args.extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB of the largest child
+    result = {
+        "command": " ".join(["blockswap", "run", "--out", str(out), *args.extra]),
+        "returncode": proc.returncode,
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+    for name in ("timings.json", "summary.json"):
+        p = out / name
+        if p.is_file():
+            result[name.removesuffix(".json")] = json.loads(p.read_text())
+    if (out / "curve.json").is_file():
+        result["curve"] = json.loads((out / "curve.json").read_text())["rows"]
+    if (out / "baselines.json").is_file():
+        result["baselines"] = json.loads((out / "baselines.json").read_text())
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("wall_seconds", "peak_rss_mb", "returncode")}))
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
