@@ -57,6 +57,15 @@ def padded_batch(lengths=(7, 4, 2), seq=9, seed=1):
     return ids, mask
 
 
+def labelled_batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
+    """``n`` padded batches of 4 samples with labels."""
+    out = []
+    for s in range(n):
+        ids, mask = padded_batch(lengths=(9, 6, 4, 8), seed=s)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])})
+    return out
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param

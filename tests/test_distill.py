@@ -5,15 +5,7 @@ from blockswap import adapters, distill
 from blockswap.compact import CompactBlock
 from blockswap.config import DistillConfig
 
-from .conftest import padded_batch, tiny_model
-
-
-def _loader(n=6):
-    out = []
-    for s in range(n):
-        ids, mask = padded_batch(lengths=(9, 6, 4, 8), seed=s)
-        out.append({"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])})
-    return out
+from .conftest import labelled_batches, tiny_model
 
 
 def _subs(model, n):
@@ -38,7 +30,7 @@ def _mse(model, subs, batches):
 def test_blockwise_lowers_every_substitutes_mse():
     teacher = tiny_model("bert", layers=3)
     subs = _subs(teacher, 3)
-    batches = _loader()
+    batches = labelled_batches(6)
     before = _mse(teacher, subs, batches)
     distill.blockwise(
         teacher, subs, batches, DistillConfig(blockwise_epochs=8, blockwise_lr=3e-3), accelerator=Accelerator(cpu=True)
@@ -51,7 +43,7 @@ def test_blockwise_lowers_every_substitutes_mse():
 def test_linear_init_beats_random_and_is_exact_linear_map():
     teacher = tiny_model("bert", layers=2)
     subs = _subs(teacher, 2)
-    batches = _loader()
+    batches = labelled_batches(6)
     before = _mse(teacher, subs, batches)
     distill.init_linear(teacher, subs, batches)
     after = _mse(teacher, subs, batches)
@@ -73,7 +65,12 @@ def test_end_to_end_trains_substitutes_and_logs_parts():
     w0 = adapters.blocks(student)[1].up.weight.clone()
     kept0 = adapters.blocks(student)[0].output.dense.weight.clone()
     log = distill.end_to_end(
-        student, teacher, _loader(), DistillConfig(freeze_kept=True), steps=5, accelerator=Accelerator(cpu=True)
+        student,
+        teacher,
+        labelled_batches(6),
+        DistillConfig(freeze_kept=True),
+        steps=5,
+        accelerator=Accelerator(cpu=True),
     )
     assert log and {"kl", "ce", "mse", "total"} <= set(log[0])
     assert not torch.equal(adapters.blocks(student)[1].up.weight, w0)
@@ -88,4 +85,4 @@ def test_nan_loss_stops_with_the_step():
     with torch.no_grad():
         subs[0].up.weight.fill_(float("nan"))
     with pytest.raises(distill.DistillationDiverged, match="step 0"):
-        distill.blockwise(teacher, subs, _loader(1), DistillConfig(), accelerator=Accelerator(cpu=True))
+        distill.blockwise(teacher, subs, labelled_batches(1), DistillConfig(), accelerator=Accelerator(cpu=True))

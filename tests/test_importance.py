@@ -2,15 +2,8 @@ import torch
 
 from blockswap import adapters, importance
 
-from .conftest import padded_batch, tiny_model
-
-
-def _batches(n=2):
-    out = []
-    for s in range(n):
-        ids, mask = padded_batch(lengths=(9, 6, 4, 8), seed=s)
-        out.append({"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])})
-    return out
+from .conftest import labelled_batches as _batches
+from .conftest import tiny_model
 
 
 def _model_with_identity_block():
