@@ -27,6 +27,7 @@ class ArchSpec:
     embeddings_path: str
     hidden_attr: str = "hidden_size"
     eps_attr: str = "layer_norm_eps"
+    out_norm_path: str = "output.LayerNorm"  # the LayerNorm that ends each block
     returns_tuple: bool = False  # transformers 5.x encoder blocks return a bare tensor
 
 
@@ -38,7 +39,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "xlm-roberta": ArchSpec("roberta.encoder.layer", "roberta.embeddings"),
     "camembert": ArchSpec("roberta.encoder.layer", "roberta.embeddings"),
     "electra": ArchSpec("electra.encoder.layer", "electra.embeddings"),
-    "distilbert": ArchSpec("distilbert.transformer.layer", "distilbert.embeddings", "dim", eps_attr=""),
+    "distilbert": ArchSpec(
+        "distilbert.transformer.layer", "distilbert.embeddings", "dim", eps_attr="", out_norm_path="output_layer_norm"
+    ),
 }
 
 # Built-in configurations of well-known checkpoints, so structure can be measured offline.
@@ -145,17 +148,30 @@ def set_attention(model: PreTrainedModel, implementation: str) -> str:
     return previous
 
 
+def output_norm(model: PreTrainedModel, index: int) -> nn.LayerNorm:
+    """The LayerNorm that ends original block ``index``."""
+    return blocks(model)[index].get_submodule(spec_for(model.config).out_norm_path)
+
+
 @contextlib.contextmanager
-def capture_blocks(model: PreTrainedModel, *, detach: bool = True) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
+def capture_blocks(model: PreTrainedModel, *, detach: bool = True, pre_norm: bool = False) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
     """Record every block's input, output and mask during the forward passes run inside the context.
 
     Yields a dict ``{block_index: {"input": (B, S, H), "output": (B, S, H), "mask": any}}`` filled
     by the last forward. Hooks are removed on exit. Substituted blocks are captured too (Hugging
-    Face's own ``output_hidden_states`` only records its native block classes).
+    Face's own ``output_hidden_states`` only records its native block classes). With ``pre_norm``,
+    original blocks also record ``"pre_norm"``: the input of their final LayerNorm.
     """
     records: dict[int, dict[str, torch.Tensor]] = {}
     handles = []
     for i, block in enumerate(blocks(model)):
+        if pre_norm:
+
+            def norm_hook(module, args, i=i):
+                records.setdefault(i, {})["pre_norm"] = args[0].detach() if detach else args[0]
+
+            norm = block.get_submodule(spec_for(model.config).out_norm_path)
+            handles.append(norm.register_forward_pre_hook(norm_hook))
 
         def hook(module, args, kwargs, output, i=i):
             hidden = args[0] if args else kwargs["hidden_states"]
@@ -163,7 +179,7 @@ def capture_blocks(model: PreTrainedModel, *, detach: bool = True) -> Iterator[d
             out = output[0] if isinstance(output, tuple) else output
             if detach:
                 hidden, out = hidden.detach(), out.detach()
-            records[i] = {"input": hidden, "output": out, "mask": mask}
+            records.setdefault(i, {}).update(input=hidden, output=out, mask=mask)
 
         handles.append(block.register_forward_hook(hook, with_kwargs=True))
     try:

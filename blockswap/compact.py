@@ -98,6 +98,7 @@ class CompactBlock(nn.Module):
         dropout: float = 0.1,
         activation: str = "gelu",
         layer_norm_eps: float = 1e-12,
+        post_norm: bool = False,
         return_tuple: bool = False,
     ) -> None:
         super().__init__()
@@ -119,6 +120,9 @@ class CompactBlock(nn.Module):
             CompactLayer(compact_hidden, heads, ffn, dropout, activation, layer_norm_eps) for _ in range(layers)
         )
         self.up = nn.Linear(compact_hidden, hidden_size)
+        # Post-LN encoders (BERT & co.) end every block with a LayerNorm: a per-token rescaling of all
+        # `hidden` dims that no rank-h residual can express, so the substitute may end with one too.
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if post_norm else None
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         b, s, _ = hidden_states.shape  # (B, S, H)
@@ -127,11 +131,13 @@ class CompactBlock(nn.Module):
         for layer in self.layers:
             z = layer(z, keep)
         out = hidden_states + self.up(z)  # (B, S, H): residual, never broadcast across samples
+        if self.norm is not None:
+            out = self.norm(out)
         return (out,) if self.return_tuple else out
 
     @torch.no_grad()
     def zero_contribution(self) -> None:
-        """Make the block an exact identity (its residual branch outputs zeros)."""
+        """Zero the residual branch: the block becomes the identity (or just its LayerNorm)."""
         self.up.weight.zero_()
         self.up.bias.zero_()
 
@@ -148,5 +154,6 @@ def compact_from_meta(meta: dict) -> CompactBlock:
         dropout=c["dropout"],
         activation=c["activation"],
         layer_norm_eps=meta["layer_norm_eps"],
+        post_norm=c.get("norm", "none") == "post",
         return_tuple=meta.get("return_tuple", False),
     )

@@ -35,6 +35,7 @@ class CompactConfig:
     dropout: float = _help("dropout inside the substitute", default=0.1)
     activation: str = _help("feed-forward activation: gelu, relu, silu, tanh", default="gelu")
     init: str = _help("'linear': start from the best rank-h linear fit of the block; 'random'", default="linear")
+    norm: str = _help("'post': end with a LayerNorm initialised from the block's own (post-LN models); 'none'", default="post")
 
     def __post_init__(self) -> None:
         _positive("compact", hidden=self.hidden, heads=self.heads, ffn=self.ffn)
@@ -46,6 +47,8 @@ class CompactConfig:
             raise ConfigError(f"compact.dropout must be in [0, 1), got {self.dropout}")
         if self.activation not in ("gelu", "relu", "silu", "tanh"):
             raise ConfigError(f"compact.activation {self.activation!r} unknown; use gelu, relu, silu or tanh")
+        if self.norm not in ("post", "none"):
+            raise ConfigError(f"compact.norm {self.norm!r} unknown; use post or none")
         if self.init not in ("linear", "random"):
             raise ConfigError(f"compact.init {self.init!r} unknown; use linear or random")
 
@@ -132,10 +135,10 @@ class DistillConfig:
 
     batch_size: int = _help("distillation batch size", default=32)
     blockwise_epochs: float = _help(
-        "epochs of block-wise hidden-state distillation (all substitutes at once)", default=1.0
+        "epochs of block-wise hidden-state distillation (all substitutes at once)", default=0.5
     )
     blockwise_lr: float = _help("learning rate of block-wise distillation", default=1e-3)
-    e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=40)
+    e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=100)
     temperature: float = _help("softmax temperature of the logit KL", default=2.0)
     alpha: float = _help("weight of label cross-entropy", default=0.5)
     beta: float = _help("weight of hidden-state MSE at substituted block boundaries", default=1.0)

@@ -31,17 +31,20 @@ def init_linear(
 
     down = top-h principal directions of the block input; up = least-squares map from those
     coordinates to (output - input); the inner layers' residual branches start at zero, so the
-    substitute's initial function is exactly that linear map. Statistics stream over ``batches``.
+    substitute's initial function is exactly that linear map. A substitute ending in a LayerNorm
+    fits the input of the block's own final LayerNorm instead (which that norm maps to the output).
+    Statistics stream over ``batches``.
     """
     teacher.eval()
     stats: dict[int, dict[str, torch.Tensor]] = {}
-    with capture_blocks(teacher) as rec:
+    with capture_blocks(teacher, pre_norm=True) as rec:
         for b in batches:
             teacher(**forward_inputs(teacher, b))
             m = b["attention_mask"].bool()
             for i in substitutes:
                 x = rec[i]["input"][m].double()  # (N, H) real tokens
-                d = rec[i]["output"][m].double() - x
+                target = rec[i]["pre_norm"] if substitutes[i].norm is not None else rec[i]["output"]
+                d = target[m].double() - x
                 s = stats.setdefault(i, {"n": 0, "sx": 0, "sd": 0, "xx": 0, "xd": 0})
                 s["n"] += len(x)
                 s["sx"] = s["sx"] + x.sum(0)
@@ -135,9 +138,17 @@ def blockwise(
 
 
 def _param_groups(student: PreTrainedModel, cfg: DistillConfig) -> list[dict]:
+    """Substitutes at lr_substitute; kept blocks and head at lr_kept (or frozen); embeddings frozen.
+
+    The embeddings hold half of a MiniLM's parameters and are already fine-tuned: updating them
+    costs more optimizer time than it returns in a few hundred steps.
+    """
     sub_ids = {id(p) for b in adapters.blocks(student) if isinstance(b, CompactBlock) for p in b.parameters()}
+    emb_ids = {id(p) for p in adapters.embeddings(student).parameters()}
+    for p in adapters.embeddings(student).parameters():
+        p.requires_grad_(False)
     subs = [p for p in student.parameters() if id(p) in sub_ids]
-    kept = [p for p in student.parameters() if id(p) not in sub_ids]
+    kept = [p for p in student.parameters() if id(p) not in sub_ids and id(p) not in emb_ids]
     groups = [{"params": subs, "lr": cfg.lr_substitute}]
     if cfg.freeze_kept:
         for p in kept:

@@ -121,7 +121,7 @@ def _blockwise_stage(run: Run) -> None:
     cfg = run.cfg
     set_seed(cfg.run.seed)
     n = adapters.num_blocks(run.teacher)
-    subs = {i: make_compact(run.teacher, cfg.compact) for i in range(n)}
+    subs = {i: make_compact(run.teacher, cfg.compact, i) for i in range(n)}
     if cfg.compact.init == "linear":
         batches = list(run.loader("train", shuffle=True, batch_size=64, seed=2))[:20]
         distill.init_linear(run.teacher, subs, batches)

@@ -16,10 +16,14 @@ from .config import CompactConfig, ConfigError
 META_KEY = "blockswap"  # attribute on the model config, saved into config.json
 
 
-def make_compact(model: PreTrainedModel, compact: CompactConfig) -> CompactBlock:
-    """A fresh compact block shaped for ``model``'s blocks."""
+def make_compact(model: PreTrainedModel, compact: CompactConfig, index: int | None = None) -> CompactBlock:
+    """A fresh compact block shaped for ``model``'s blocks.
+
+    With ``compact.norm == "post"`` and the index of an original block, the final LayerNorm starts
+    as a copy of that block's own.
+    """
     spec = adapters.spec_for(model.config)
-    return CompactBlock(
+    block = CompactBlock(
         adapters.hidden_size(model.config),
         compact_hidden=compact.hidden,
         layers=compact.layers,
@@ -28,8 +32,13 @@ def make_compact(model: PreTrainedModel, compact: CompactConfig) -> CompactBlock
         dropout=compact.dropout,
         activation=compact.activation,
         layer_norm_eps=adapters.layer_norm_eps(model.config),
+        post_norm=compact.norm == "post",
         return_tuple=spec.returns_tuple,
     )
+    original = adapters.blocks(model)[index] if index is not None else None
+    if block.norm is not None and original is not None and not isinstance(original, CompactBlock):
+        block.norm.load_state_dict(adapters.output_norm(model, index).state_dict())
+    return block
 
 
 def check_blocks(model: PreTrainedModel, indices: Sequence[int]) -> list[int]:
@@ -88,7 +97,7 @@ def substitute(
     indices = check_blocks(model, list(blocks))
     student = copy.deepcopy(model)
     for i in indices:
-        new = copy.deepcopy(substitutes[i]) if substitutes and i in substitutes else make_compact(student, compact)
+        new = copy.deepcopy(substitutes[i]) if substitutes and i in substitutes else make_compact(student, compact, i)
         adapters.blocks(student)[i] = new
     record(student, compact)
     return student

@@ -11,6 +11,7 @@ from blockswap.config import CompactConfig
 
 ARCHS = ["bert", "distilbert", "roberta", "electra", "xlm-roberta"]
 TINY_COMPACT = CompactConfig(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0)
+IDENTITY_COMPACT = CompactConfig(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0, norm="none")
 
 
 def tiny_config(model_type: str = "bert", *, layers: int = 3, num_labels: int = 2, **extra):

@@ -5,7 +5,7 @@ from blockswap import adapters
 from blockswap.compact import CompactBlock, keep_mask
 from blockswap.substitute import drop_blocks, substitute, substituted_blocks
 
-from .conftest import TINY_COMPACT, padded_batch, tiny_model
+from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch, tiny_model
 
 
 def _randomise(model):
@@ -21,7 +21,7 @@ def _randomise(model):
 def test_zero_contribution_substitute_reproduces_teacher_without_that_block(arch, attn):
     teacher = tiny_model(arch)
     adapters.set_attention(teacher, attn)
-    student = substitute(teacher, [1], TINY_COMPACT).eval()
+    student = substitute(teacher, [1], IDENTITY_COMPACT).eval()
     for b in adapters.blocks(student):
         if isinstance(b, CompactBlock):
             b.zero_contribution()
@@ -99,3 +99,17 @@ def test_head_logits_match_the_model(arch):
         logits = model(input_ids=ids, attention_mask=mask).logits
         again = adapters.head_logits(model, rec[adapters.num_blocks(model) - 1]["output"])
     torch.testing.assert_close(again, logits)
+
+
+def test_post_norm_starts_as_the_blocks_own_layernorm(arch):
+    teacher = tiny_model(arch)
+    with torch.no_grad():
+        norm = adapters.output_norm(teacher, 1)
+        norm.weight.normal_()
+        norm.bias.normal_()
+    student = substitute(teacher, [1], TINY_COMPACT).eval()
+    sub = adapters.blocks(student)[1]
+    sub.zero_contribution()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(sub(x), norm(x))

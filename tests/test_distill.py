@@ -86,3 +86,18 @@ def test_nan_loss_stops_with_the_step():
         subs[0].up.weight.fill_(float("nan"))
     with pytest.raises(distill.DistillationDiverged, match="step 0"):
         distill.blockwise(teacher, subs, labelled_batches(1), DistillConfig(), accelerator=Accelerator(cpu=True))
+
+
+def test_linear_init_of_a_post_norm_substitute_fits_the_block():
+    from blockswap.config import CompactConfig
+    from blockswap.substitute import make_compact
+
+    teacher = tiny_model("bert", layers=2)
+    cfg = CompactConfig(hidden=8, heads=2, ffn=16, dropout=0.0)
+    subs = {i: make_compact(teacher, cfg, i).eval() for i in range(2)}
+    batches = labelled_batches(6)
+    before = _mse(teacher, subs, batches)
+    distill.init_linear(teacher, subs, batches)
+    after = _mse(teacher, subs, batches)
+    for i in subs:
+        assert after[i] < 0.5 * before[i], (before[i], after[i])
