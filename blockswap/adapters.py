@@ -154,7 +154,9 @@ def output_norm(model: PreTrainedModel, index: int) -> nn.LayerNorm:
 
 
 @contextlib.contextmanager
-def capture_blocks(model: PreTrainedModel, *, detach: bool = True, pre_norm: bool = False) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
+def capture_blocks(
+    model: PreTrainedModel, *, detach: bool = True, pre_norm: bool = False
+) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
     """Record every block's input, output and mask during the forward passes run inside the context.
 
     Yields a dict ``{block_index: {"input": (B, S, H), "output": (B, S, H), "mask": any}}`` filled

@@ -222,8 +222,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return errors + (StopRuleUnsatisfied, DistillationDiverged)
 
 
+def _quiet_libraries() -> None:
+    """Hugging Face load reports and per-file progress bars drown our own progress; keep errors only."""
+    if os.environ.get("BLOCKSWAP_VERBOSE"):
+        return
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
     try:
         args = _build_parser().parse_args(argv)
         return args.handler(args)

@@ -35,7 +35,9 @@ class CompactConfig:
     dropout: float = _help("dropout inside the substitute", default=0.1)
     activation: str = _help("feed-forward activation: gelu, relu, silu, tanh", default="gelu")
     init: str = _help("'linear': start from the best rank-h linear fit of the block; 'random'", default="linear")
-    norm: str = _help("'post': end with a LayerNorm initialised from the block's own (post-LN models); 'none'", default="post")
+    norm: str = _help(
+        "'post': end with a LayerNorm initialised from the block's own (post-LN models); 'none'", default="post"
+    )
 
     def __post_init__(self) -> None:
         _positive("compact", hidden=self.hidden, heads=self.heads, ffn=self.ffn)

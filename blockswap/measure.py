@@ -166,7 +166,17 @@ def profile(
     if with_latency:
         out["latency"] = latency(model, batch=batch, seq_len=seq_len, repeats=repeats, warmup=warmup).as_dict()
     out["peak_memory_mb"] = peak_memory_mb(model, batch=batch, seq_len=seq_len)
+    out["process_peak_rss_mb"] = process_peak_rss_mb()
     return out
+
+
+def process_peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (CPU memory cannot be attributed to one forward)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def cut(before: float, after: float) -> float:

@@ -107,6 +107,10 @@ def format_measure_table(result: dict) -> str:
         )
     first = cols[-1][1]
     note = f"batch {first['macs']['batch']}, seq {first['macs']['seq_len']}, MACs counted with eager attention"
+    if first.get("peak_memory_mb") is not None:
+        note += f"; peak accelerator memory {first['peak_memory_mb']:.0f} MiB"
+    else:
+        note += f"; process peak RSS {first['process_peak_rss_mb']:.0f} MiB"
     if "latency" in first:
         lat = first["latency"]
         note += f"; latency on {lat['device']} {lat['dtype']} {lat['threads']} threads, {lat['repeats']} repeats"
