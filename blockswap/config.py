@@ -36,7 +36,7 @@ class CompactConfig:
     activation: str = _help("feed-forward activation: gelu, relu, silu, tanh", default="gelu")
     init: str = _help("'linear': start from the best rank-h linear fit of the block; 'random'", default="linear")
     norm: str = _help(
-        "'post': end with a LayerNorm initialised from the block's own (post-LN models); 'none'", default="post"
+        "'none' (the thesis's block) or 'post': end with a LayerNorm initialised from the block's own", default="none"
     )
 
     def __post_init__(self) -> None:
@@ -91,7 +91,7 @@ class FinetuneConfig:
     model: str | None = _help("base encoder: hub id or folder (default: packaged all-MiniLM-L6-v2)", default=None)
     epochs: int = _help("fine-tuning epochs", default=1)
     batch_size: int = _help("fine-tuning batch size", default=32)
-    lr: float = _help("fine-tuning peak learning rate", default=5e-5)
+    lr: float = _help("fine-tuning peak learning rate", default=1e-4)
     warmup_ratio: float = _help("share of steps with linear warm-up", default=0.1)
     weight_decay: float = _help("AdamW weight decay", default=0.01)
     max_steps: int | None = _help("stop fine-tuning after this many steps", default=None)
@@ -147,6 +147,7 @@ class DistillConfig:
     lr_substitute: float = _help("end-to-end learning rate of substitutes", default=5e-4)
     lr_kept: float = _help("end-to-end learning rate of kept original weights", default=3e-5)
     freeze_kept: bool = _help("freeze kept original weights during end-to-end distillation", default=False)
+    freeze_embeddings: bool = _help("freeze the embeddings during end-to-end distillation", default=False)
 
     def __post_init__(self) -> None:
         _positive("distill", batch_size=self.batch_size, blockwise_lr=self.blockwise_lr, temperature=self.temperature)

@@ -138,14 +138,10 @@ def blockwise(
 
 
 def _param_groups(student: PreTrainedModel, cfg: DistillConfig) -> list[dict]:
-    """Substitutes at lr_substitute; kept blocks and head at lr_kept (or frozen); embeddings frozen.
-
-    The embeddings hold half of a MiniLM's parameters and are already fine-tuned: updating them
-    costs more optimizer time than it returns in a few hundred steps.
-    """
+    """Substitutes at lr_substitute; kept blocks and head at lr_kept (or frozen); embeddings optionally frozen."""
     sub_ids = {id(p) for b in adapters.blocks(student) if isinstance(b, CompactBlock) for p in b.parameters()}
-    emb_ids = {id(p) for p in adapters.embeddings(student).parameters()}
-    for p in adapters.embeddings(student).parameters():
+    emb_ids = {id(p) for p in adapters.embeddings(student).parameters()} if cfg.freeze_embeddings else set()
+    for p in adapters.embeddings(student).parameters() if cfg.freeze_embeddings else ():
         p.requires_grad_(False)
     subs = [p for p in student.parameters() if id(p) in sub_ids]
     kept = [p for p in student.parameters() if id(p) not in sub_ids and id(p) not in emb_ids]

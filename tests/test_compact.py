@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -107,7 +109,7 @@ def test_post_norm_starts_as_the_blocks_own_layernorm(arch):
         norm = adapters.output_norm(teacher, 1)
         norm.weight.normal_()
         norm.bias.normal_()
-    student = substitute(teacher, [1], TINY_COMPACT).eval()
+    student = substitute(teacher, [1], dataclasses.replace(TINY_COMPACT, norm="post")).eval()
     sub = adapters.blocks(student)[1]
     sub.zero_contribution()
     x = torch.randn(2, 5, 32)

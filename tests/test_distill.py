@@ -93,7 +93,7 @@ def test_linear_init_of_a_post_norm_substitute_fits_the_block():
     from blockswap.substitute import make_compact
 
     teacher = tiny_model("bert", layers=2)
-    cfg = CompactConfig(hidden=8, heads=2, ffn=16, dropout=0.0)
+    cfg = CompactConfig(hidden=8, heads=2, ffn=16, dropout=0.0, norm="post")
     subs = {i: make_compact(teacher, cfg, i).eval() for i in range(2)}
     batches = labelled_batches(6)
     before = _mse(teacher, subs, batches)

@@ -17,8 +17,11 @@ def _logits(model, ids, mask):
         return model(input_ids=ids, attention_mask=mask).logits
 
 
-def test_save_load_roundtrip_both_ways(arch, tmp_path):
-    student = substitute(tiny_model(arch), [0, 2], TINY_COMPACT).eval()
+@pytest.mark.parametrize("norm", ["none", "post"])
+def test_save_load_roundtrip_both_ways(arch, norm, tmp_path):
+    import dataclasses
+
+    student = substitute(tiny_model(arch), [0, 2], dataclasses.replace(TINY_COMPACT, norm=norm)).eval()
     ids, mask = padded_batch()
     want = _logits(student, ids, mask)
     folder = export.save(student, tmp_path / "model")
