@@ -39,9 +39,7 @@ def main() -> int:
     run_dir = Path(args.run_dir)
     teacher_src = json.loads((run_dir / "teacher.json").read_text())["source"]
     models = {"teacher": export.load_model(teacher_src).eval(), "student": export.load(run_dir / "model").eval()}
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(run_dir / "model")
+    tok = export.load_tokenizer(run_dir / "model")
     real = real_batch(run_dir, tok)
     result: dict = {"run_dir": str(run_dir), "threads": torch.get_num_threads(), "cases": {}}
     for case, kw in (

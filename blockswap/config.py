@@ -162,7 +162,9 @@ class RunConfig:
     """The compression run: stop rules, baselines, devices."""
 
     teacher: str | None = _help("fine-tuned teacher folder or hub id (default: fine-tune one)", default=None)
-    min_kept: float = _help("stop before accuracy kept falls under this fraction of the teacher's", default=0.99)
+    min_kept: float = _help(
+        "choose the last step keeping at least this fraction of the teacher's validation accuracy", default=0.97
+    )
     target_gmacs_cut: float | None = _help("stop once this fraction of GMACs is cut", default=None)
     max_blocks: int | None = _help("substitute at most this many blocks", default=None)
     full_curve: bool = _help(

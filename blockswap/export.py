@@ -95,6 +95,34 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)
 
 
+def _base_config(cfg: dict):
+    """The original architecture's config object from a blockswap folder's config.json dict."""
+    meta = cfg[META_KEY]
+    cfg = {**cfg, "model_type": meta["base_model_type"]}
+    for key in ("auto_map", "architectures"):
+        cfg.pop(key, None)
+    return CONFIG_MAPPING[meta["base_model_type"]].from_dict(cfg)
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike):
+    """The tokenizer saved beside a model; a blockswap folder never triggers the remote-code prompt."""
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_dir).expanduser()
+    kwargs = {}
+    cfg_path = path / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        if (cfg.get(META_KEY) or {}).get("substituted"):
+            kwargs["config"] = _base_config(cfg)
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"no tokenizer found for {str(name_or_dir)!r} ({str(e).splitlines()[0][:120]}); save the tokenizer into the model folder"
+        ) from None
+
+
 def load(directory: str | os.PathLike) -> PreTrainedModel:
     """Load a classifier saved by blockswap (substituted or not) from a local folder, no remote code."""
     directory = Path(directory)
@@ -105,12 +133,7 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     meta = cfg.get(META_KEY)
     if not meta or not meta.get("substituted"):
         return AutoModelForSequenceClassification.from_pretrained(directory)
-    base_type = meta["base_model_type"]
-    cfg.update(model_type=base_type)
-    for key in ("auto_map", "architectures"):
-        cfg.pop(key, None)
-    config = CONFIG_MAPPING[base_type].from_dict(cfg)
-    model = adapters.model_from_config(config)
+    model = adapters.model_from_config(_base_config(cfg))
     layers = adapters.blocks(model)
     for i in meta["substituted"]:
         layers[i] = compact_from_meta(meta)

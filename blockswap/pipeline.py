@@ -14,7 +14,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from . import adapters, data, distill, export, importance, report
 from .config import Config, dump_config
@@ -173,7 +173,4 @@ def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[
 
 
 def _tokenizer(source: str):
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except OSError:
-        raise RunError(f"no tokenizer found for {source!r}; save the tokenizer into the model folder") from None
+    return export.load_tokenizer(source)

@@ -75,6 +75,17 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
 
     assert main(["report", str(out)]) == 0
 
+    # the saved student evaluates from its folder (tokenizer included), with no remote-code prompt
+    capsys.readouterr()
+    assert (
+        main(
+            ["evaluate", "--model", str(out / "model"), "--dataset", str(tiny_csv), "--json", str(tmp_path / "ev.json")]
+        )
+        == 0
+    )
+    assert "Do you wish" not in "".join(capsys.readouterr())
+    assert json.loads((tmp_path / "ev.json").read_text())["n"] == 12
+
 
 @pytest.mark.parametrize(
     "extra, message",
