@@ -134,14 +134,7 @@ def dry_run(cfg) -> str:
 
 
 def _tokenizer_for(source: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except OSError:
-        raise export.ModelLoadError(
-            f"no tokenizer found for {source!r}; save the tokenizer into the model folder"
-        ) from None
+    return export.load_tokenizer(source)
 
 
 def finetune_command(cfg, out) -> dict:
