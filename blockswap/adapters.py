@@ -28,19 +28,25 @@ class ArchSpec:
     hidden_attr: str = "hidden_size"
     eps_attr: str = "layer_norm_eps"
     out_norm_path: str = "output.LayerNorm"  # the LayerNorm that ends each block
+    head: str = "sequence"  # how the classifier head reads the final hidden states (see head_logits)
     returns_tuple: bool = False  # transformers 5.x encoder blocks return a bare tensor
 
 
 # In transformers 5.x every block below is called as block(hidden_states, attention_mask, ...) where
 # the mask is None, a 4-D bool mask (sdpa) or a 4-D additive float mask (eager); see compact.keep_mask.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "bert": ArchSpec("bert.encoder.layer", "bert.embeddings"),
+    "bert": ArchSpec("bert.encoder.layer", "bert.embeddings", head="pooler"),
     "roberta": ArchSpec("roberta.encoder.layer", "roberta.embeddings"),
     "xlm-roberta": ArchSpec("roberta.encoder.layer", "roberta.embeddings"),
     "camembert": ArchSpec("roberta.encoder.layer", "roberta.embeddings"),
     "electra": ArchSpec("electra.encoder.layer", "electra.embeddings"),
     "distilbert": ArchSpec(
-        "distilbert.transformer.layer", "distilbert.embeddings", "dim", eps_attr="", out_norm_path="output_layer_norm"
+        "distilbert.transformer.layer",
+        "distilbert.embeddings",
+        "dim",
+        eps_attr="",
+        out_norm_path="output_layer_norm",
+        head="pre_classifier",
     ),
 }
 
@@ -220,10 +226,10 @@ def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 
     Used by probes that feed a mix of block outputs to the frozen head.
     """
-    model_type = spec_for(model.config).block_path.split(".")[0]
-    if model_type == "bert":
+    head = spec_for(model.config).head
+    if head == "pooler":
         return model.classifier(model.dropout(model.bert.pooler(hidden)))
-    if model_type == "distilbert":
+    if head == "pre_classifier":
         pooled = torch.relu(model.pre_classifier(hidden[:, 0]))
         return model.classifier(model.dropout(pooled))
     return model.classifier(hidden)  # RoBERTa / ELECTRA heads take the sequence and pool the first token

@@ -10,7 +10,7 @@ from .evaluate import evaluate
 from .runtime import (
     Run,
     curve_csv,
-    kept_batches,
+    first_batches,
     load_substitutes,
     point_cost,
     read_json,
@@ -24,10 +24,9 @@ class StopRuleUnsatisfied(ValueError):
     """No step of the curve satisfies the stop rule (the curve is still written)."""
 
 
-def _row(run: Run, step: int, block, subs: list[int], model, teacher_cost, teacher_val: float) -> dict:
+def _row(run: Run, step: int, block, subs: list[int], model, cost: dict, teacher_val: float) -> dict:
     val = evaluate(model, run.loader("validation", shuffle=False))
     test = evaluate(model, run.loader("test", shuffle=False))
-    cost = point_cost(run, model, teacher_cost)
     return {
         "step": step,
         "block": block,
@@ -47,7 +46,10 @@ def _next_block(run: Run, student, remaining: list[int], order: list[int]) -> in
         "drop_one": 1.0
     }
     ranked = importance.rank(
-        student, kept_batches(run, run.cfg.importance.importance_batches), cheap, candidates=remaining
+        student,
+        first_batches(run, "validation", run.cfg.importance.importance_batches, batch_size=32, seed=1),
+        cheap,
+        candidates=remaining,
     )
     return ranked["order"][0]
 
@@ -66,7 +68,7 @@ def substitution_curve(run: Run) -> None:
     n = adapters.num_blocks(run.teacher)
     k_max = min(n, cfg.max_blocks or n)
     teacher_cost = point_cost(run, run.teacher, None)
-    rows = [_row(run, 0, None, [], run.teacher, None, teacher_val)]
+    rows = [_row(run, 0, None, [], run.teacher, teacher_cost, teacher_val)]
     student = copy.deepcopy(run.teacher)
     student.requires_grad_(True)
     chosen, remaining, done, logs = None, list(range(n)), [], {}
@@ -79,7 +81,7 @@ def substitution_curve(run: Run) -> None:
             student, run.teacher, run.loader("train", shuffle=True, seed=cfg.seed + k), run.cfg.distill,
             steps=run.cfg.distill.e2e_steps, accelerator=run.accelerator, desc=f"step {k}: distil with block {block} swapped",
         )  # fmt: skip
-        row = _row(run, k, block, sorted(done), student, teacher_cost, teacher_val)
+        row = _row(run, k, block, sorted(done), student, point_cost(run, student, teacher_cost), teacher_val)
         rows.append(row)
         run.log(
             f"step {k}: block {block} -> kept {row['kept']:.4f} (val {row['accuracy']:.4f}, test {row['test_accuracy']:.4f}), "
@@ -89,9 +91,7 @@ def substitution_curve(run: Run) -> None:
         reached = cfg.target_gmacs_cut is not None and row["gmacs_cut"] >= cfg.target_gmacs_cut
         if ok:
             chosen = (k, copy.deepcopy(student))
-        if (not ok or reached) and not cfg.full_curve:
-            break
-        if reached:
+        if reached or (not ok and not cfg.full_curve):
             break
     result = {"rows": rows, "teacher_validation_accuracy": teacher_val, "order": order, "distill_log": logs}
     result["chosen_step"] = chosen[0] if chosen else None
@@ -147,15 +147,12 @@ def baselines_stage(run: Run) -> None:
     teacher_params = measure.count_params(run.teacher)["total"]
     for r in rows:
         sparsity = baselines.sparsity_for_cut(run.teacher, r["params_cut"])
-        for name in ("magnitude", "random"):
-            if name in names:
-                fn = baselines.magnitude_prune if name == "magnitude" else baselines.random_prune
-                pruned = (
-                    fn(run.teacher, sparsity)
-                    if name == "magnitude"
-                    else fn(run.teacher, sparsity, seed=run.cfg.run.seed)
-                )
-                out[name].append(_baseline_row(r, pruned, val, test, teacher_val, sparsity=sparsity))
+        if "magnitude" in names:
+            pruned = baselines.magnitude_prune(run.teacher, sparsity)
+            out["magnitude"].append(_baseline_row(r, pruned, val, test, teacher_val, sparsity=sparsity))
+        if "random" in names:
+            pruned = baselines.random_prune(run.teacher, sparsity, seed=run.cfg.run.seed)
+            out["random"].append(_baseline_row(r, pruned, val, test, teacher_val, sparsity=sparsity))
         if "drop" in names:
             # the same blocks as the curve, dropped cumulatively, with the same distillation budget per step
             t0 = time.perf_counter()

@@ -244,8 +244,8 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
         out = {"train": train, "validation": conv[val_name], "test": conv[test_name]}
     else:
         # carve what is missing out of train (a labelled validation set becomes the test set)
-        held = conv.get(test_name or "") if test_name else conv.get(val_name or "")
-        frac = (cfg.val_fraction, 1e-9) if held is not None else (cfg.val_fraction, cfg.test_fraction)
+        held = conv[test_name] if test_name else conv[val_name] if val_name else None
+        frac = (cfg.val_fraction, 0.0) if held is not None else (cfg.val_fraction, cfg.test_fraction)
         tr, va, te = stratified_split(train["label"].to_numpy(), frac, cfg.split_seed)
         out = {
             "train": train.iloc[tr],

@@ -21,7 +21,7 @@ from .config import Config, dump_config
 from .curve import baselines_stage, evaluation_stage, substitution_curve, summarise
 from .evaluate import evaluate
 from .finetune import build_classifier, default_base_model, finetune
-from .runtime import Run, read_json, write_atomic, write_json
+from .runtime import Run, first_batches, read_json, write_atomic, write_json
 from .substitute import make_compact
 
 RUN_MARKER = "run.json"
@@ -103,9 +103,7 @@ def _load_teacher(source: str, num_labels: int) -> PreTrainedModel:
 
 
 def _importance_stage(run: Run) -> None:
-    batches = list(run.loader("validation", shuffle=True, batch_size=32, seed=1))[
-        : run.cfg.importance.importance_batches
-    ]
+    batches = first_batches(run, "validation", run.cfg.importance.importance_batches, batch_size=32, seed=1)
     result = importance.rank(
         run.teacher,
         batches,
@@ -123,7 +121,7 @@ def _blockwise_stage(run: Run) -> None:
     n = adapters.num_blocks(run.teacher)
     subs = {i: make_compact(run.teacher, cfg.compact, i) for i in range(n)}
     if cfg.compact.init == "linear":
-        batches = list(run.loader("train", shuffle=True, batch_size=64, seed=2))[:20]
+        batches = first_batches(run, "train", 20, batch_size=64, seed=2)
         distill.init_linear(run.teacher, subs, batches)
     history = distill.blockwise(
         run.teacher,
@@ -153,7 +151,7 @@ def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[
     t0 = time.perf_counter()
     set_seed(cfg.run.seed)
     tok_source = cfg.run.teacher or cfg.finetune.model or default_base_model()
-    run.tokenizer = _tokenizer(tok_source)
+    run.tokenizer = export.load_tokenizer(tok_source)
     _load_data(run)
     run.stage("teacher", "teacher.json", lambda: _teacher_stage(run))
     run.teacher = _load_teacher(read_json(out / "teacher.json")["source"], len(run.label_names))
@@ -170,7 +168,3 @@ def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[
     write_json(out / "summary.json", summary)
     report.render(out)
     return summary
-
-
-def _tokenizer(source: str):
-    return export.load_tokenizer(source)

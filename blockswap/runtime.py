@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -84,7 +85,7 @@ def load_substitutes(run: Run) -> dict[int, CompactBlock]:
 
 
 def point_cost(run: Run, model: PreTrainedModel, teacher_cost: dict | None) -> dict:
-    """Cost of one curve point: params, GMACs at eval_seq_len, batch-1 latency."""
+    """Cost of one curve point: params, GMACs at eval_seq_len, batch-1 latency (cuts vs ``teacher_cost``)."""
     seq = run.cfg.run.eval_seq_len
     params = measure.count_params(model)["total"]
     macs = measure.count_macs(model, batch=1, seq_len=seq)["macs"]
@@ -113,5 +114,6 @@ def swap(student: PreTrainedModel, index: int, block: CompactBlock, run: Run) ->
     swap_in(student, index, copy.deepcopy(block), run.cfg.compact)
 
 
-def kept_batches(run: Run, n: int) -> list[dict[str, torch.Tensor]]:
-    return list(run.loader("validation", shuffle=True, batch_size=32, seed=1))[:n]
+def first_batches(run: Run, split: str, n: int, *, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``n`` shuffled batches of a split (only those are collated)."""
+    return list(itertools.islice(run.loader(split, shuffle=True, batch_size=batch_size, seed=seed), n))

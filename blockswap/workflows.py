@@ -133,10 +133,6 @@ def dry_run(cfg) -> str:
     return head + "\n" + format_measure_table(result)
 
 
-def _tokenizer_for(source: str):
-    return export.load_tokenizer(source)
-
-
 def finetune_command(cfg, out) -> dict:
     """Fine-tune ``cfg.finetune.model`` (default: packaged MiniLM) on ``cfg.data``; save model, tokenizer, metrics."""
     import json
@@ -148,7 +144,7 @@ def finetune_command(cfg, out) -> dict:
     from .finetune import build_classifier, default_base_model, finetune
 
     base = cfg.finetune.model or default_base_model()
-    tok = _tokenizer_for(base)
+    tok = export.load_tokenizer(base)
     dsd = data.load_source(cfg.data)
     tk = data.tokenize(dsd, tok, cfg.data.max_length)
     set_seed(cfg.run.seed)
@@ -174,7 +170,7 @@ def evaluate_command(cfg, model_name: str, split: str, json_path: str | None, ba
     from .evaluate import evaluate
 
     model = export.load_model(model_name).eval()
-    tok = _tokenizer_for(model_name)
+    tok = export.load_tokenizer(model_name)
     dsd = data.load_source(cfg.data)
     names = data.label_names(dsd)
     if len(names) > model.config.num_labels:
