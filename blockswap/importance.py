@@ -26,7 +26,7 @@ def _loss(model: PreTrainedModel, batches: Batches) -> float:
     with torch.no_grad():
         for b in batches:
             logits = model(**forward_inputs(model, b)).logits
-            total += F.cross_entropy(logits, b["labels"], reduction="sum").item()
+            total += F.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
             n += len(b["labels"])
     return total / max(n, 1)
 

@@ -21,6 +21,7 @@ from .config import Config, dump_config
 from .curve import baselines_stage, evaluation_stage, substitution_curve, summarise
 from .evaluate import evaluate
 from .finetune import build_classifier, default_base_model, finetune
+from .optim import resolve_precision
 from .runtime import Run, first_batches, read_json, write_atomic, write_json
 from .substitute import make_compact
 
@@ -104,13 +105,14 @@ def _load_teacher(source: str, num_labels: int) -> PreTrainedModel:
 
 def _importance_stage(run: Run) -> None:
     batches = first_batches(run, "validation", run.cfg.importance.importance_batches, batch_size=32, seed=1)
-    result = importance.rank(
-        run.teacher,
-        batches,
-        run.cfg.importance.weight_map(),
-        probe_steps=run.cfg.importance.probe_steps,
-        seed=run.cfg.run.seed,
-    )
+    with run.accelerator.autocast():  # a ranking: the training precision suffices, and bf16 halves it on CPU
+        result = importance.rank(
+            run.teacher,
+            batches,
+            run.cfg.importance.weight_map(),
+            probe_steps=run.cfg.importance.probe_steps,
+            seed=run.cfg.run.seed,
+        )
     run.log(f"importance order (least important first): {result['order']}")
     write_json(run.out / "importance.json", result)
 
@@ -139,13 +141,15 @@ def _blockwise_stage(run: Run) -> None:
 
 def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``out``; returns the summary."""
-    accelerator = Accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
+    precision = resolve_precision(cfg.run.mixed_precision, cpu=cfg.run.cpu)
+    accelerator = Accelerator(cpu=cfg.run.cpu, mixed_precision=precision)
     prepare_run_dir(out, resume=resume, config=cfg, create=False)  # every process validates first
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         prepare_run_dir(out, resume=resume, config=cfg)
     accelerator.wait_for_everyone()
     run = Run(cfg=cfg, out=out, accelerator=accelerator, log=log)
+    log(f"training precision: {'fp32' if precision == 'no' else precision} (teacher and final evaluation fp32)")
     if (out / "timings.json").is_file():
         run.timings = read_json(out / "timings.json")
     t0 = time.perf_counter()

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from transformers import AutoConfig
 
 from blockswap import adapters
 from blockswap.config import CompactConfig
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """Each test may build an Accelerator with its own precision; accelerate keeps one per process."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    yield
+
 
 ARCHS = ["bert", "distilbert", "roberta", "electra", "xlm-roberta"]
 TINY_COMPACT = CompactConfig(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0)
