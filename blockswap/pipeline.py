@@ -143,6 +143,8 @@ def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[
     """Run every stage into ``out``; returns the summary."""
     precision = resolve_precision(cfg.run.mixed_precision, cpu=cfg.run.cpu)
     accelerator = Accelerator(cpu=cfg.run.cpu, mixed_precision=precision)
+    if precision == "fp16" and accelerator.device.type == "cpu":
+        raise RunError("--mixed-precision fp16 needs a GPU; on a CPU use auto (bf16 where supported) or no")
     prepare_run_dir(out, resume=resume, config=cfg, create=False)  # every process validates first
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
