@@ -103,6 +103,12 @@ def _build_parser() -> argparse.ArgumentParser:
         kind = int if name in ("epochs", "batch-size", "max-steps") else float
         f.add_argument(f"--{name}", dest=f"cfg__finetune__{name.replace('-', '_')}", type=kind, default=None)
     f.add_argument("--seed", dest="cfg__run__seed", type=int, default=None, help="random seed [default: 0]")
+    f.add_argument(
+        "--mixed-precision",
+        dest="cfg__run__mixed_precision",
+        default=None,
+        help="training precision: auto (bf16 where the device computes it natively), no, fp16, bf16 [default: auto]",
+    )
     f.set_defaults(handler=_cmd_finetune)
 
     e = sub.add_parser("evaluate", help="accuracy, macro-F1, loss, confusion matrix of a classifier")

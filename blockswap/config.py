@@ -184,8 +184,8 @@ class RunConfig:
     baseline_arch: str | None = _help("built-in architecture to report --dry-run cuts against", default=None)
     eval_seq_len: int = _help("sequence length at which GMACs and latency are measured", default=128)
     mixed_precision: str = _help(
-        "mixed precision of training (evaluation is always fp32): auto (bf16 where the device computes it "
-        "natively), no, fp16, bf16",
+        "mixed precision of training, importance and curve/baseline points (teacher and final evaluation are "
+        "fp32): auto (bf16 where the device computes it natively), no, fp16, bf16",
         default="auto",
     )
     cpu: bool = _help("force the CPU even when an accelerator is present", default=False)

@@ -177,7 +177,7 @@ def end_to_end(
         return []
     teacher.eval()
     # No dropout: the student fits the teacher's function in a few dozen steps, far too few to
-    # overfit, and on CPU dropout's random masks cost about a quarter of a substitute's step.
+    # overfit, and on CPU dropout's random masks were a quarter of a substitute's block-wise step.
     student.eval()
     subs = [i for i, b in enumerate(adapters.blocks(student)) if isinstance(b, CompactBlock)]
     opt = adamw(_param_groups(student, cfg), weight_decay=0.0)

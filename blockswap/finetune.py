@@ -52,7 +52,8 @@ def finetune(
 ) -> tuple[PreTrainedModel, dict]:
     """Train ``model`` on labels; evaluate each epoch and keep the best validation accuracy.
 
-    Returns the best model (on CPU) and a history of per-epoch validation metrics.
+    Returns the best model (on CPU, fp32) and a history of per-epoch validation metrics, with the
+    best epoch's full metrics under ``best_validation``.
     """
     acc = accelerator or Accelerator(cpu=True)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -92,8 +93,13 @@ def finetune(
         metrics = evaluate(snapshot, val_loader)
         history.append({"epoch": epoch + 1, "step": step, **{k: metrics[k] for k in ("accuracy", "macro_f1", "loss")}})
         log(f"epoch {epoch + 1}: validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
-        if best is None or metrics["accuracy"] > best[0]:
-            best = (metrics["accuracy"], snapshot)
+        if best is None or metrics["accuracy"] > best[0]["accuracy"]:
+            best = (metrics, snapshot)
         if step >= total:
             break
-    return best[1].eval(), {"history": history, "best_val_accuracy": best[0], "steps": step}
+    return best[1].eval(), {
+        "history": history,
+        "best_val_accuracy": best[0]["accuracy"],
+        "best_validation": best[0],
+        "steps": step,
+    }

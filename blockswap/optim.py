@@ -8,17 +8,19 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from .config import ConfigError
+
 
 def adamw(groups: Iterable, **kwargs) -> torch.optim.AdamW:
-    """AdamW, fused when every parameter is a floating tensor on CPU or CUDA.
+    """AdamW over parameters or param-group dicts, fused when every parameter is a floating tensor on CPU or CUDA.
 
     The fused kernel updates all parameters in one pass; on 2 CPU cores it cut a MiniLM-L6
-    training step from 0.49 s to 0.41 s (the per-tensor loop spends most of that on the
-    11.7M-parameter word embedding).
+    training step (batch 32) from 0.49 s to 0.41 s.
     """
-    groups = [g if isinstance(g, dict) else {"params": [g]} for g in groups]
-    for g in groups:
-        g["params"] = list(g["params"])
+    groups = list(groups)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    groups = [{**g, "params": list(g["params"])} for g in groups]
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, fused=fused, **kwargs)
@@ -37,6 +39,16 @@ def resolve_precision(name: str, *, cpu: bool) -> str:
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return "no"
+
+
+def make_accelerator(*, cpu: bool, mixed_precision: str) -> tuple[Accelerator, str]:
+    """The Accelerator of a command, with ``mixed_precision`` resolved; returns it and the precision used."""
+    precision = resolve_precision(mixed_precision, cpu=cpu)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
+    if precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate would silently train in fp32
+        raise ConfigError("--mixed-precision fp16 needs a GPU; on a CPU use auto (bf16 where supported) or no")
+    return accelerator, precision
 
 
 def full_precision(accelerator: Accelerator, model: nn.Module) -> nn.Module:

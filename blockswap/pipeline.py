@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
@@ -21,7 +20,7 @@ from .config import Config, dump_config
 from .curve import baselines_stage, evaluation_stage, substitution_curve, summarise
 from .evaluate import evaluate
 from .finetune import build_classifier, default_base_model, finetune
-from .optim import resolve_precision
+from .optim import make_accelerator
 from .runtime import Run, first_batches, read_json, write_atomic, write_json
 from .substitute import make_compact
 
@@ -83,7 +82,10 @@ def _teacher_stage(run: Run) -> None:
             export.save(model, run.out / "teacher", tokenizer=run.tokenizer)
         run.accelerator.wait_for_everyone()
         history["source"] = str(run.out / "teacher")
-    history["validation"] = evaluate(model, run.loader("validation", shuffle=False))
+    # fine-tuning already evaluated the returned model on validation (fp32)
+    history["validation"] = history.pop("best_validation", None) or evaluate(
+        model, run.loader("validation", shuffle=False)
+    )
     history["test"] = evaluate(model, run.loader("test", shuffle=False))
     run.log(
         f"teacher: validation accuracy {history['validation']['accuracy']:.4f}, test {history['test']['accuracy']:.4f}"
@@ -141,10 +143,7 @@ def _blockwise_stage(run: Run) -> None:
 
 def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``out``; returns the summary."""
-    precision = resolve_precision(cfg.run.mixed_precision, cpu=cfg.run.cpu)
-    accelerator = Accelerator(cpu=cfg.run.cpu, mixed_precision=precision)
-    if precision == "fp16" and accelerator.device.type == "cpu":
-        raise RunError("--mixed-precision fp16 needs a GPU; on a CPU use auto (bf16 where supported) or no")
+    accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
     prepare_run_dir(out, resume=resume, config=cfg, create=False)  # every process validates first
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -142,7 +142,9 @@ def finetune_command(cfg, out) -> dict:
     from . import data
     from .evaluate import evaluate
     from .finetune import build_classifier, default_base_model, finetune
+    from .optim import make_accelerator
 
+    accelerator, _ = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
     base = cfg.finetune.model or default_base_model()
     tok = export.load_tokenizer(base)
     dsd = data.load_source(cfg.data)
@@ -154,6 +156,7 @@ def finetune_command(cfg, out) -> dict:
         data.loader(tk["train"], tok, batch_size=cfg.finetune.batch_size, shuffle=True, seed=cfg.run.seed),
         data.loader(tk["validation"], tok, batch_size=64, shuffle=False),
         cfg.finetune,
+        accelerator=accelerator,
     )
     history["test"] = evaluate(model, data.loader(tk["test"], tok, batch_size=64, shuffle=False))
     export.save(model, out, tokenizer=tok)

@@ -1,8 +1,9 @@
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
-from blockswap import adapters, distill, optim
+from blockswap import distill, optim
 from blockswap.config import CompactConfig, DistillConfig
 from blockswap.substitute import substitute
 
@@ -65,4 +66,13 @@ def test_bf16_distillation_leaves_an_fp32_student():
         got, want = student(**inputs).logits, fresh(**inputs).logits
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert adapters.num_blocks(student) == 2
+
+
+def test_fp16_on_a_cpu_is_refused_not_silently_fp32():
+    from blockswap.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        optim.make_accelerator(cpu=True, mixed_precision="fp16")
+    AcceleratorState._reset_state(reset_partial_state=False)  # accelerate keeps one precision per process
+    accelerator, precision = optim.make_accelerator(cpu=True, mixed_precision="no")
+    assert precision == "no" and accelerator.device.type == "cpu"
