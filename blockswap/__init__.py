@@ -1,15 +1,19 @@
 """blockswap: substitute whole encoder blocks with compact, distilled modules."""
 
-from .compact import CompactBlock
-from .config import CompactConfig, Config, load_config
+from .compact import CompactBlock, CompactSpec
+from .config import Config, load_config
+from .errors import BlockswapError
 from .export import load, load_model, save
-from .measure import count_macs, count_params, latency
+from .measure import Cost, cost, count_macs, count_params, latency
 from .substitute import drop_blocks, substitute, substituted_blocks
 
 __all__ = [
+    "BlockswapError",
     "CompactBlock",
-    "CompactConfig",
+    "CompactSpec",
     "Config",
+    "Cost",
+    "cost",
     "count_macs",
     "count_params",
     "drop_blocks",

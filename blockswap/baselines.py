@@ -8,14 +8,19 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from . import adapters
+from . import arch
 
-BASELINES = ("magnitude", "random", "drop")
+# The baselines `blockswap run` can compare against (``--baselines``), with what each one is.
+BASELINES: dict[str, str] = {
+    "magnitude": "global magnitude pruning of encoder Linear weights at the step's parameter cut, no retraining",
+    "random": "random unstructured pruning of encoder Linear weights at the step's parameter cut, no retraining",
+    "drop": "layer dropping of the same blocks, with the same end-to-end distillation budget",
+}
 
 
 def prunable(model: PreTrainedModel) -> list[torch.Tensor]:
     """The weight matrices unstructured pruning acts on: every nn.Linear weight inside the encoder blocks."""
-    return [m.weight for b in adapters.blocks(model) for m in b.modules() if isinstance(m, nn.Linear)]
+    return [m.weight for b in arch.blocks(model) for m in b.modules() if isinstance(m, nn.Linear)]
 
 
 def sparsity_for_cut(model: PreTrainedModel, params_cut: float) -> float:
@@ -56,7 +61,3 @@ def _prune(model: PreTrainedModel, sparsity: float, score) -> PreTrainedModel:
         w.mul_(mask[offset : offset + n].view_as(w).to(w.device, w.dtype))
         offset += n
     return pruned
-
-
-def zero_count(model: PreTrainedModel) -> int:
-    return int(sum((w == 0).sum().item() for w in prunable(model)))

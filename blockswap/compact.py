@@ -5,12 +5,62 @@ folder (``modeling_blockswap.py``) so that a saved model loads where blockswap i
 """
 
 import math
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "tanh": torch.tanh}
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class CompactSpec:
+    """Shape of a compact substitute: hidden -> ``hidden`` -> ``layers`` x (``heads``, ``ffn``) -> hidden.
+
+    The one description of the block: the ``compact`` section of the run config, the argument of
+    ``CompactBlock`` and the ``compact`` entry saved in a substituted model's config.json.
+    """
+
+    hidden: int = _help("width of the small encoder (hidden -> this -> hidden)", 128)
+    layers: int = _help("transformer layers inside the substitute", 2)
+    heads: int = _help("attention heads inside the substitute", 2)
+    ffn: int | None = _help("feed-forward width inside the substitute (default 4 x hidden)", None)
+    dropout: float = _help("dropout inside the substitute (0: it underfits its block, and dropout is slow on CPU)", 0.0)
+    activation: str = _help("feed-forward activation: gelu, relu, silu, tanh", "gelu")
+    norm: str = _help(
+        "'none' (the thesis's block) or 'post': end with a LayerNorm initialised from the block's own", "none"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "heads", "ffn"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"compact.{name} must be positive, got {value}")
+        if self.layers < 0:
+            raise ValueError(f"compact.layers must be >= 0, got {self.layers}")
+        if self.hidden % self.heads:
+            raise ValueError(f"compact hidden size {self.hidden} is not divisible by {self.heads} heads")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"compact.dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"compact.activation {self.activation!r} unknown; use {', '.join(_ACTIVATIONS)}")
+        if self.norm not in ("post", "none"):
+            raise ValueError(f"compact.norm {self.norm!r} unknown; use post or none")
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn if self.ffn is not None else 4 * self.hidden
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CompactSpec":
+        """From a saved dict; keys this version does not know (e.g. an older ``init``) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def keep_mask(attention_mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:
@@ -41,8 +91,6 @@ class CompactAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"compact hidden size {dim} is not divisible by {heads} heads")
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -90,39 +138,27 @@ class CompactBlock(nn.Module):
     def __init__(
         self,
         hidden_size: int,
+        spec: CompactSpec | None = None,
         *,
-        compact_hidden: int = 128,
-        layers: int = 2,
-        heads: int = 2,
-        ffn: int = 512,
-        dropout: float = 0.1,
-        activation: str = "gelu",
         layer_norm_eps: float = 1e-12,
-        post_norm: bool = False,
         return_tuple: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("hidden_size", hidden_size),
-            ("compact_hidden", compact_hidden),
-            ("heads", heads),
-            ("ffn", ffn),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if layers < 0:
-            raise ValueError(f"layers must be >= 0, got {layers}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+        spec = spec or CompactSpec()
+        if hidden_size <= 0:
+            raise ValueError(f"hidden_size must be positive, got {hidden_size}")
+        self.spec = spec
         self.return_tuple = return_tuple
-        self.down = nn.Linear(hidden_size, compact_hidden)
+        h = spec.hidden
+        self.down = nn.Linear(hidden_size, h)
         self.layers = nn.ModuleList(
-            CompactLayer(compact_hidden, heads, ffn, dropout, activation, layer_norm_eps) for _ in range(layers)
+            CompactLayer(h, spec.heads, spec.ffn_size, spec.dropout, spec.activation, layer_norm_eps)
+            for _ in range(spec.layers)
         )
-        self.up = nn.Linear(compact_hidden, hidden_size)
+        self.up = nn.Linear(h, hidden_size)
         # Post-LN encoders (BERT & co.) end every block with a LayerNorm: a per-token rescaling of all
         # `hidden` dims that no rank-h residual can express, so the substitute may end with one too.
-        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if post_norm else None
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if spec.norm == "post" else None
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         b, s, _ = hidden_states.shape  # (B, S, H)
@@ -144,16 +180,9 @@ class CompactBlock(nn.Module):
 
 def compact_from_meta(meta: dict) -> CompactBlock:
     """A CompactBlock shaped as recorded in a saved model's ``config.blockswap``."""
-    c = meta["compact"]
     return CompactBlock(
         meta["hidden_size"],
-        compact_hidden=c["hidden"],
-        layers=c["layers"],
-        heads=c["heads"],
-        ffn=c["ffn"] if c.get("ffn") else 4 * c["hidden"],
-        dropout=c["dropout"],
-        activation=c["activation"],
+        CompactSpec.from_dict(meta["compact"]),
         layer_norm_eps=meta["layer_norm_eps"],
-        post_norm=c.get("norm", "none") == "post",
         return_tuple=meta.get("return_tuple", False),
     )

@@ -1,4 +1,9 @@
-"""One source of configuration: frozen dataclasses with help text, loaded from YAML and CLI flags."""
+"""One source of configuration: frozen dataclasses with help text, loaded from YAML and CLI flags.
+
+Lists and weightings are real YAML values (``baselines: [magnitude, random]``,
+``signals: {drop_one: 1, influence: 1}``); on the command line they are written
+``--baselines magnitude,random`` and ``--signals drop_one=1,influence=1`` and parsed once, here.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value a user gave is invalid."""
+from .compact import CompactSpec
+from .errors import ConfigError
 
 
 def _help(text: str, **kw) -> Any:
@@ -24,41 +28,35 @@ def _positive(section: str, **values: float | int | None) -> None:
             raise ConfigError(f"{section}.{name} must be positive, got {value}")
 
 
-@dataclass(frozen=True)
-class CompactConfig:
-    """Shape of the compact substitute block."""
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    """A list given as YAML sequence or comma string -> tuple of names ('none' = empty)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{what} must be a list of names, got {value!r}")
+    return tuple(n.strip() for n in map(str, value) if n.strip() and n.strip() != "none")
 
-    hidden: int = _help("width of the small encoder (hidden -> this -> hidden)", default=128)
-    layers: int = _help("transformer layers inside the substitute", default=2)
-    heads: int = _help("attention heads inside the substitute", default=2)
-    ffn: int | None = _help("feed-forward width inside the substitute (default 4 x hidden)", default=None)
-    dropout: float = _help(
-        "dropout inside the substitute (0: it underfits its block, and dropout is slow on CPU)", default=0.0
-    )
-    activation: str = _help("feed-forward activation: gelu, relu, silu, tanh", default="gelu")
-    init: str = _help("'linear': start from the best rank-h linear fit of the block; 'random'", default="linear")
-    norm: str = _help(
-        "'none' (the thesis's block) or 'post': end with a LayerNorm initialised from the block's own", default="none"
-    )
 
-    def __post_init__(self) -> None:
-        _positive("compact", hidden=self.hidden, heads=self.heads, ffn=self.ffn)
-        if self.layers < 0:
-            raise ConfigError(f"compact.layers must be >= 0, got {self.layers}")
-        if self.hidden % self.heads:
-            raise ConfigError(f"compact hidden size {self.hidden} is not divisible by {self.heads} heads")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"compact.dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ("gelu", "relu", "silu", "tanh"):
-            raise ConfigError(f"compact.activation {self.activation!r} unknown; use gelu, relu, silu or tanh")
-        if self.norm not in ("post", "none"):
-            raise ConfigError(f"compact.norm {self.norm!r} unknown; use post or none")
-        if self.init not in ("linear", "random"):
-            raise ConfigError(f"compact.init {self.init!r} unknown; use linear or random")
+def _weights(value: Any, what: str) -> dict[str, float]:
+    """A weighting given as YAML mapping or ``name=weight,...`` string -> {name: weight}."""
+    if isinstance(value, str):
+        pairs = [item.partition("=") for item in filter(None, (p.strip() for p in value.split(",")))]
+        value = {name.strip(): (w.strip() or 1) for name, _, w in pairs}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must map names to weights, got {value!r}")
+    out = {}
+    for name, w in value.items():
+        try:
+            out[str(name)] = float(w)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: weight for {name!r} is not a number: {w!r}") from None
+    return out
 
-    @property
-    def ffn_size(self) -> int:
-        return self.ffn if self.ffn is not None else 4 * self.hidden
+
+def _known(names, known, what: str) -> None:
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"unknown {what} {n!r}; use {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -106,31 +104,27 @@ class FinetuneConfig:
 class ImportanceConfig:
     """Block-importance signals and how they are combined."""
 
-    signals: str = _help(
+    signals: dict[str, float] = _help(
         "signal=weight list; signals: drop_one, influence, grad_act, softmax_weight, scale",
-        default="drop_one=1,influence=1,grad_act=1,softmax_weight=1,scale=1",
+        default_factory=lambda: {
+            "drop_one": 1.0,
+            "influence": 1.0,
+            "grad_act": 1.0,
+            "softmax_weight": 1.0,
+            "scale": 1.0,
+        },
     )
     importance_batches: int = _help("validation batches used by each signal", default=16)
     probe_steps: int = _help("training steps of the learned probes (softmax_weight, scale)", default=60)
 
     def __post_init__(self) -> None:
-        _positive("importance", importance_batches=self.importance_batches, probe_steps=self.probe_steps)
-        self.weight_map()
+        from .importance import SIGNALS  # the registry is the one list of names
 
-    def weight_map(self) -> dict[str, float]:
-        known = ("drop_one", "influence", "grad_act", "softmax_weight", "scale")
-        out: dict[str, float] = {}
-        for item in filter(None, (p.strip() for p in self.signals.split(","))):
-            name, _, value = item.partition("=")
-            if name not in known:
-                raise ConfigError(f"unknown importance signal {name!r}; use {', '.join(known)}")
-            try:
-                out[name] = float(value or 1)
-            except ValueError:
-                raise ConfigError(f"importance weight for {name!r} is not a number: {value!r}") from None
-        if not out or sum(out.values()) <= 0:
+        _positive("importance", importance_batches=self.importance_batches, probe_steps=self.probe_steps)
+        object.__setattr__(self, "signals", _weights(self.signals, "importance.signals"))
+        _known(self.signals, SIGNALS, "importance signal")
+        if not self.signals or sum(self.signals.values()) <= 0:
             raise ConfigError("importance.signals must give at least one signal a positive weight")
-        return out
 
 
 @dataclass(frozen=True)
@@ -138,6 +132,9 @@ class DistillConfig:
     """Block-wise and end-to-end knowledge distillation."""
 
     batch_size: int = _help("distillation batch size", default=32)
+    substitute_init: str = _help(
+        "'linear': substitutes start from the best rank-h linear fit of their block; 'random'", default="linear"
+    )
     blockwise_epochs: float = _help(
         "epochs of block-wise hidden-state distillation (all substitutes at once)", default=2.0
     )
@@ -160,11 +157,13 @@ class DistillConfig:
         for name in ("blockwise_epochs", "e2e_steps", "alpha", "beta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
+        if self.substitute_init not in ("linear", "random"):
+            raise ConfigError(f"distill.substitute_init {self.substitute_init!r} unknown; use linear or random")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The compression run: stop rules, baselines, devices."""
+    """The compression run: stop rules, baselines, measurement, devices."""
 
     teacher: str | None = _help("fine-tuned teacher folder or hub id (default: fine-tune one)", default=None)
     min_kept: float = _help(
@@ -176,13 +175,15 @@ class RunConfig:
         "continue the curve to the last block after the stop rule fails (the chosen model still obeys it)", default=True
     )
     rerank: bool = _help("re-rank importance on the current student before each step", default=False)
-    baselines: str = _help(
-        "baselines to run beside the curve: magnitude, random, drop (or 'none')", default="magnitude,random,drop"
+    baselines: tuple[str, ...] = _help(
+        "baselines to run beside the curve: magnitude, random, drop (or 'none')",
+        default=("magnitude", "random", "drop"),
     )
     seed: int = _help("random seed of training", default=0)
     arch: str | None = _help("built-in architecture of the teacher, for --dry-run without downloads", default=None)
     baseline_arch: str | None = _help("built-in architecture to report --dry-run cuts against", default=None)
     eval_seq_len: int = _help("sequence length at which GMACs and latency are measured", default=128)
+    latency_repeats: int = _help("timed forward passes per latency measurement (after 2 warm-up passes)", default=5)
     mixed_precision: str = _help(
         "mixed precision of training, importance and curve/baseline points (teacher and final evaluation are "
         "fp32): auto (bf16 where the device computes it natively), no, fp16, bf16",
@@ -191,28 +192,25 @@ class RunConfig:
     cpu: bool = _help("force the CPU even when an accelerator is present", default=False)
 
     def __post_init__(self) -> None:
+        from .baselines import BASELINES  # the registry is the one list of names
+
         if not 0 < self.min_kept <= 1:
             raise ConfigError(f"--min-kept must be in (0, 1], got {self.min_kept}")
         if self.target_gmacs_cut is not None and not 0 < self.target_gmacs_cut < 1:
             raise ConfigError(f"--target-gmacs-cut must be in (0, 1), got {self.target_gmacs_cut}")
         _positive("run", max_blocks=self.max_blocks, eval_seq_len=self.eval_seq_len)
+        _positive("run", latency_repeats=self.latency_repeats)
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
-        self.baseline_names()
-
-    def baseline_names(self) -> tuple[str, ...]:
-        names = tuple(n.strip() for n in self.baselines.split(",") if n.strip() and n.strip() != "none")
-        for n in names:
-            if n not in ("magnitude", "random", "drop"):
-                raise ConfigError(f"unknown baseline {n!r}; use magnitude, random, drop or none")
-        return names
+        object.__setattr__(self, "baselines", _names(self.baselines, "run.baselines"))
+        _known(self.baselines, BASELINES, "baseline")
 
 
 @dataclass(frozen=True)
 class Config:
     """Everything a run needs; written next to the results as config.yaml."""
 
-    compact: CompactConfig = field(default_factory=CompactConfig)
+    compact: CompactSpec = field(default_factory=CompactSpec)
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
@@ -220,52 +218,37 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-SECTIONS = {f.name: f.type for f in fields(Config)}
-_CLASSES = {
-    "compact": CompactConfig,
+SECTIONS: dict[str, type] = {
+    "compact": CompactSpec,
     "data": DataConfig,
     "finetune": FinetuneConfig,
     "importance": ImportanceConfig,
     "distill": DistillConfig,
     "run": RunConfig,
 }
-# CLI flag prefix per section: --compact-hidden, --batch-size for distill is --distill-batch-size.
-CLI_PREFIX = {"compact": "compact-", "data": "", "finetune": "finetune-", "importance": "", "distill": "", "run": ""}
-
-
-def cli_flags() -> dict[str, tuple[str, dataclasses.Field]]:
-    """Map ``--flag-name`` -> (section, field) for every configuration field."""
-    out: dict[str, tuple[str, dataclasses.Field]] = {}
-    for section, cls in _CLASSES.items():
-        for f in fields(cls):
-            prefix = CLI_PREFIX[section]
-            name = "--" + prefix + f.name.replace("_", "-")
-            if name in out or (section == "distill" and f.name == "batch_size"):
-                name = f"--{section}-{f.name.replace('_', '-')}"
-            assert name not in out, name
-            out[name] = (section, f)
-    return out
 
 
 def _build(section: str, values: dict[str, Any]) -> Any:
-    cls = _CLASSES[section]
+    cls = SECTIONS[section]
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown key(s) in section {section!r}: {', '.join(sorted(unknown))}")
     try:
         return cls(**values)
-    except TypeError as e:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # CompactSpec validates itself (torch-only module): ValueError
         raise ConfigError(f"section {section!r}: {e}") from None
 
 
 def build_config(data: dict[str, Any] | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Config from nested dicts (YAML shape), with ``overrides`` applied on top."""
     data = dict(data or {})
-    unknown = set(data) - set(_CLASSES)
+    unknown = set(data) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; use {', '.join(_CLASSES)}")
-    merged = {s: {**(data.get(s) or {}), **((overrides or {}).get(s) or {})} for s in _CLASSES}
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
+    merged = {s: {**(data.get(s) or {}), **((overrides or {}).get(s) or {})} for s in SECTIONS}
     for s, v in merged.items():
         if not isinstance(v, dict):
             raise ConfigError(f"config section {s!r} must be a mapping")
@@ -289,7 +272,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
 
 
 def to_dict(config: Config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """Plain YAML-safe values (tuples become lists)."""
+    out = dataclasses.asdict(config)
+    out["run"]["baselines"] = list(config.run.baselines)
+    return out
 
 
 def dump_config(config: Config) -> str:

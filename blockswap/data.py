@@ -7,116 +7,18 @@ dataset, and local CSV / TSV / JSONL / Parquet files.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import math
-import os
-import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-from torch.utils.data import DataLoader
 
+from . import packaged
 from .config import DataConfig
+from .errors import DataError
 
-
-class DataError(ValueError):
-    """Data a user pointed at cannot be used; the message says why and what to do."""
-
-
-SNIPPETS_SDIST = "vaderSentiment-3.3.2.tar.gz"
-SNIPPETS_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
-SNIPPETS_MEMBER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
-SNIPPETS_SHA256 = "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350"
-SNIPPETS_FILE = "movieReviewSnippets_GroundTruth.txt"
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document")
 LABEL_CANDIDATES = ("label", "labels", "sentiment", "target", "class")
-
-
-def cache_dir() -> Path:
-    """``$BLOCKSWAP_CACHE``, else the user cache folder."""
-    env = os.environ.get("BLOCKSWAP_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("blockswap"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _download_sdist(target: Path) -> Path:
-    """``pip download --no-deps --no-binary :all: vadersentiment==3.3.2`` into ``target``."""
-    target.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet"]
-    cmd += ["--disable-pip-version-check", "-d", str(target), "vadersentiment==3.3.2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    sdist = target / SNIPPETS_SDIST
-    if proc.returncode != 0 or not sdist.is_file():
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(
-            f"could not download vadersentiment==3.3.2 from the package registry ({last}); check pip's index"
-        )
-    return sdist
-
-
-def _extract_snippets(sdist: Path, out: Path) -> None:
-    with tarfile.open(sdist) as outer:
-        inner_name = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
-        inner_bytes = outer.extractfile(inner_name).read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        data = inner.extractfile(SNIPPETS_MEMBER).read()
-    if hashlib.sha256(data).hexdigest() != SNIPPETS_SHA256:
-        raise DataError(f"{SNIPPETS_MEMBER} inside {sdist} has an unexpected checksum; delete {sdist} and re-run")
-    fd, tmp = tempfile.mkstemp(dir=out.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)  # atomic: a half-written file is never taken for the dataset
-
-
-def fetch_snippets(*, force: bool = False, log=print) -> Path:
-    """The snippets file in the cache, fetched through pip and verified by sha256 on first use."""
-    folder = cache_dir() / "snippets"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / SNIPPETS_FILE
-    if out.is_file() and not force:
-        if _sha256(out) == SNIPPETS_SHA256:
-            return out
-        raise DataError(f"cached {out} fails its sha256 check; run `blockswap fetch --force` to re-fetch it")
-    sdist = folder / SNIPPETS_SDIST
-    if force or not sdist.is_file() or _sha256(sdist) != SNIPPETS_SDIST_SHA256:
-        log(f"fetching the snippets: pip download vadersentiment==3.3.2 (source distribution) into {folder}")
-        sdist.unlink(missing_ok=True)
-        sdist = _download_sdist(folder)
-        if _sha256(sdist) != SNIPPETS_SDIST_SHA256:
-            raise DataError(f"downloaded {sdist} fails its sha256 check; the registry served a different file")
-    _extract_snippets(sdist, out)
-    return out
-
-
-def read_snippets(path: Path) -> pd.DataFrame:
-    """Tab-separated id, rating, text -> ``text``, ``label`` (1 = positive rating, 0 = negative; 0 dropped)."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.split("\t", 2)
-        if len(parts) == 3 and parts[2].strip():
-            rating = float(parts[1])
-            if rating != 0:
-                rows.append((parts[2].strip(), int(rating > 0)))
-    return pd.DataFrame(rows, columns=["text", "label"])
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
@@ -261,7 +163,7 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
 def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
     """The configured dataset as train / validation / test with ``text`` and ``label`` columns."""
     if cfg.dataset == "snippets":
-        df = read_snippets(fetch_snippets(log=log))
+        df = packaged.read_snippets(packaged.fetch_snippets(log=log))
         dsd = _split_frame(df, ["negative", "positive"], cfg)
     else:
         path = Path(cfg.dataset).expanduser()
@@ -289,68 +191,3 @@ def _limit(dsd: DatasetDict, cfg: DataConfig) -> DatasetDict:
             raise DataError(f"the {name} split is empty; use more data or larger split fractions")
         out[name] = ds
     return DatasetDict(out)
-
-
-def label_names(dsd: DatasetDict) -> list[str]:
-    return list(dsd["train"].features["label"].names)
-
-
-def tokenize(dsd: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
-    """Add ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``), rename ``label`` -> ``labels``."""
-
-    def enc(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=max_length)
-
-    out = dsd.map(enc, batched=True, remove_columns=["text"], desc="tokenising")
-    return out.rename_column("label", "labels")
-
-
-def collate(tokenizer):
-    """Dynamic padding to the longest sample of each batch."""
-
-    def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
-        labels = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
-        feats = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
-        batch = tokenizer.pad(feats, return_tensors="pt")
-        batch = {k: v for k, v in batch.items()}
-        batch["labels"] = labels
-        return batch
-
-    return fn
-
-
-class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Shuffled batches of similar length: less padding, same examples per epoch.
-
-    Each epoch shuffles all indices (seeded), sorts windows of ``batch_size * window`` by length,
-    cuts them into batches and shuffles the batch order.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, *, seed: int = 0, window: int = 50) -> None:
-        self.lengths, self.batch_size, self.seed, self.window = list(lengths), batch_size, seed, window
-        self.epoch = 0
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
-            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
-        for k in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[k]
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-
-def loader(ds: Dataset, tokenizer, *, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader with dynamic padding; training batches are length-bucketed, evaluation is sorted by length."""
-    lengths = [len(x) for x in ds["input_ids"]]
-    if shuffle:
-        sampler = BucketBatchSampler(lengths, batch_size, seed=seed)
-        return DataLoader(ds.with_format(None), batch_sampler=sampler, collate_fn=collate(tokenizer))
-    ds = ds.select(np.argsort(np.array(lengths), kind="stable").tolist())
-    return DataLoader(ds.with_format(None), batch_size=batch_size, shuffle=False, collate_fn=collate(tokenizer))

@@ -12,16 +12,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from . import adapters
-from .adapters import capture_blocks, forward_inputs
+from . import arch
+from .arch import capture_blocks, forward_inputs
 from .compact import CompactBlock
 from .config import DistillConfig
+from .errors import TrainingDiverged
 from .losses import distillation_loss, masked_mse
-from .optim import adamw, full_precision
-
-
-class DistillationDiverged(FloatingPointError):
-    """A distillation loss became NaN or infinite."""
+from .train import adamw, full_precision
 
 
 @torch.no_grad()
@@ -86,7 +83,7 @@ class _Bundle(nn.Module):
 
 def _check(loss: torch.Tensor, what: str, step: int) -> None:
     if not torch.isfinite(loss):
-        raise DistillationDiverged(f"{what} loss became {loss.item()} at step {step}")
+        raise TrainingDiverged(f"{what} loss became {loss.item()} at step {step}")
 
 
 def blockwise(
@@ -143,9 +140,9 @@ def blockwise(
 
 def _param_groups(student: PreTrainedModel, cfg: DistillConfig) -> list[dict]:
     """Substitutes at lr_substitute; kept blocks and head at lr_kept (or frozen); embeddings optionally frozen."""
-    sub_ids = {id(p) for b in adapters.blocks(student) if isinstance(b, CompactBlock) for p in b.parameters()}
-    emb_ids = {id(p) for p in adapters.embeddings(student).parameters()} if cfg.freeze_embeddings else set()
-    for p in adapters.embeddings(student).parameters() if cfg.freeze_embeddings else ():
+    sub_ids = {id(p) for b in arch.blocks(student) if isinstance(b, CompactBlock) for p in b.parameters()}
+    emb_ids = {id(p) for p in arch.embeddings(student).parameters()} if cfg.freeze_embeddings else set()
+    for p in arch.embeddings(student).parameters() if cfg.freeze_embeddings else ():
         p.requires_grad_(False)
     subs = [p for p in student.parameters() if id(p) in sub_ids]
     kept = [p for p in student.parameters() if id(p) not in sub_ids and id(p) not in emb_ids]
@@ -179,7 +176,7 @@ def end_to_end(
     # No dropout: the student fits the teacher's function in a few dozen steps, far too few to
     # overfit, and on CPU dropout's random masks were a quarter of a substitute's block-wise step.
     student.eval()
-    subs = [i for i, b in enumerate(adapters.blocks(student)) if isinstance(b, CompactBlock)]
+    subs = [i for i, b in enumerate(arch.blocks(student)) if isinstance(b, CompactBlock)]
     opt = adamw(_param_groups(student, cfg), weight_decay=0.0)
     sched = get_linear_schedule_with_warmup(opt, min(20, steps // 10), steps)
     t_model = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync

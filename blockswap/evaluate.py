@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
-from .adapters import forward_inputs
+from .arch import forward_inputs
 
 
 def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:

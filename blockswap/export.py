@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from . import adapters
-from .compact import CompactBlock, compact_from_meta
+from . import arch
+from .compact import compact_from_meta
+from .errors import ModelLoadError
 from .substitute import META_KEY
 
 _REMOTE_TEMPLATE = """
@@ -46,10 +47,6 @@ class BlockswapForSequenceClassification(_BaseModel):
         for i in meta["substituted"]:
             layers[i] = compact_from_meta(meta)
 """
-
-
-class ModelLoadError(ValueError):
-    """A model could not be found or loaded; the message says what to do."""
 
 
 def _remote_code(model: PreTrainedModel, model_type: str) -> str:
@@ -109,6 +106,8 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = Path(name_or_dir).expanduser()
+    if not path.is_dir() and _looks_like_path(str(name_or_dir)):
+        raise ModelLoadError(f"model path {name_or_dir} does not exist; give a model folder or a hub id")
     kwargs = {}
     cfg_path = path / "config.json"
     if cfg_path.is_file():
@@ -133,8 +132,8 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     meta = cfg.get(META_KEY)
     if not meta or not meta.get("substituted"):
         return AutoModelForSequenceClassification.from_pretrained(directory)
-    model = adapters.model_from_config(_base_config(cfg))
-    layers = adapters.blocks(model)
+    model = arch.model_from_config(_base_config(cfg))
+    layers = arch.blocks(model)
     for i in meta["substituted"]:
         layers[i] = compact_from_meta(meta)
     weights = directory / "model.safetensors"
@@ -167,7 +166,7 @@ def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{path} is not a model folder: {str(e).splitlines()[0]}") from None
-        adapters.spec_for(config)
+        arch.spec_for(config)
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     if _looks_like_path(name_or_dir):
         raise ModelLoadError(f"model path {name_or_dir} does not exist; give a model folder or a hub id")
@@ -178,9 +177,5 @@ def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
             f"cannot load {name_or_dir!r}: no such local folder and the Hugging Face hub cannot be reached "
             "(offline?); download it elsewhere and pass its folder, or run the offline default"
         ) from None
-    adapters.spec_for(config)
+    arch.spec_for(config)
     return AutoModelForSequenceClassification.from_pretrained(name_or_dir, **kwargs)
-
-
-def is_compact(module) -> bool:
-    return isinstance(module, CompactBlock)

@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from . import adapters
-from .adapters import capture_blocks, forward_inputs
+from . import arch
+from .arch import capture_blocks, forward_inputs
 
 Batches = Sequence[dict[str, torch.Tensor]]
 Signal = Callable[..., list[float]]
@@ -35,11 +35,11 @@ def drop_one(model: PreTrainedModel, batches: Batches, **_) -> list[float]:
     """Validation-loss increase when each block alone is replaced by the identity."""
     model.eval()
     base = _loss(model, batches)
-    layers = adapters.blocks(model)
+    layers = arch.blocks(model)
     scores = []
     for i in range(len(layers)):
         original = layers[i]
-        layers[i] = adapters.IdentityBlock(adapters.spec_for(model.config).returns_tuple)
+        layers[i] = arch.IdentityBlock(arch.spec_for(model.config).returns_tuple)
         try:
             scores.append(_loss(model, batches) - base)
         finally:
@@ -50,7 +50,7 @@ def drop_one(model: PreTrainedModel, batches: Batches, **_) -> list[float]:
 def influence(model: PreTrainedModel, batches: Batches, **_) -> list[float]:
     """Block influence: mean over real tokens of 1 - cos(block input, block output)."""
     model.eval()
-    n = adapters.num_blocks(model)
+    n = arch.num_blocks(model)
     sums, count = [0.0] * n, 0.0
     with torch.no_grad(), capture_blocks(model) as rec:
         for b in batches:
@@ -69,7 +69,7 @@ def grad_act(model: PreTrainedModel, batches: Batches, **_) -> list[float]:
     A first-order estimate of the loss change if block i's contribution were removed.
     """
     model.eval()
-    n = adapters.num_blocks(model)
+    n = arch.num_blocks(model)
     scores = [0.0] * n
     requires = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():  # block outputs must carry gradients even for a frozen model
@@ -109,7 +109,7 @@ def softmax_weight(model: PreTrainedModel, batches: Batches, *, steps: int = 60,
     for step in range(steps):
         outs, labels = cache[step % len(cache)]
         mix = torch.einsum("n,nbsh->bsh", w.softmax(0), torch.stack(outs))
-        loss = F.cross_entropy(adapters.head_logits(model, mix), labels)
+        loss = F.cross_entropy(arch.head_logits(model, mix), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -124,7 +124,7 @@ def scale(
     Trained on cross-entropy with an L1 pull towards 0: blocks the task needs keep |s| near 1.
     """
     model.eval()
-    layers = adapters.blocks(model)
+    layers = arch.blocks(model)
     n = len(layers)
     s = nn.Parameter(torch.ones(n))
     opt = torch.optim.Adam([s], lr=0.02)
@@ -204,7 +204,7 @@ def rank(
 
     ``order`` lists candidate blocks from least to most important (ties broken by index).
     """
-    n = adapters.num_blocks(model)
+    n = arch.num_blocks(model)
     candidates = list(range(n)) if candidates is None else list(candidates)
     raw, norm = {}, {}
     for name in weights:

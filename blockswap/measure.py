@@ -6,20 +6,20 @@ import gc
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 
-from . import adapters
+from . import arch
 
 
 def count_params(model: PreTrainedModel) -> dict:
     """Parameter counts: total, embeddings, encoder blocks (total and per block), the rest (head)."""
     total = sum(p.numel() for p in model.parameters())
-    emb = sum(p.numel() for p in adapters.embeddings(model).parameters())
-    per_block = [sum(p.numel() for p in b.parameters()) for b in adapters.blocks(model)]
+    emb = sum(p.numel() for p in arch.embeddings(model).parameters())
+    per_block = [sum(p.numel() for p in b.parameters()) for b in arch.blocks(model)]
     encoder = sum(per_block)
     return {
         "total": total,
@@ -48,7 +48,7 @@ def count_macs(model: PreTrainedModel, *, batch: int = 1, seq_len: int = 128) ->
     ``FlopCounterMode`` (BERT-base would read 10.87 instead of 11.17 GMACs at seq 128).
     Returns totals and per-block MACs for ``(batch, seq_len)``; FLOPs = 2 x MACs.
     """
-    previous = adapters.set_attention(model, "eager")
+    previous = arch.set_attention(model, "eager")
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -56,12 +56,12 @@ def count_macs(model: PreTrainedModel, *, batch: int = 1, seq_len: int = 128) ->
         with counter, torch.no_grad():
             model(**dummy_batch(model, batch, seq_len))
     finally:
-        adapters.set_attention(model, previous)
+        arch.set_attention(model, previous)
         model.train(was_training)
     per_module = {k: sum(v.values()) // 2 for k, v in counter.get_flop_counts().items()}
     root = type(model).__name__
-    path = adapters.block_path(model)
-    n = adapters.num_blocks(model)
+    path = arch.block_path(model)
+    n = arch.num_blocks(model)
     per_block = [per_module.get(f"{root}.{path}.{i}", 0) for i in range(n)]
     total = counter.get_total_flops() // 2
     return {
@@ -152,24 +152,6 @@ def peak_memory_mb(model: PreTrainedModel, *, batch: int = 1, seq_len: int = 128
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def profile(
-    model: PreTrainedModel,
-    *,
-    batch: int = 1,
-    seq_len: int = 128,
-    with_latency: bool = True,
-    repeats: int = 10,
-    warmup: int = 3,
-) -> dict:
-    """Parameters, MACs and (optionally) latency of one model in one dict."""
-    out = {"params": count_params(model), "macs": count_macs(model, batch=batch, seq_len=seq_len)}
-    if with_latency:
-        out["latency"] = latency(model, batch=batch, seq_len=seq_len, repeats=repeats, warmup=warmup).as_dict()
-    out["peak_memory_mb"] = peak_memory_mb(model, batch=batch, seq_len=seq_len)
-    out["process_peak_rss_mb"] = process_peak_rss_mb()
-    return out
-
-
 def process_peak_rss_mb() -> float:
     """Peak resident memory of this process so far (CPU memory cannot be attributed to one forward)."""
     import resource
@@ -182,3 +164,58 @@ def process_peak_rss_mb() -> float:
 def cut(before: float, after: float) -> float:
     """Fraction removed: 1 - after / before."""
     return 1.0 - after / before if before else 0.0
+
+
+LATENCY_REPEATS = 5  # timed passes of a run's measurements (config: run.latency_repeats)
+LATENCY_WARMUP = 2
+
+
+@dataclass
+class Cost:
+    """What one model costs: parameters, MACs of one forward pass, latency per batch size, memory."""
+
+    params: dict
+    macs: dict
+    latency: dict[int, Latency] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
+    process_peak_rss_mb: float | None = None
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs["gmacs"]
+
+    def cut(self, reference: Cost) -> dict[str, float]:
+        """Fractions cut against ``reference`` (params, GMACs) and speed-ups at the shared batch sizes."""
+        out = {
+            "params_cut": cut(reference.params["total"], self.params["total"]),
+            "gmacs_cut": cut(reference.macs["macs"], self.macs["macs"]),
+        }
+        for b, lat in self.latency.items():
+            if b in reference.latency:
+                out[f"speedup_b{b}"] = reference.latency[b].median_ms / lat.median_ms
+        return out
+
+    def as_dict(self) -> dict:
+        out = {"params": self.params, "macs": self.macs}
+        out.update({f"latency_b{b}": lat.as_dict() for b, lat in self.latency.items()})
+        out.update(peak_memory_mb=self.peak_memory_mb, process_peak_rss_mb=self.process_peak_rss_mb)
+        return out
+
+
+def cost(
+    model: PreTrainedModel,
+    *,
+    seq_len: int = 128,
+    batch: int = 1,
+    latency_batches: tuple[int, ...] = (1,),
+    repeats: int = LATENCY_REPEATS,
+    warmup: int = LATENCY_WARMUP,
+) -> Cost:
+    """Parameters, MACs at ``(batch, seq_len)`` and latency at each of ``latency_batches``."""
+    return Cost(
+        params=count_params(model),
+        macs=count_macs(model, batch=batch, seq_len=seq_len),
+        latency={b: latency(model, batch=b, seq_len=seq_len, repeats=repeats, warmup=warmup) for b in latency_batches},
+        peak_memory_mb=peak_memory_mb(model, batch=batch, seq_len=seq_len),
+        process_peak_rss_mb=process_peak_rss_mb(),
+    )

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from .files import write_text
+
 
 def _load(run_dir: Path, name: str):
     p = run_dir / name
@@ -18,8 +20,15 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made = []
-    rows = curve["rows"]
+    made = [_curve_plot(plt, run_dir, curve["rows"])]
+    if imp:
+        made.append(_importance_plot(plt, run_dir, imp))
+    if base:
+        made.append(_baselines_plot(plt, run_dir, curve["rows"], base))
+    return made
+
+
+def _curve_plot(plt, run_dir: Path, rows: list[dict]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((axes[0], "params_cut", "parameters cut"), (axes[1], "gmacs_cut", "GMACs cut")):
         ax.plot([r[key] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
@@ -36,52 +45,43 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
     fig.tight_layout()
     fig.savefig(run_dir / "curve.png", dpi=110)
     plt.close(fig)
-    made.append("curve.png")
-    if imp:
-        names = list(imp["normalised"])
-        grid = [
-            [0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["normalised"][n]]
-            for n in names
-        ]
-        grid.append([0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["combined"]])
-        fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(grid[0]), 0.6 + 0.45 * len(grid)))
-        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-        ax.set_yticks(range(len(grid)), names + ["combined"])
-        ax.set_xticks(range(len(grid[0])), [str(i) for i in range(len(grid[0]))])
-        ax.set_xlabel("block")
-        ax.set_title("block importance (normalised per signal)")
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        fig.savefig(run_dir / "importance.png", dpi=110)
-        plt.close(fig)
-        made.append("importance.png")
-    if base:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        ax.plot(
-            [r["params_cut"] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution"
-        )
-        for name, label in (
-            ("magnitude", "magnitude pruning"),
-            ("random", "random pruning"),
-            ("drop", "layer dropping + KD"),
-        ):
-            if base.get(name):
-                ax.plot(
-                    [r["params_cut"] * 100 for r in base[name]],
-                    [r["kept"] * 100 for r in base[name]],
-                    "s--",
-                    label=label,
-                )
-        ax.set_xlabel("parameters cut (%)")
-        ax.set_ylabel("validation accuracy kept (%)")
-        ax.set_title("substitution vs baselines")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(run_dir / "baselines.png", dpi=110)
-        plt.close(fig)
-        made.append("baselines.png")
-    return made
+    return "curve.png"
+
+
+def _importance_plot(plt, run_dir: Path, imp: dict) -> str:
+    names = list(imp["normalised"])
+    grid = [
+        [0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["normalised"][n]]
+        for n in names
+    ]
+    grid.append([0.0 if (v is None or (isinstance(v, float) and math.isnan(v))) else v for v in imp["combined"]])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(grid[0]), 0.6 + 0.45 * len(grid)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+    ax.set_yticks(range(len(grid)), names + ["combined"])
+    ax.set_xticks(range(len(grid[0])), [str(i) for i in range(len(grid[0]))])
+    ax.set_xlabel("block")
+    ax.set_title("block importance (normalised per signal)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(run_dir / "importance.png", dpi=110)
+    plt.close(fig)
+    return "importance.png"
+
+
+def _baselines_plot(plt, run_dir: Path, rows: list[dict], base: dict) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot([r["params_cut"] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
+    for name in base.get("descriptions", {}):
+        ax.plot([r["params_cut"] * 100 for r in base[name]], [r["kept"] * 100 for r in base[name]], "s--", label=name)
+    ax.set_xlabel("parameters cut (%)")
+    ax.set_ylabel("validation accuracy kept (%)")
+    ax.set_title("substitution vs baselines")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "baselines.png", dpi=110)
+    plt.close(fig)
+    return "baselines.png"
 
 
 def _pct(x: float) -> str:
@@ -104,7 +104,7 @@ def _curve_table(curve: dict) -> list[str]:
 
 
 def _baseline_table(curve: dict, base: dict) -> list[str]:
-    names = [n for n in ("magnitude", "random", "drop") if base.get(n)]
+    names = list(base.get("descriptions", {}))
     lines = ["| step | params cut | substitution kept | " + " | ".join(f"{n} kept" for n in names) + " |"]
     lines.append("|---:|---:|---:|" + "---:|" * len(names))
     for i, r in enumerate(curve["rows"][1:]):
@@ -126,7 +126,25 @@ def render(run_dir: str | Path) -> Path:
         _load(run_dir, "teacher.json"),
     )
     plots = _plots(run_dir, curve, imp, base)
-    md = [f"# blockswap run: {run_dir.name}", ""]
+    md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher)
+    md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
+    md += ["`kept` = validation accuracy / teacher validation accuracy; cuts are fractions of the teacher."]
+    if ev:
+        md += _evaluation_lines(ev)
+    if imp:
+        md += ["", "## Block importance", "", "![importance](importance.png)", ""]
+        md += [f"Order (least important first): {imp['order']}"]
+    if base:
+        md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base)
+        md += [""] + [f"- `{name}`: {text}" for name, text in base.get("descriptions", {}).items()]
+    md += ["", "Plots: " + ", ".join(plots)]
+    out = run_dir / "report.md"
+    write_text(out, "\n".join(md) + "\n")
+    return out
+
+
+def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
+    md = []
     if summary:
         md += [
             f"- teacher test accuracy: **{summary['teacher_test_accuracy']:.4f}**",
@@ -139,40 +157,25 @@ def render(run_dir: str | Path) -> Path:
         ]
     if teacher:
         md += [f"Teacher: `{teacher.get('source')}`.", ""]
-    md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
-    md += ["`kept` = validation accuracy / teacher validation accuracy; cuts are fractions of the teacher."]
-    if ev:
-        lt, ls = ev["teacher"]["latency_b32"], ev["student"]["latency_b32"]
-        md += [
-            "",
-            "## Teacher vs chosen student (test split)",
-            "",
-            "| | test acc | params (M) | GMACs | latency b1 (ms) | latency b32 (ms) |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for name in ("teacher", "student"):
-            e = ev[name]
-            md.append(
-                f"| {name} | {e['test']['accuracy']:.4f} | {e['params'] / 1e6:.2f} | {e['macs']['gmacs']:.3f} | "
-                f"{e['latency_b1']['median_ms']:.1f} | {e['latency_b32']['median_ms']:.1f} |"
-            )
-        md += ["", f"Latency: median of {lt['repeats']} after {lt['warmup']} warm-up, seq {lt['seq_len']}, "
-               f"{lt['device']} {lt['dtype']}, {lt['threads']} threads; student spread p10-p90 "
-               f"{ls['p10_ms']:.1f}-{ls['p90_ms']:.1f} ms at batch 32."]  # fmt: skip
-    if imp:
-        md += [
-            "",
-            "## Block importance",
-            "",
-            "![importance](importance.png)",
-            "",
-            f"Order (least important first): {imp['order']}",
-        ]
-    if base:
-        md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base)
-        md += ["", "Pruning is unstructured on encoder Linear weights at each step's parameter cut, without retraining; "
-               "layer dropping removes the same blocks and gets the same end-to-end distillation budget."]  # fmt: skip
-    md += ["", "Plots: " + ", ".join(plots)]
-    out = run_dir / "report.md"
-    out.write_text("\n".join(md) + "\n")
-    return out
+    return md
+
+
+def _evaluation_lines(ev: dict) -> list[str]:
+    lt, ls = ev["teacher"]["latency_b32"], ev["student"]["latency_b32"]
+    md = [
+        "",
+        "## Teacher vs chosen student (test split)",
+        "",
+        "| | test acc | params (M) | GMACs | latency b1 (ms) | latency b32 (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("teacher", "student"):
+        e = ev[name]
+        md.append(
+            f"| {name} | {e['test']['accuracy']:.4f} | {e['params']['total'] / 1e6:.2f} | {e['macs']['gmacs']:.3f} | "
+            f"{e['latency_b1']['median_ms']:.1f} | {e['latency_b32']['median_ms']:.1f} |"
+        )
+    md += ["", f"Latency: median of {lt['repeats']} after {lt['warmup']} warm-up, seq {lt['seq_len']}, "
+           f"{lt['device']} {lt['dtype']}, {lt['threads']} threads; student spread p10-p90 "
+           f"{ls['p10_ms']:.1f}-{ls['p90_ms']:.1f} ms at batch 32."]  # fmt: skip
+    return md

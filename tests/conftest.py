@@ -7,8 +7,8 @@ import torch
 from accelerate.state import AcceleratorState
 from transformers import AutoConfig
 
-from blockswap import adapters
-from blockswap.config import CompactConfig
+from blockswap import arch
+from blockswap.compact import CompactSpec
 
 
 @pytest.fixture(autouse=True)
@@ -19,8 +19,8 @@ def _fresh_accelerator_state():
 
 
 ARCHS = ["bert", "distilbert", "roberta", "electra", "xlm-roberta"]
-TINY_COMPACT = CompactConfig(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0)
-IDENTITY_COMPACT = CompactConfig(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0, norm="none")
+TINY_COMPACT = CompactSpec(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0)
+IDENTITY_COMPACT = CompactSpec(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0, norm="none")
 
 
 def tiny_config(model_type: str = "bert", *, layers: int = 3, num_labels: int = 2, **extra):
@@ -53,7 +53,7 @@ def tiny_config(model_type: str = "bert", *, layers: int = 3, num_labels: int = 
 
 def tiny_model(model_type: str = "bert", *, seed: int = 0, **kw):
     torch.manual_seed(seed)
-    return adapters.model_from_config(tiny_config(model_type, **kw)).eval()
+    return arch.model_from_config(tiny_config(model_type, **kw)).eval()
 
 
 def padded_batch(lengths=(7, 4, 2), seq=9, seed=1):
@@ -77,7 +77,7 @@ def labelled_batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(params=ARCHS)
-def arch(request):
+def family(request):
     return request.param
 
 

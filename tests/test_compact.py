@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from blockswap import adapters
-from blockswap.compact import CompactBlock, keep_mask
+from blockswap import arch
+from blockswap.compact import CompactBlock, CompactSpec, keep_mask
 from blockswap.substitute import drop_blocks, substitute, substituted_blocks
 
 from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch, tiny_model
@@ -13,18 +13,18 @@ from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch, tiny_model
 def _randomise(model):
     """Give every substitute a non-zero contribution (fresh blocks already are; be explicit)."""
     g = torch.Generator().manual_seed(3)
-    for b in adapters.blocks(model):
+    for b in arch.blocks(model):
         if isinstance(b, CompactBlock):
             for p in b.parameters():
                 p.data = torch.randn(p.shape, generator=g) * 0.3
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_zero_contribution_substitute_reproduces_teacher_without_that_block(arch, attn):
-    teacher = tiny_model(arch)
-    adapters.set_attention(teacher, attn)
+def test_zero_contribution_substitute_reproduces_teacher_without_that_block(family, attn):
+    teacher = tiny_model(family)
+    arch.set_attention(teacher, attn)
     student = substitute(teacher, [1], IDENTITY_COMPACT).eval()
-    for b in adapters.blocks(student):
+    for b in arch.blocks(student):
         if isinstance(b, CompactBlock):
             b.zero_contribution()
     reference = drop_blocks(teacher, [1]).eval()
@@ -38,9 +38,9 @@ def test_zero_contribution_substitute_reproduces_teacher_without_that_block(arch
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_sample_logits_do_not_depend_on_the_rest_of_the_batch(arch, attn):
-    teacher = tiny_model(arch)
-    adapters.set_attention(teacher, attn)
+def test_sample_logits_do_not_depend_on_the_rest_of_the_batch(family, attn):
+    teacher = tiny_model(family)
+    arch.set_attention(teacher, attn)
     student = substitute(teacher, [0, 2], TINY_COMPACT).eval()
     _randomise(student)
     ids, mask = padded_batch(lengths=(9, 5, 3))
@@ -75,7 +75,7 @@ def test_keep_mask_formats_agree():
 
 
 def test_padding_query_rows_stay_finite():
-    block = CompactBlock(16, compact_hidden=8, layers=1, heads=2, ffn=16, dropout=0.0)
+    block = CompactBlock(16, CompactSpec(hidden=8, layers=1, heads=2, ffn=16))
     x = torch.randn(1, 4, 16)
     fully_masked = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     assert torch.isfinite(block(x, fully_masked)).all()
@@ -84,33 +84,43 @@ def test_padding_query_rows_stay_finite():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"compact_hidden": 10, "heads": 3}, "divisible"),
-        ({"compact_hidden": 0}, "positive"),
+        ({"hidden": 10, "heads": 3}, "divisible"),
+        ({"hidden": 0}, "positive"),
         ({"activation": "swish2"}, "activation"),
+        ({"norm": "pre"}, "norm"),
     ],
 )
-def test_compact_block_rejects_bad_shapes(kwargs, message):
+def test_compact_spec_rejects_bad_shapes(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        CompactBlock(16, **kwargs)
+        CompactSpec(**kwargs)
 
 
-def test_head_logits_match_the_model(arch):
-    model = tiny_model(arch)
+def test_one_spec_shapes_the_block_and_its_saved_form():
+    spec = CompactSpec(hidden=8, layers=3, heads=4)
+    block = CompactBlock(16, spec)
+    assert len(block.layers) == 3 and block.layers[0].fc1.out_features == 32  # ffn defaults to 4 x hidden
+    assert block.down.out_features == 8 and block.norm is None
+    saved = {**dataclasses.asdict(spec), "init": "linear"}  # an older blockswap saved the init too
+    assert CompactSpec.from_dict(saved) == spec
+
+
+def test_head_logits_match_the_model(family):
+    model = tiny_model(family)
     ids, mask = padded_batch()
-    with torch.no_grad(), adapters.capture_blocks(model) as rec:
+    with torch.no_grad(), arch.capture_blocks(model) as rec:
         logits = model(input_ids=ids, attention_mask=mask).logits
-        again = adapters.head_logits(model, rec[adapters.num_blocks(model) - 1]["output"])
+        again = arch.head_logits(model, rec[arch.num_blocks(model) - 1]["output"])
     torch.testing.assert_close(again, logits)
 
 
-def test_post_norm_starts_as_the_blocks_own_layernorm(arch):
-    teacher = tiny_model(arch)
+def test_post_norm_starts_as_the_blocks_own_layernorm(family):
+    teacher = tiny_model(family)
     with torch.no_grad():
-        norm = adapters.output_norm(teacher, 1)
+        norm = arch.output_norm(teacher, 1)
         norm.weight.normal_()
         norm.bias.normal_()
     student = substitute(teacher, [1], dataclasses.replace(TINY_COMPACT, norm="post")).eval()
-    sub = adapters.blocks(student)[1]
+    sub = arch.blocks(student)[1]
     sub.zero_contribution()
     x = torch.randn(2, 5, 32)
     with torch.no_grad():

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockswap import data
+from blockswap import data, loaders, packaged
 from blockswap.cli import main
 from blockswap.config import DataConfig
 
@@ -31,7 +31,7 @@ def test_local_files_binary_and_three_class(tmp_path, kind):
     for classes in (("neg", "pos"), ("meh", "neg", "pos")):
         path = _write(tmp_path, kind, sentiment_rows(90, classes=classes))
         dsd = data.load_source(DataConfig(dataset=str(path)))
-        assert data.label_names(dsd) == sorted(classes)
+        assert loaders.label_names(dsd) == sorted(classes)
         assert sum(len(dsd[s]) for s in dsd) == 90
         assert set(dsd["train"]["label"]) == set(range(len(classes)))
 
@@ -43,7 +43,7 @@ def test_columns_autodetected_and_explicit(tmp_path):
     with pytest.raises(data.DataError, match="no text column.*columns are: body, y"):
         data.load_source(DataConfig(dataset=str(path)))
     dsd = data.load_source(DataConfig(dataset=str(path), text_column="body", label_column="y"))
-    assert data.label_names(dsd) == ["neg", "pos"]
+    assert loaders.label_names(dsd) == ["neg", "pos"]
     with pytest.raises(data.DataError, match="label column 'nope' not found"):
         data.load_source(DataConfig(dataset=str(path), text_column="body", label_column="nope"))
 
@@ -87,15 +87,15 @@ def test_unreachable_hub_dataset(monkeypatch):
 def test_cache_checksum_mismatch_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOCKSWAP_CACHE", str(tmp_path))
     (tmp_path / "snippets").mkdir()
-    (tmp_path / "snippets" / data.SNIPPETS_FILE).write_text("tampered")
+    (tmp_path / "snippets" / packaged.SNIPPETS_FILE).write_text("tampered")
     with pytest.raises(data.DataError, match="sha256.*fetch --force"):
-        data.fetch_snippets()
+        packaged.fetch_snippets()
 
 
 def test_snippet_parsing_drops_neutral(tmp_path):
     f = tmp_path / "s.txt"
     f.write_text("1\t2.5\tgreat fun\r\n2\t-1.2\tdull\r\n3\t0\tneutral\r\n")
-    df = data.read_snippets(f)
+    df = packaged.read_snippets(f)
     assert df["text"].tolist() == ["great fun", "dull"] and df["label"].tolist() == [1, 0]
 
 
@@ -172,11 +172,11 @@ def test_finetune_two_steps_writes_reloadable_model(tmp_path, capsys, tiny_teach
 
 def test_bucketed_training_batches_cover_every_example_once_and_are_seeded():
     lengths = [((i * 7919) % 50) + 1 for i in range(1000)]
-    s = data.BucketBatchSampler(lengths, 32, seed=3, window=4)
+    s = loaders.BucketBatchSampler(lengths, 32, seed=3, window=4)
     epoch1, epoch2 = list(s), list(s)
     assert sorted(i for b in epoch1 for i in b) == list(range(1000))
     assert len(epoch1) == len(s) == 32
     assert epoch1 != epoch2  # reshuffled each epoch
-    assert list(data.BucketBatchSampler(lengths, 32, seed=3, window=4)) == epoch1
+    assert list(loaders.BucketBatchSampler(lengths, 32, seed=3, window=4)) == epoch1
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch1) / len(epoch1)
     assert spread < 20  # random batches of 32 would span nearly the whole 1..50 range

@@ -1,23 +1,24 @@
 import torch
 from accelerate import Accelerator
 
-from blockswap import adapters, distill
-from blockswap.compact import CompactBlock
+from blockswap import arch, distill
+from blockswap.compact import CompactBlock, CompactSpec
 from blockswap.config import DistillConfig
+from blockswap.errors import TrainingDiverged
 
 from .conftest import labelled_batches, tiny_model
 
 
 def _subs(model, n):
     torch.manual_seed(0)
-    return {i: CompactBlock(32, compact_hidden=8, layers=1, heads=2, ffn=16, dropout=0.0) for i in range(n)}
+    return {i: CompactBlock(32, CompactSpec(hidden=8, layers=1, heads=2, ffn=16)) for i in range(n)}
 
 
 def _mse(model, subs, batches):
     from blockswap.losses import masked_mse
 
     out = {}
-    with torch.no_grad(), adapters.capture_blocks(model) as rec:
+    with torch.no_grad(), arch.capture_blocks(model) as rec:
         for i in subs:
             out[i] = 0.0
         for b in batches:
@@ -55,15 +56,15 @@ def test_linear_init_beats_random_and_is_exact_linear_map():
 
 
 def test_end_to_end_trains_substitutes_and_logs_parts():
-    from blockswap.config import CompactConfig
+    from blockswap.compact import CompactSpec
     from blockswap.substitute import substitute
 
     teacher = tiny_model("bert", layers=3)
     teacher.requires_grad_(False)
-    student = substitute(teacher, [1], CompactConfig(hidden=8, heads=2, ffn=16, dropout=0.0))
+    student = substitute(teacher, [1], CompactSpec(hidden=8, heads=2, ffn=16, dropout=0.0))
     student.requires_grad_(True)
-    w0 = adapters.blocks(student)[1].up.weight.clone()
-    kept0 = adapters.blocks(student)[0].output.dense.weight.clone()
+    w0 = arch.blocks(student)[1].up.weight.clone()
+    kept0 = arch.blocks(student)[0].output.dense.weight.clone()
     log = distill.end_to_end(
         student,
         teacher,
@@ -73,8 +74,8 @@ def test_end_to_end_trains_substitutes_and_logs_parts():
         accelerator=Accelerator(cpu=True),
     )
     assert log and {"kl", "ce", "mse", "total"} <= set(log[0])
-    assert not torch.equal(adapters.blocks(student)[1].up.weight, w0)
-    assert torch.equal(adapters.blocks(student)[0].output.dense.weight, kept0)  # frozen
+    assert not torch.equal(arch.blocks(student)[1].up.weight, w0)
+    assert torch.equal(arch.blocks(student)[0].output.dense.weight, kept0)  # frozen
 
 
 def test_nan_loss_stops_with_the_step():
@@ -84,16 +85,16 @@ def test_nan_loss_stops_with_the_step():
     subs = _subs(teacher, 2)
     with torch.no_grad():
         subs[0].up.weight.fill_(float("nan"))
-    with pytest.raises(distill.DistillationDiverged, match="step 0"):
+    with pytest.raises(TrainingDiverged, match="step 0"):
         distill.blockwise(teacher, subs, labelled_batches(1), DistillConfig(), accelerator=Accelerator(cpu=True))
 
 
 def test_linear_init_of_a_post_norm_substitute_fits_the_block():
-    from blockswap.config import CompactConfig
+    from blockswap.compact import CompactSpec
     from blockswap.substitute import make_compact
 
     teacher = tiny_model("bert", layers=2)
-    cfg = CompactConfig(hidden=8, heads=2, ffn=16, dropout=0.0, norm="post")
+    cfg = CompactSpec(hidden=8, heads=2, ffn=16, dropout=0.0, norm="post")
     subs = {i: make_compact(teacher, cfg, i).eval() for i in range(2)}
     batches = labelled_batches(6)
     before = _mse(teacher, subs, batches)

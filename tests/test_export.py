@@ -18,10 +18,10 @@ def _logits(model, ids, mask):
 
 
 @pytest.mark.parametrize("norm", ["none", "post"])
-def test_save_load_roundtrip_both_ways(arch, norm, tmp_path):
+def test_save_load_roundtrip_both_ways(family, norm, tmp_path):
     import dataclasses
 
-    student = substitute(tiny_model(arch), [0, 2], dataclasses.replace(TINY_COMPACT, norm=norm)).eval()
+    student = substitute(tiny_model(family), [0, 2], dataclasses.replace(TINY_COMPACT, norm=norm)).eval()
     ids, mask = padded_batch()
     want = _logits(student, ids, mask)
     folder = export.save(student, tmp_path / "model")

@@ -1,6 +1,6 @@
 import torch
 
-from blockswap import adapters, importance
+from blockswap import arch, importance
 
 from .conftest import labelled_batches as _batches
 from .conftest import tiny_model
@@ -9,9 +9,9 @@ from .conftest import tiny_model
 def _model_with_identity_block():
     model = tiny_model("bert", layers=4, seed=5)
     # make the blocks' effect large so the constructed case is unambiguous
-    for b in adapters.blocks(model):
+    for b in arch.blocks(model):
         torch.nn.init.normal_(b.output.dense.weight, std=0.5)
-    adapters.blocks(model)[2] = adapters.IdentityBlock()
+    arch.blocks(model)[2] = arch.IdentityBlock()
     return model
 
 

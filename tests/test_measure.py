@@ -1,6 +1,6 @@
 import pytest
 
-from blockswap import adapters, measure
+from blockswap import arch, measure
 from blockswap.substitute import substitute
 
 from .conftest import TINY_COMPACT, tiny_model
@@ -38,10 +38,10 @@ def test_param_counts_add_up():
     p = measure.count_params(model)
     assert p["total"] == sum(x.numel() for x in model.parameters())
     assert p["embeddings"] + p["encoder"] + p["head"] == p["total"]
-    assert len(p["per_block"]) == adapters.num_blocks(model)
+    assert len(p["per_block"]) == arch.num_blocks(model)
     student = substitute(model, [0], TINY_COMPACT)
     q = measure.count_params(student)
-    compact = sum(x.numel() for x in adapters.blocks(student)[0].parameters())
+    compact = sum(x.numel() for x in arch.blocks(student)[0].parameters())
     assert q["total"] == p["total"] - p["per_block"][0] + compact
 
 

@@ -14,9 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
-
-class UnsupportedModelError(ValueError):
-    """The model is not an encoder classifier blockswap knows how to substitute."""
+from .errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)

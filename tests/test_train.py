@@ -3,8 +3,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from blockswap import distill, optim
-from blockswap.config import CompactConfig, DistillConfig
+from blockswap import distill
+from blockswap import train as optim
+from blockswap.compact import CompactSpec
+from blockswap.config import DistillConfig
 from blockswap.substitute import substitute
 
 from .conftest import labelled_batches, tiny_model
@@ -46,7 +48,7 @@ def test_bf16_distillation_leaves_an_fp32_student():
     """Accelerate wraps forward in autocast while training; the returned student must compute in fp32."""
     teacher = tiny_model("bert", layers=2)
     teacher.requires_grad_(False)
-    student = substitute(teacher, [0], CompactConfig(hidden=8, heads=2, ffn=16))
+    student = substitute(teacher, [0], CompactSpec(hidden=8, heads=2, ffn=16))
     student.requires_grad_(True)
     distill.end_to_end(
         student,
@@ -57,7 +59,7 @@ def test_bf16_distillation_leaves_an_fp32_student():
         accelerator=Accelerator(cpu=True, mixed_precision="bf16"),
     )
     assert "_original_forward" not in student.__dict__
-    fresh = substitute(teacher, [0], CompactConfig(hidden=8, heads=2, ffn=16))
+    fresh = substitute(teacher, [0], CompactSpec(hidden=8, heads=2, ffn=16))
     fresh.load_state_dict(student.state_dict())
     fresh.eval()
     b = labelled_batches(1)[0]

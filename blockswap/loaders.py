@@ -1,0 +1,104 @@
+"""Tokenised splits -> DataLoaders: length-bucketed training batches, length-sorted evaluation.
+
+``TaskData`` is what every training and evaluation loop reads: the tokenizer, the tokenised
+train / validation / test splits and the label names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader
+
+from .config import DataConfig
+from .data import load_source
+
+EVAL_BATCH_SIZE = 64
+
+
+def label_names(dsd: DatasetDict) -> list[str]:
+    return list(dsd["train"].features["label"].names)
+
+
+def tokenize(dsd: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
+    """Add ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``), rename ``label`` -> ``labels``."""
+
+    def enc(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    out = dsd.map(enc, batched=True, remove_columns=["text"], desc="tokenising")
+    return out.rename_column("label", "labels")
+
+
+def collate(tokenizer):
+    """Dynamic padding to the longest sample of each batch."""
+
+    def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
+        labels = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        feats = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
+        batch = tokenizer.pad(feats, return_tensors="pt")
+        batch = {k: v for k, v in batch.items()}
+        batch["labels"] = labels
+        return batch
+
+    return fn
+
+
+class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Shuffled batches of similar length: less padding, same examples per epoch.
+
+    Each epoch shuffles all indices (seeded), sorts windows of ``batch_size * window`` by length,
+    cuts them into batches and shuffles the batch order.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, *, seed: int = 0, window: int = 50) -> None:
+        self.lengths, self.batch_size, self.seed, self.window = list(lengths), batch_size, seed, window
+        self.epoch = 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        for k in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[k]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def loader(ds: Dataset, tokenizer, *, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader with dynamic padding; training batches are length-bucketed, evaluation is sorted by length."""
+    lengths = [len(x) for x in ds["input_ids"]]
+    if shuffle:
+        sampler = BucketBatchSampler(lengths, batch_size, seed=seed)
+        return DataLoader(ds.with_format(None), batch_sampler=sampler, collate_fn=collate(tokenizer))
+    ds = ds.select(np.argsort(np.array(lengths), kind="stable").tolist())
+    return DataLoader(ds.with_format(None), batch_size=batch_size, shuffle=False, collate_fn=collate(tokenizer))
+
+
+@dataclass
+class TaskData:
+    """A task's tokenizer, tokenised splits and label names."""
+
+    tokenizer: object
+    splits: DatasetDict
+    label_names: list[str]
+
+    def loader(self, split: str, *, shuffle: bool = False, batch_size: int = EVAL_BATCH_SIZE, seed: int = 0):
+        return loader(self.splits[split], self.tokenizer, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+def prepare(cfg: DataConfig, tokenizer, *, log: Callable[[str], None] = print) -> TaskData:
+    """Load the configured source and tokenise it with ``tokenizer``."""
+    dsd = load_source(cfg, log=log)
+    return TaskData(tokenizer, tokenize(dsd, tokenizer, cfg.max_length), label_names(dsd))

@@ -1,0 +1,122 @@
+"""The substitution curve: swap in the next least important block's substitute, distil, evaluate, measure."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+
+from .. import arch, distill, importance
+from ..errors import StopRuleUnsatisfied
+from ..files import write_text
+from ..substitute import load_substitutes, substituted_blocks, swap_in
+from .state import RunState
+
+CSV_KEYS = ["step", "block", "substituted", "params", "params_cut", "gmacs", "gmacs_cut", "accuracy", "kept"]
+CSV_KEYS += ["test_accuracy", "latency_ms"]
+
+
+def _row(state: RunState, step: int, block: int | None, model, cost: dict, teacher_val: float | None) -> dict:
+    """One curve point; ``teacher_val`` None means this is the teacher's own row."""
+    val = state.evaluate_point(model, "validation")
+    test = state.evaluate_point(model, "test")
+    teacher_val = val["accuracy"] if teacher_val is None else teacher_val
+    return {
+        "step": step,
+        "block": block,
+        "substituted": substituted_blocks(model),
+        **cost,
+        "accuracy": val["accuracy"],
+        "kept": val["accuracy"] / teacher_val if teacher_val else 0.0,
+        "test_accuracy": test["accuracy"],
+        "macro_f1": val["macro_f1"],
+    }
+
+
+def _next_block(state: RunState, student, remaining: list[int], order: list[int]) -> int:
+    """The least important remaining block: from the teacher's order, or re-ranked on the student."""
+    if not state.cfg.run.rerank or len(remaining) == 1:
+        return next(i for i in order if i in remaining)
+    signals = state.cfg.importance.signals
+    cheap = {k: v for k, v in signals.items() if k in ("drop_one", "influence")} or {"drop_one": 1.0}
+    batches = state.first_batches("validation", state.cfg.importance.importance_batches, batch_size=32, seed=1)
+    return importance.rank(student, batches, cheap, candidates=remaining)["order"][0]
+
+
+def _point(state: RunState, model, teacher_cost) -> dict:
+    c = state.cost(model)
+    cut = c.cut(teacher_cost)
+    return {
+        "params": c.params["total"],
+        "gmacs": c.gmacs,
+        "latency_ms": c.latency[1].median_ms,
+        "params_cut": cut["params_cut"],
+        "gmacs_cut": cut["gmacs_cut"],
+    }
+
+
+def substitution_curve(state: RunState) -> None:
+    """curve.json / curve.csv and RUN/model: for k = 1..K swap, distil end to end, evaluate, measure.
+
+    The chosen model is the last step satisfying the stop rule. Raises StopRuleUnsatisfied (after
+    writing curve.csv and curve.unsatisfied.json) if no step does.
+    """
+    cfg, teacher = state.cfg.run, state.teacher
+    order = state.read("importance.json")["order"]
+    subs = load_substitutes(state.path("substitutes.safetensors"), teacher, state.cfg.compact)
+    n = arch.num_blocks(teacher)
+    teacher_cost = state.cost(teacher)
+    rows = [_row(state, 0, None, teacher, _point(state, teacher, teacher_cost), None)]
+    teacher_val = rows[0]["accuracy"]
+    student = copy.deepcopy(teacher)
+    student.requires_grad_(True)
+    chosen, remaining, logs = None, list(range(n)), {}
+    for k in range(1, min(n, cfg.max_blocks or n) + 1):
+        block = _next_block(state, student, remaining, order)
+        remaining.remove(block)
+        swap_in(student, block, copy.deepcopy(subs[block]))
+        logs[k] = distill.end_to_end(
+            student, teacher, state.train_loader(cfg.seed + k), state.cfg.distill, steps=state.cfg.distill.e2e_steps,
+            accelerator=state.accelerator, desc=f"step {k}: distil with block {block} swapped",
+        )  # fmt: skip
+        row = _row(state, k, block, student, _point(state, student, teacher_cost), teacher_val)
+        rows.append(row)
+        state.log(
+            f"step {k}: block {block} -> kept {row['kept']:.4f} (val {row['accuracy']:.4f}, "
+            f"test {row['test_accuracy']:.4f}), params -{row['params_cut']:.1%}, GMACs -{row['gmacs_cut']:.1%}"
+        )
+        ok = row["kept"] >= cfg.min_kept
+        if ok:
+            chosen = (k, copy.deepcopy(student))
+        reached = cfg.target_gmacs_cut is not None and row["gmacs_cut"] >= cfg.target_gmacs_cut
+        if reached or (not ok and not cfg.full_curve):
+            break
+    result = {"rows": rows, "teacher_validation_accuracy": teacher_val, "order": order, "distill_log": logs}
+    result["chosen_step"] = chosen[0] if chosen else None
+    write_text(state.path("curve.csv"), _csv(rows))
+    _check_stop_rule(state, result)
+    state.save_model(chosen[1], "model")
+    state.write("curve.json", result)
+
+
+def _check_stop_rule(state: RunState, result: dict) -> None:
+    cfg, rows = state.cfg.run, result["rows"]
+    target_missed = cfg.target_gmacs_cut is not None and not any(r["gmacs_cut"] >= cfg.target_gmacs_cut for r in rows)
+    if result["chosen_step"] is not None and not target_missed:
+        return
+    state.write("curve.unsatisfied.json", result)
+    if target_missed:
+        why = f"no step reached --target-gmacs-cut {cfg.target_gmacs_cut} (max {max(r['gmacs_cut'] for r in rows):.3f})"
+    else:
+        best = max(r["kept"] for r in rows[1:])
+        why = f"no step keeps >= {cfg.min_kept} of the teacher's accuracy (best {best:.4f})"
+    raise StopRuleUnsatisfied(f"{why}; the curve is in {state.path('curve.csv')}; relax the stop rule and --resume")
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_KEYS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "substituted": " ".join(map(str, r["substituted"]))})
+    return buf.getvalue()

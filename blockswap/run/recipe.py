@@ -1,0 +1,98 @@
+"""`blockswap run`: the recipe (an ordered list of stages) and the loop that runs it.
+
+Every stage reads the artifacts of the stages before it and writes one artifact atomically;
+`--resume` skips stages whose artifact exists, so an interrupted run continues at the first missing
+one. Adding a stage is one entry in RECIPE.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+from .. import export, report
+from ..config import Config
+from ..errors import RunError
+from ..loaders import prepare
+from ..train import default_base_model, make_accelerator
+from . import stages
+from .compare import baselines_stage
+from .curve import substitution_curve
+from .state import RunState, check_run_dir, create_run_dir
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the recipe: ``run(state)`` writes ``artifact``, reading the artifacts in ``reads``."""
+
+    name: str
+    artifact: str
+    run: Callable[[RunState], None]
+    reads: tuple[str, ...] = ()
+    enabled: Callable[[Config], bool] = lambda cfg: True
+    always: bool = False  # re-run on every invocation (cheap summaries of the others)
+
+
+RECIPE: tuple[Stage, ...] = (
+    Stage("teacher", "teacher.json", stages.teacher),
+    Stage("importance", "importance.json", stages.block_importance, reads=("teacher.json",)),
+    Stage("blockwise", "blockwise.json", stages.blockwise, reads=("teacher.json",)),
+    Stage("curve", "curve.json", substitution_curve, reads=("importance.json", "blockwise.json")),
+    Stage("evaluation", "evaluation.json", stages.evaluation, reads=("teacher.json", "curve.json")),
+    Stage(
+        "baselines", "baselines.json", baselines_stage, reads=("curve.json",), enabled=lambda c: bool(c.run.baselines)
+    ),
+    Stage(
+        "summary", "summary.json", stages.summary, reads=("teacher.json", "curve.json", "evaluation.json"), always=True
+    ),
+    Stage("report", "report.md", lambda s: report.render(s.out), always=True),
+)
+
+
+def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) -> RunState:
+    """Validate the folder, load data and teacher; only then create the folder (a failed start leaves none)."""
+    accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
+    check_run_dir(out, resume=resume, config=cfg)
+    log(f"training precision: {'fp32' if precision == 'no' else precision} (teacher and final evaluation fp32)")
+    set_seed(cfg.run.seed)
+    data = prepare(
+        cfg.data, export.load_tokenizer(cfg.run.teacher or cfg.finetune.model or default_base_model()), log=log
+    )
+    state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log)
+    source = state.read("teacher.json")["source"] if state.path("teacher.json").is_file() else cfg.run.teacher
+    if source is not None:
+        state.teacher = stages.load_teacher(source, len(data.label_names))
+    accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
+    if accelerator.is_main_process:
+        create_run_dir(out, cfg)
+    accelerator.wait_for_everyone()
+    if state.path("timings.json").is_file():
+        state.timings = state.read("timings.json")
+    return state
+
+
+def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run every enabled stage of RECIPE into ``out``; returns the summary."""
+    state = _start(cfg, out, resume=resume, log=log)
+    for stage in RECIPE:
+        if not stage.enabled(cfg):
+            continue
+        if state.path(stage.artifact).exists() and not stage.always:
+            log(f"[{stage.name}] {stage.artifact} exists: skipped")
+            continue
+        missing = [name for name in stage.reads if not state.path(name).exists()]
+        if missing:
+            raise RunError(f"stage {stage.name} needs {', '.join(missing)} in {out}; re-run without deleting them")
+        if not stage.always:
+            log(f"[{stage.name}] running")
+        started = time.perf_counter()
+        stage.run(state)
+        state.accelerator.wait_for_everyone()  # every process sees the artifact before the next stage
+        if not stage.always:
+            state.timings[stage.name] = round(time.perf_counter() - started, 2)
+            state.write("timings.json", state.timings)
+    return state.read("summary.json")

@@ -1,0 +1,121 @@
+"""The stages before and after the curve: teacher, importance, block-wise KD, evaluation, summary.
+
+Each stage is ``fn(state)``, reads the artifacts of earlier stages and writes its own (see recipe.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from accelerate.utils import set_seed
+from transformers import PreTrainedModel
+
+from .. import arch, distill, export, importance
+from ..errors import RunError
+from ..evaluate import evaluate
+from ..files import read_json
+from ..substitute import make_compact, save_substitutes
+from ..train import default_base_model, train_teacher
+from .state import RunState
+
+
+def load_teacher(source: str, num_labels: int) -> PreTrainedModel:
+    """A frozen, evaluation-mode classifier from a folder or hub id; refuses non-classifiers."""
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        archs = read_json(path / "config.json").get("architectures") or []
+        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise RunError(f"--teacher {source} is not a sequence classifier ({', '.join(archs)}); fine-tune one first")
+    model = export.load_model(source)
+    if model.config.num_labels < num_labels:
+        raise RunError(f"the teacher's head has {model.config.num_labels} labels but the data has {num_labels}")
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def teacher(state: RunState) -> None:
+    """teacher.json: the given teacher's fp32 metrics, or fine-tune one into RUN/teacher."""
+    cfg = state.cfg
+    if state.teacher is not None:
+        metrics = {
+            "source": cfg.run.teacher,
+            "validation": evaluate(state.teacher, state.data.loader("validation")),
+            "test": evaluate(state.teacher, state.data.loader("test")),
+        }
+    else:
+        base = cfg.finetune.model or default_base_model()
+        model, metrics = train_teacher(
+            base, state.data, cfg.finetune, seed=cfg.run.seed, accelerator=state.accelerator, log=state.log
+        )
+        state.save_model(model, "teacher")
+        metrics["source"] = str(state.path("teacher"))
+        state.teacher = load_teacher(metrics["source"], len(state.data.label_names))
+    val, test = metrics["validation"]["accuracy"], metrics["test"]["accuracy"]
+    state.log(f"teacher: validation accuracy {val:.4f}, test {test:.4f}")
+    state.write("teacher.json", metrics)
+
+
+def block_importance(state: RunState) -> None:
+    """importance.json: every signal's scores per block, combined, and the order (least important first)."""
+    cfg = state.cfg.importance
+    batches = state.first_batches("validation", cfg.importance_batches, batch_size=32, seed=1)
+    with state.accelerator.autocast():  # a ranking: the training precision suffices, and bf16 halves it on CPU
+        result = importance.rank(
+            state.teacher, batches, cfg.signals, probe_steps=cfg.probe_steps, seed=state.cfg.run.seed
+        )
+    state.log(f"importance order (least important first): {result['order']}")
+    state.write("importance.json", result)
+
+
+def blockwise(state: RunState) -> None:
+    """substitutes.safetensors + blockwise.json: every block's substitute, distilled on its hidden states."""
+    cfg = state.cfg
+    set_seed(cfg.run.seed)
+    subs = {i: make_compact(state.teacher, cfg.compact, i) for i in range(arch.num_blocks(state.teacher))}
+    if cfg.distill.substitute_init == "linear":
+        distill.init_linear(state.teacher, subs, state.first_batches("train", 20, batch_size=64, seed=2))
+    history = distill.blockwise(
+        state.teacher, subs, state.train_loader(cfg.run.seed), cfg.distill, accelerator=state.accelerator
+    )
+    save_substitutes(subs, state.path("substitutes.safetensors"))
+    state.write("blockwise.json", {"mse_by_quarter": {str(k): v for k, v in history.items()}})
+
+
+def evaluation(state: RunState) -> None:
+    """evaluation.json: teacher and chosen student on the test split (fp32), with their costs."""
+    student = export.load(state.path("model"))
+    teacher_cost, student_cost = state.cost(state.teacher, (1, 32)), state.cost(student, (1, 32))
+    result = {
+        "teacher": {"test": state.read("teacher.json")["test"], **teacher_cost.as_dict()},
+        "student": {"test": evaluate(student, state.data.loader("test")), **student_cost.as_dict()},
+    }
+    result["kept"] = result["student"]["test"]["accuracy"] / result["teacher"]["test"]["accuracy"]
+    result.update(student_cost.cut(teacher_cost))
+    state.write("evaluation.json", result)
+
+
+def summary(state: RunState) -> None:
+    """summary.json: teacher accuracy, chosen step, its accuracy, kept, cuts, speed-up, stage times."""
+    teacher_metrics, curve, ev = state.read("teacher.json"), state.read("curve.json"), state.read("evaluation.json")
+    chosen = curve["rows"][curve["chosen_step"]]
+    state.write(
+        "summary.json",
+        {
+            "teacher_test_accuracy": ev["teacher"]["test"]["accuracy"],
+            "teacher_validation_accuracy": teacher_metrics["validation"]["accuracy"],
+            "chosen_step": curve["chosen_step"],
+            "chosen_blocks": chosen["substituted"],
+            "student_test_accuracy": ev["student"]["test"]["accuracy"],
+            "kept_test": ev["kept"],
+            "kept_validation": chosen["kept"],
+            "params_cut": ev["params_cut"],
+            "gmacs_cut": ev["gmacs_cut"],
+            "speedup_b1": ev["speedup_b1"],
+            "speedup_b32": ev["speedup_b32"],
+            "seconds_per_stage": {
+                **state.timings,
+                "total_this_invocation": round(time.perf_counter() - state.started, 2),
+            },
+        },
+    )

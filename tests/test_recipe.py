@@ -1,0 +1,134 @@
+"""The recipe of `blockswap run`: its numbers are pinned, its stages are one list, a failed start leaves nothing."""
+
+import json
+
+import pytest
+
+from blockswap import errors
+from blockswap.cli import main
+from blockswap.run import RECIPE
+
+from .test_pipeline import FAST
+
+# Measured on this tiny config with the code before the stages were reorganised (same seed, same
+# machine kind): the reorganisation must not move any number. Continuous values carry every step of
+# the computation (importance probes, block-wise training, end-to-end KD, final evaluation).
+PINNED = {
+    "raw": {
+        "drop_one": [1.5417734781864034e-05, 7.62939453125e-06, 2.384185791015625e-07],
+        "influence": [4.916522920746164e-05, 6.699131936142126e-05, 4.56073849471574e-05],
+        "grad_act": [0.0009466490591876209, 0.001360346213914454, 0.0015357057563960552],
+        "softmax_weight": [0.2908436059951782, 0.3545578420162201, 0.3545985817909241],
+        "scale": [0.9600000381469727, 0.9600000381469727, 0.9600000381469727],
+    },
+    "order": [2, 0, 1],
+    "blockwise_mse": {
+        "0": [1.2423452062648721e-05, 7.41843250580132e-05, 2.984511957038194e-05],
+        "1": [1.6358026186935604e-05, 7.942957745399326e-05, 3.336045119795017e-05],
+        "2": [1.3589341506303754e-05, 7.758357241982594e-05, 2.8857861252618022e-05],
+    },
+    "e2e_total": {
+        "1": [0.3482557535171509, 0.34582608938217163],
+        "2": [0.34825605154037476, 0.345854789018631],
+        "3": [0.3482615351676941, 0.3458634316921234],
+    },
+    "e2e_mse": {
+        "1": [1.6635718566249125e-05, 2.1379981262725778e-05],
+        "2": [2.5818195354077034e-05, 3.750456380657852e-05],
+        "3": [3.496305362205021e-05, 4.735206312034279e-05],
+    },
+    "cost": [(24721, 0.000360512), (19684, 0.000273472), (14647, 0.000186432), (9610, 9.9392e-05)],
+    "sparsity": [0.2597462871287129, 0.5194925742574257, 0.7792388613861386],
+    "drop_params_cut": [0.27462481291209906, 0.5492496258241981, 0.8238744387362971],
+    "student_test_loss": 0.6932286620140076,
+}
+
+
+def _approx(values):
+    return pytest.approx(values, rel=1e-5, abs=1e-9)
+
+
+def test_tiny_run_reproduces_the_pinned_numbers(tmp_path, tiny_csv, tiny_teacher_dir):
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, "--seed", "3"]) == 0
+
+    def read(name):
+        return json.loads((out / name).read_text())
+
+    imp, curve, base = read("importance.json"), read("curve.json"), read("baselines.json")
+    for name, values in PINNED["raw"].items():
+        assert imp["raw"][name] == _approx(values), name
+    assert imp["order"] == PINNED["order"] == curve["order"]
+    assert read("blockwise.json")["mse_by_quarter"] == {k: _approx(v) for k, v in PINNED["blockwise_mse"].items()}
+    for k, log in curve["distill_log"].items():
+        assert [e["total"] for e in log] == _approx(PINNED["e2e_total"][k])
+        assert [e["mse"] for e in log] == _approx(PINNED["e2e_mse"][k])
+    assert [(r["params"], r["gmacs"]) for r in curve["rows"]] == [(p, pytest.approx(g)) for p, g in PINNED["cost"]]
+    assert [r["sparsity"] for r in base["magnitude"]] == _approx(PINNED["sparsity"])
+    assert [r["params_cut"] for r in base["drop"]] == _approx(PINNED["drop_params_cut"])
+    assert read("evaluation.json")["student"]["test"]["loss"] == _approx(PINNED["student_test_loss"])
+
+
+def test_the_recipe_is_one_ordered_list_whose_reads_come_earlier():
+    names = [s.name for s in RECIPE]
+    assert names == ["teacher", "importance", "blockwise", "curve", "evaluation", "baselines", "summary", "report"]
+    written = set()
+    for stage in RECIPE:
+        assert set(stage.reads) <= written, stage.name
+        written.add(stage.artifact)
+
+
+def test_readme_diagram_matches_the_recipe():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    diagram = readme.split("## What `blockswap run` does", 1)[1].split("```")[1]
+    assert " ─► ".join(s.name for s in RECIPE) in diagram
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys, tiny_csv):
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tmp_path / "missing"), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_folder_left_by_an_interrupted_start_is_accepted(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (out / "config.yaml").write_text("stale: 1\n")
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, "--baselines", "none"]) == 0, capsys.readouterr().err
+    assert (out / "summary.json").is_file()
+
+
+def test_nan_during_fine_tuning_is_one_line(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    argv = ["finetune", "--model", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(tmp_path / "t")]
+    assert main([*argv, "--lr", "1e30", "--max-steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "fine-tuning loss became nan" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()
+
+
+def test_every_user_error_is_a_blockswap_error():
+    kinds = [getattr(errors, n) for n in dir(errors) if isinstance(getattr(errors, n), type)]
+    kinds = [k for k in kinds if issubclass(k, Exception)]
+    assert len(kinds) >= 8 and all(issubclass(k, errors.BlockswapError) for k in kinds)
+    assert not issubclass(errors.TrainingDiverged, (ValueError, FloatingPointError))
+
+
+def test_signal_and_baseline_names_come_from_their_registries():
+    from blockswap import baselines, importance
+    from blockswap.config import ImportanceConfig, RunConfig
+    from blockswap.run.compare import RUNNERS
+
+    assert set(RUNNERS) == set(baselines.BASELINES)
+    assert RunConfig(baselines="magnitude, drop").baselines == ("magnitude", "drop")
+    assert RunConfig(baselines=["none"]).baselines == ()
+    assert ImportanceConfig(signals="drop_one=2,scale").signals == {"drop_one": 2.0, "scale": 1.0}
+    assert set(ImportanceConfig().signals) == set(importance.SIGNALS)
+    with pytest.raises(errors.ConfigError, match="unknown importance signal"):
+        ImportanceConfig(signals={"bogus": 1})
