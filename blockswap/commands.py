@@ -6,17 +6,20 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
-from . import arch, export, files, measure
+from . import arch, deploy, export, files, measure
 from .compact import CompactSpec
 from .config import Config
+from .data import load_source
 from .errors import ConfigError, DataError
-from .evaluate import evaluate
+from .evaluate import evaluate, logits_fn
 from .loaders import prepare
 from .substitute import check_blocks, substitute
 from .train import default_base_model, make_accelerator, train_teacher
+from .vocab import prune_and_measure
 
 
 def _model_for(model: str | None, builtin: str | None) -> PreTrainedModel:
@@ -95,10 +98,12 @@ def finetune_command(cfg: Config, out: Path, *, log: Callable[[str], None]) -> d
     return metrics
 
 
-def evaluate_command(cfg: Config, model_name: str, split: str, json_path: str | None, batch_size: int):
-    """Metrics of a classifier on a split of ``cfg.data``; returns (metrics, path written or None)."""
-    model = export.load_model(model_name).eval()
-    data = prepare(cfg.data, export.load_tokenizer(model_name))
+def evaluate_command(
+    cfg: Config, model_name: str, split: str, json_path: str | None, batch_size: int, *, int8: bool = False
+):
+    """Metrics of a classifier (PyTorch or ONNX folder) on a split of ``cfg.data``; returns (metrics, path or None)."""
+    model, tokenizer = open_classifier(model_name, int8=int8)
+    data = prepare(cfg.data, tokenizer)
     if len(data.label_names) > model.config.num_labels:
         raise DataError(
             f"the data has {len(data.label_names)} label values but the model's head has {model.config.num_labels}"
@@ -111,3 +116,68 @@ def evaluate_command(cfg: Config, model_name: str, split: str, json_path: str | 
     if path:
         files.write_json(path, result)
     return result, path
+
+
+def open_classifier(folder: str, *, int8: bool = False, threads: int | None = None):
+    """A PyTorch classifier or, for an ONNX folder, an ``OnnxClassifier``; plus its tokenizer."""
+    if deploy.is_onnx_folder(folder):
+        model = deploy.OnnxClassifier.load(folder, int8=int8, threads=threads)
+    else:
+        if int8:
+            raise ConfigError(f"--int8 needs an ONNX folder; {folder} has no {deploy.ONNX_FILE}")
+        model = export.load_classifier(folder)
+    return model, export.load_tokenizer(folder)
+
+
+def predict_command(folder: str, texts: list[str], *, batch_size: int, max_length: int, int8: bool, progress=None):
+    """One dict per text, in input order: label name, its probability, and every label's probability."""
+    model, tokenizer = open_classifier(folder, int8=int8)
+    forward = logits_fn(model)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+    probs = [None] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            for i, p in zip(idx, forward(dict(batch)).softmax(-1).tolist(), strict=True):
+                probs[i] = p
+            if progress is not None:
+                progress(len(idx))
+    rows = []
+    for i, p in enumerate(probs):
+        best = max(range(len(p)), key=p.__getitem__)
+        rows.append(
+            {
+                "index": i,
+                "text": texts[i],
+                "label": names[best],
+                "score": p[best],
+                "probs": dict(zip(names, p, strict=True)),
+            }
+        )
+    return rows
+
+
+def export_command(cfg: Config, folder: str, out: Path, *, int8: bool) -> dict:
+    """ONNX export of a classifier folder, parity-checked and evaluated on the configured dataset's test split."""
+    deploy.require_onnx()
+    model = export.load_classifier(folder)
+    dsd = load_source(cfg.data)
+    return deploy.export_checked(
+        model, export.load_tokenizer(folder), out, dsd=dsd, max_length=cfg.data.max_length, int8=int8
+    )
+
+
+def prune_vocab_command(cfg: Config, folder: str, out: Path) -> dict:
+    """Keep the tokens of the configured dataset's training texts; save the smaller model with vocab.json."""
+    model = export.load_classifier(folder)
+    pruned, tokenizer, stats = prune_and_measure(
+        model, export.load_tokenizer(folder), load_source(cfg.data), max_length=cfg.data.max_length
+    )
+    stats["dataset"] = cfg.data.dataset
+    export.save(pruned, out, tokenizer=tokenizer)
+    files.write_json(out / "vocab.json", stats)
+    return stats

@@ -190,6 +190,13 @@ class RunConfig:
         default="auto",
     )
     cpu: bool = _help("force the CPU even when an accelerator is present", default=False)
+    prune_vocab: bool = _help(
+        "after the curve, keep only the vocabulary the training texts use (WordPiece): RUN/model_vocab", default=False
+    )
+    export: str = _help(
+        "'onnx': export teacher and chosen student to RUN/onnx (fp32 + dynamic int8, parity-checked); 'none'",
+        default="none",
+    )
 
     def __post_init__(self) -> None:
         from .baselines import BASELINES  # the registry is the one list of names
@@ -202,6 +209,8 @@ class RunConfig:
         _positive("run", latency_repeats=self.latency_repeats)
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.export not in ("none", "onnx"):
+            raise ConfigError(f"--export must be none or onnx, got {self.export!r}")
         object.__setattr__(self, "baselines", _names(self.baselines, "run.baselines"))
         _known(self.baselines, BASELINES, "baseline")
 

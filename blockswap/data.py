@@ -191,3 +191,26 @@ def _limit(dsd: DatasetDict, cfg: DataConfig) -> DatasetDict:
             raise DataError(f"the {name} split is empty; use more data or larger split fractions")
         out[name] = ds
     return DatasetDict(out)
+
+
+def read_texts(source: str, *, text_column: str | None = None, stdin=None) -> list[str]:
+    """Texts to predict on: ``-`` (standard input) or a .txt file, one per line; or a table's text column."""
+    import sys
+
+    if source == "-" or source.endswith(".txt"):
+        try:
+            raw = (stdin or sys.stdin).read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read {source}: {e}") from None
+        texts = [line.strip() for line in raw.splitlines() if line.strip()]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"input file {path} does not exist")
+        df = read_local(path)
+        texts = (
+            df[_pick_column([str(c) for c in df.columns], text_column, TEXT_CANDIDATES, "text")].astype(str).tolist()
+        )
+    if not texts:
+        raise DataError(f"no texts in {'standard input' if source == '-' else source}; give one text per line")
+    return texts

@@ -40,3 +40,11 @@ class StopRuleUnsatisfied(BlockswapError):
 
 class TrainingDiverged(BlockswapError):
     """A training or distillation loss became NaN or infinite."""
+
+
+class MissingDependency(BlockswapError):
+    """An optional dependency (an extra) is not installed."""
+
+
+class DeployError(BlockswapError):
+    """An export could not be made or does not match the PyTorch model (parity)."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel
 
 from .arch import forward_inputs
 
@@ -34,22 +34,36 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict
     }
 
 
-@torch.no_grad()
-def predict(model: PreTrainedModel, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) and labels (N,) over a loader, on the model's device."""
+def logits_fn(model) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """``batch -> (B, C) float logits on the CPU`` for a PyTorch classifier or an ``OnnxClassifier``."""
+    if not isinstance(model, torch.nn.Module):
+        return model.logits  # deploy.OnnxClassifier
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+
+    def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v.to(device) for k, v in forward_inputs(model, batch).items()}
+        return model(**inputs).logits.float().cpu()
+
+    return forward
+
+
+@torch.no_grad()
+def predict(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and labels (N,) over a loader, for a PyTorch classifier or an ``OnnxClassifier``."""
+    forward = logits_fn(model)
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
     all_logits, all_labels = [], []
     for batch in loader:
-        inputs = {k: v.to(device) for k, v in forward_inputs(model, batch).items()}
-        all_logits.append(model(**inputs).logits.float().cpu())
+        all_logits.append(forward(batch))
         all_labels.append(batch["labels"])
-    model.train(was_training)
+    if was_training:
+        model.train()
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate(model: PreTrainedModel, loader: DataLoader) -> dict:
+def evaluate(model, loader: DataLoader) -> dict:
     """Metrics of ``model`` on ``loader`` plus examples per second."""
     t0 = time.perf_counter()
     logits, labels = predict(model, loader)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -23,6 +21,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from . import arch
 from .compact import compact_from_meta
 from .errors import ModelLoadError
+from .files import atomic_dir
 from .substitute import META_KEY
 
 _REMOTE_TEMPLATE = """
@@ -59,9 +58,7 @@ def _remote_code(model: PreTrainedModel, model_type: str) -> str:
 def save(model: PreTrainedModel, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Save ``model`` (and ``tokenizer``) to ``directory`` atomically; returns the folder."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -78,13 +75,6 @@ def save(model: PreTrainedModel, directory: str | os.PathLike, tokenizer=None) -
             }
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
             (tmp / "modeling_blockswap.py").write_text(_remote_code(model, model_type))
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return directory
 
 
@@ -179,3 +169,15 @@ def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
         ) from None
     arch.spec_for(config)
     return AutoModelForSequenceClassification.from_pretrained(name_or_dir, **kwargs)
+
+
+def load_classifier(name_or_dir: str | os.PathLike) -> PreTrainedModel:
+    """A sequence classifier in evaluation mode; a folder holding a bare encoder (no head) is refused."""
+    path = Path(name_or_dir).expanduser()
+    if (path / "config.json").is_file():
+        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise ModelLoadError(
+                f"{name_or_dir} is not a sequence classifier ({', '.join(archs)}); fine-tune one first"
+            )
+    return load_model(str(name_or_dir)).eval()

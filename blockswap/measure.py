@@ -6,6 +6,7 @@ import gc
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -99,6 +100,28 @@ def _quantile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
+def wall_times(
+    fn: Callable[[], object], *, repeats: int, warmup: int, sync: Callable[[], None] | None = None
+) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (``sync`` waits for a device)."""
+    sync = sync or (lambda: None)
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def spread(times: list[float]) -> dict[str, float]:
+    """Median, p10, p90 and minimum of timings (ms)."""
+    return {"median_ms": statistics.median(times), "p10_ms": _quantile(times, 0.1), "p90_ms": _quantile(times, 0.9),
+            "min_ms": min(times), "repeats": len(times)}  # fmt: skip
+
+
 def latency(
     model: PreTrainedModel,
     *,
@@ -112,23 +135,12 @@ def latency(
     model.eval()
     inputs = inputs if inputs is not None else dummy_batch(model, batch, seq_len)
     device = next(model.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            sync()
-            t0 = time.perf_counter()
-            model(**inputs)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000)
+        times = wall_times(lambda: model(**inputs), repeats=repeats, warmup=warmup, sync=sync)
     ids = inputs["input_ids"]
     return Latency(
-        median_ms=statistics.median(times),
-        p10_ms=_quantile(times, 0.1),
-        p90_ms=_quantile(times, 0.9),
-        min_ms=min(times),
-        repeats=repeats,
+        **spread(times),
         warmup=warmup,
         batch=int(ids.shape[0]),
         seq_len=int(ids.shape[1]),

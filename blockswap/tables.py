@@ -58,3 +58,20 @@ def metrics_table(m: dict) -> str:
     ]
     lines += ["  " + " ".join(f"{v:>6}" for v in row) for row in m["confusion"]]
     return "\n".join(lines)
+
+
+def export_summary(folder: str, meta: dict) -> str:
+    """What `blockswap export` did: files and sizes, parity, test accuracy per runtime."""
+    p, t = meta["parity"], meta.get("test", {})
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in meta["bytes"].items())
+    lines = [
+        f"exported {folder}: {sizes} (opset {meta['opset']})",
+        f"parity vs PyTorch on {p['n']} real sentences (batch x length {p['shapes']}): max |Δlogit| "
+        f"{p['max_abs_logit_diff']:.2e}, argmax agreement {p['argmax_agreement']:.4f} -> {'passed' if p['passed'] else 'FAILED'}",
+    ]
+    if t:
+        acc = f"test accuracy (n={t['n']}): torch {t['torch_accuracy']:.4f}, onnx fp32 {t['onnx_fp32_accuracy']:.4f}"
+        if "onnx_int8_accuracy" in t:
+            acc += f", onnx int8 {t['onnx_int8_accuracy']:.4f} (argmax = fp32 on {t['int8_argmax_agreement_with_fp32']:.1%})"
+        lines.append(acc)
+    return "\n".join(lines)

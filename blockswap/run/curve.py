@@ -58,7 +58,8 @@ def _point(state: RunState, model, teacher_cost) -> dict:
 def substitution_curve(state: RunState) -> None:
     """curve.json / curve.csv and RUN/model: for k = 1..K swap, distil end to end, evaluate, measure.
 
-    The chosen model is the last step satisfying the stop rule. Raises StopRuleUnsatisfied (after
+    The chosen model (RUN/model) is the last step satisfying the stop rule; when that is not the
+    curve's last step, the last step's student is saved too (RUN/model_last). Raises StopRuleUnsatisfied (after
     writing curve.csv and curve.unsatisfied.json) if no step does.
     """
     cfg, teacher = state.cfg.run, state.teacher
@@ -96,6 +97,8 @@ def substitution_curve(state: RunState) -> None:
     write_text(state.path("curve.csv"), _csv(rows))
     _check_stop_rule(state, result)
     state.save_model(chosen[1], "model")
+    if chosen[0] != rows[-1]["step"]:  # the most compressed student too: to deploy or benchmark it
+        state.save_model(student, "model_last")
     state.write("curve.json", result)
 
 

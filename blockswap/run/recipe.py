@@ -37,20 +37,20 @@ class Stage:
     always: bool = False  # re-run on every invocation (cheap summaries of the others)
 
 
+# fmt: off
 RECIPE: tuple[Stage, ...] = (
     Stage("teacher", "teacher.json", stages.teacher),
     Stage("importance", "importance.json", stages.block_importance, reads=("teacher.json",)),
     Stage("blockwise", "blockwise.json", stages.blockwise, reads=("teacher.json",)),
     Stage("curve", "curve.json", substitution_curve, reads=("importance.json", "blockwise.json")),
     Stage("evaluation", "evaluation.json", stages.evaluation, reads=("teacher.json", "curve.json")),
-    Stage(
-        "baselines", "baselines.json", baselines_stage, reads=("curve.json",), enabled=lambda c: bool(c.run.baselines)
-    ),
-    Stage(
-        "summary", "summary.json", stages.summary, reads=("teacher.json", "curve.json", "evaluation.json"), always=True
-    ),
+    Stage("vocab", "vocab.json", stages.prune_vocab, reads=("curve.json",), enabled=lambda c: c.run.prune_vocab),
+    Stage("export", "export.json", stages.onnx_export, reads=("curve.json",), enabled=lambda c: c.run.export == "onnx"),
+    Stage("baselines", "baselines.json", baselines_stage, reads=("curve.json",), enabled=lambda c: bool(c.run.baselines)),
+    Stage("summary", "summary.json", stages.summary, reads=("teacher.json", "curve.json", "evaluation.json"), always=True),
     Stage("report", "report.md", lambda s: report.render(s.out), always=True),
 )
+# fmt: on
 
 
 def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) -> RunState:

@@ -6,32 +6,27 @@ Each stage is ``fn(state)``, reads the artifacts of earlier stages and writes it
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
-from .. import arch, distill, export, importance
+from .. import arch, deploy, distill, export, importance
+from ..data import load_source
 from ..errors import RunError
 from ..evaluate import evaluate
-from ..files import read_json
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
+from ..vocab import prune_and_measure
 from .state import RunState
 
 
 def load_teacher(source: str, num_labels: int) -> PreTrainedModel:
     """A frozen, evaluation-mode classifier from a folder or hub id; refuses non-classifiers."""
-    path = Path(source)
-    if path.is_dir() and (path / "config.json").is_file():
-        archs = read_json(path / "config.json").get("architectures") or []
-        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise RunError(f"--teacher {source} is not a sequence classifier ({', '.join(archs)}); fine-tune one first")
-    model = export.load_model(source)
+    model = export.load_classifier(source)
     if model.config.num_labels < num_labels:
         raise RunError(f"the teacher's head has {model.config.num_labels} labels but the data has {num_labels}")
     model.requires_grad_(False)
-    return model.eval()
+    return model
 
 
 def teacher(state: RunState) -> None:
@@ -93,6 +88,40 @@ def evaluation(state: RunState) -> None:
     result["kept"] = result["student"]["test"]["accuracy"] / result["teacher"]["test"]["accuracy"]
     result.update(student_cost.cut(teacher_cost))
     state.write("evaluation.json", result)
+
+
+def prune_vocab(state: RunState) -> None:
+    """vocab.json + RUN/model_vocab: the chosen student with only the tokens of the training texts."""
+    cfg = state.cfg.data
+    student = export.load(state.path("model"))
+    pruned, tokenizer, stats = prune_and_measure(
+        student, state.data.tokenizer, load_source(cfg), max_length=cfg.max_length
+    )
+    if state.accelerator.is_main_process:
+        export.save(pruned, state.path("model_vocab"), tokenizer=tokenizer)
+    state.log(
+        f"vocabulary {stats['vocab_before']} -> {stats['vocab_after']} tokens: test accuracy "
+        f"{stats['test_accuracy_before']:.4f} -> {stats['test_accuracy_after']:.4f}"
+    )
+    state.write("vocab.json", stats)
+
+
+def onnx_export(state: RunState) -> None:
+    """export.json + RUN/onnx/{teacher,student}: ONNX fp32 + int8, parity-checked, test accuracy per runtime."""
+    deploy.require_onnx()
+    dsd, cfg = load_source(state.cfg.data), state.cfg.data
+    student_dir = state.path("model_vocab" if state.path("model_vocab").is_dir() else "model")
+    models = {
+        "teacher": (state.teacher, state.data.tokenizer),
+        "student": (export.load(student_dir), export.load_tokenizer(student_dir)),
+    }
+    result = {}
+    for name, (model, tokenizer) in models.items():
+        out = state.path("onnx") / name
+        result[name] = deploy.export_checked(model, tokenizer, out, dsd=dsd, max_length=cfg.max_length, int8=True)
+        state.log(f"onnx {name}: parity max |Δlogit| {result[name]['parity']['max_abs_logit_diff']:.1e}")
+    result["student_source"] = str(student_dir)
+    state.write("export.json", result)
 
 
 def summary(state: RunState) -> None:
