@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from blockswap import deploy, export, measure
 from blockswap.arch import forward_inputs
-from blockswap.config import load_config
+from blockswap.config import DataConfig
 from blockswap.data import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,8 @@ def main() -> int:
     args = parser.parse_args()
     run = Path(args.run_dir)
     torch.set_num_threads(args.threads)
-    cfg = load_config(run / "config.yaml")
-    dsd = load_source(cfg.data, log=lambda *_: None)
+    data_cfg = DataConfig(**yaml.safe_load((run / "config.yaml").read_text())["data"])  # only the data section
+    dsd = load_source(data_cfg, log=lambda *_: None)
     folders = {"teacher": Path(json.loads((run / "teacher.json").read_text())["source"]), "chosen": run / "model"}
     if (run / "model_last").is_dir():  # the curve's last (most compressed) step, when it is not the chosen one
         folders["last"] = run / "model_last"
@@ -68,7 +69,7 @@ def main() -> int:
         if not (onnx_dir / deploy.META_FILE).is_file():
             model = export.load_classifier(str(folder))
             deploy.export_checked(
-                model, export.load_tokenizer(folder), onnx_dir, dsd=dsd, max_length=cfg.data.max_length, int8=True
+                model, export.load_tokenizer(folder), onnx_dir, dsd=dsd, max_length=data_cfg.max_length, int8=True
             )
         meta = json.loads((onnx_dir / deploy.META_FILE).read_text())
         model = export.load_classifier(str(folder))
@@ -77,7 +78,7 @@ def main() -> int:
             "test": meta["test"], "bytes": {**meta["bytes"], "model.safetensors": (folder / "model.safetensors").stat().st_size},
         }  # fmt: skip
     tok = export.load_tokenizer(folders["teacher"])
-    cases = {"b1_s128": (None, 1, 128), "b32_s128": (None, 32, 128), "b32_real": (texts, 32, cfg.data.max_length)}
+    cases = {"b1_s128": (None, 1, 128), "b32_s128": (None, 32, 128), "b32_real": (texts, 32, data_cfg.max_length)}
     for case, (src, n, seq) in cases.items():
         batch = _inputs(tok, src, n, seq)
         row = {"batch": list(batch["input_ids"].shape)}

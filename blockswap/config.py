@@ -64,7 +64,9 @@ class DataConfig:
     """Where the labelled text comes from and how it is tokenised."""
 
     dataset: str = _help(
-        "'snippets' (offline default), a hub dataset name, or a .csv/.tsv/.jsonl/.parquet file", default="snippets"
+        "'snippets' (offline default), 'amazon', 'nyt', 'tweets' (packaged too), a hub dataset name, or a "
+        ".csv/.tsv/.jsonl/.parquet file",
+        default="snippets",
     )
     dataset_config: str | None = _help("hub dataset configuration (e.g. sst2 for glue)", default=None)
     text_column: str | None = _help("text column (auto: text, sentence, review)", default=None)

@@ -162,8 +162,8 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
 
 def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
     """The configured dataset as train / validation / test with ``text`` and ``label`` columns."""
-    if cfg.dataset == "snippets":
-        df = packaged.read_snippets(packaged.fetch_snippets(log=log))
+    if cfg.dataset in packaged.PACKAGED:
+        df = packaged.read_rated(packaged.fetch(cfg.dataset, log=log))
         dsd = _split_frame(df, ["negative", "positive"], cfg)
     else:
         path = Path(cfg.dataset).expanduser()

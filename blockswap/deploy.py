@@ -103,6 +103,20 @@ def _base_config(model: PreTrainedModel) -> dict:
     return cfg
 
 
+def optimise_graph(path: Path) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions (bias+GELU, skip+LayerNorm, ...) in place; returns what was fused.
+
+    The fusions are pattern matches: what a graph does not match stays as it was, substitutes included
+    (their attention is written with plain matmuls). Parity is checked on the result.
+    """
+    from onnxruntime.transformers import optimizer
+
+    with _quiet():
+        opt = optimizer.optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+        opt.save_model_to_file(str(path))
+    return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the weights of MatMul/Gemm (ONNX Runtime)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -192,15 +206,21 @@ def export_onnx(
     """
     require_onnx()
     out = Path(out)
+    longest = min(128, getattr(model.config, "max_position_embeddings", 130) - 2)  # RoBERTa offsets by 2
+    batches = parity_batches(tokenizer, check_texts, max_length=longest)
     with atomic_dir(out) as tmp:
         _export_graph(model, tokenizer, tmp / ONNX_FILE, opset)
         tokenizer.save_pretrained(tmp)
         (tmp / "config.json").write_text(json.dumps(_base_config(model), indent=2, sort_keys=True, default=str))
+        plain = (tmp / ONNX_FILE).read_bytes()
+        fused = optimise_graph(tmp / ONNX_FILE)
+        check = parity(model, OnnxClassifier.load(tmp), batches)
+        if not check["passed"] and fused:  # keep the fusions only where they keep parity
+            (tmp / ONNX_FILE).write_bytes(plain)
+            fused, check = {}, parity(model, OnnxClassifier.load(tmp), batches)
         if int8:
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
-        longest = min(128, getattr(model.config, "max_position_embeddings", 130) - 2)  # RoBERTa offsets by 2
-        check = parity(model, OnnxClassifier.load(tmp), parity_batches(tokenizer, check_texts, max_length=longest))
-        meta = {"opset": opset, "files": sorted(p.name for p in tmp.iterdir()), "parity": check}
+        meta = {"opset": opset, "ort_fusions": fused, "files": sorted(p.name for p in tmp.iterdir()), "parity": check}
         meta["bytes"] = {f: (tmp / f).stat().st_size for f in (ONNX_FILE, INT8_FILE) if (tmp / f).is_file()}
         write_json(tmp / META_FILE, meta)
     if not check["passed"]:

@@ -31,6 +31,7 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict
         "loss": F.cross_entropy(logits.float(), labels).item() if len(labels) else 0.0,
         "confusion": confusion.tolist(),
         "n": int(len(labels)),
+        "correct": (preds == labels).int().tolist(),  # per example: paired comparisons between models
     }
 
 
@@ -72,3 +73,21 @@ def evaluate(model, loader: DataLoader) -> dict:
     out["examples_per_s"] = len(labels) / seconds if seconds > 0 else float("inf")
     out["seconds"] = seconds
     return out
+
+
+def paired_bootstrap(
+    teacher_correct: torch.Tensor, student_correct: torch.Tensor, *, samples: int = 2000, seed: int = 0
+) -> dict:
+    """95 % paired-bootstrap interval of ``kept`` = student accuracy / teacher accuracy.
+
+    Both vectors (N,) say whether each model got each sentence right; every resample draws the same
+    sentences for both, so the interval reflects how much the *difference* depends on the sample.
+    """
+    t, s = teacher_correct.double(), student_correct.double()
+    n = len(t)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (samples, n), generator=g)
+    ratio = s[idx].mean(1) / t[idx].mean(1).clamp(min=1e-12)  # (samples,)
+    low, high = torch.quantile(ratio, torch.tensor([0.025, 0.975], dtype=ratio.dtype)).tolist()
+    kept = (s.mean() / t.mean().clamp(min=1e-12)).item()
+    return {"kept": kept, "ci95": [low, high], "n": n, "samples": samples}

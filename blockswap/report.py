@@ -88,17 +88,26 @@ def _pct(x: float) -> str:
     return f"{x * 100:.1f} %"
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _kept_ci(kept: float | None, ci: list[float] | None) -> str:
+    return "" if kept is None else f"{kept:.4f} {_interval(ci)}"
+
+
 def _curve_table(curve: dict) -> list[str]:
     lines = [
-        "| step | block | substituted | params (M) | params cut | GMACs | GMACs cut | val acc | kept | test acc | latency ms |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | block | substituted | params (M) | params cut | GMACs | GMACs cut | val acc | kept (val) | test acc "
+        "| kept (test) [95 % CI] | latency ms |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in curve["rows"]:
         mark = " **(chosen)**" if r["step"] == curve.get("chosen_step") else ""
         lines.append(
             f"| {r['step']}{mark} | {'' if r['block'] is None else r['block']} | {r['substituted']} | {r['params'] / 1e6:.2f} | "
             f"{_pct(r['params_cut'])} | {r['gmacs']:.3f} | {_pct(r['gmacs_cut'])} | {r['accuracy']:.4f} | {r['kept']:.4f} | "
-            f"{r['test_accuracy']:.4f} | {r['latency_ms']:.1f} |"
+            f"{r['test_accuracy']:.4f} | {_kept_ci(r.get('kept_test'), r.get('kept_test_ci95'))} | {r['latency_ms']:.1f} |"
         )
     return lines
 
@@ -128,7 +137,10 @@ def render(run_dir: str | Path) -> Path:
     plots = _plots(run_dir, curve, imp, base)
     md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher)
     md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
-    md += ["`kept` = validation accuracy / teacher validation accuracy; cuts are fractions of the teacher."]
+    md += ["`kept (val)` = validation accuracy / the teacher's (the stop rule uses it); `kept (test)` = the same on "
+           "the test split with a 95 % paired-bootstrap interval (teacher and student resampled on the same "
+           "sentences); where two points' intervals overlap, their difference is within noise. Cuts are fractions "
+           "of the teacher."]  # fmt: skip
     if ev:
         md += _evaluation_lines(ev)
     if imp:
@@ -149,7 +161,9 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
         md += [
             f"- teacher test accuracy: **{summary['teacher_test_accuracy']:.4f}**",
             f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}): test accuracy "
-            f"**{summary['student_test_accuracy']:.4f}**, kept **{summary['kept_test']:.4f}**",
+            f"**{summary['student_test_accuracy']:.4f}**, kept **{summary['kept_test']:.4f}** "
+            f"(95 % paired-bootstrap interval {_interval(summary.get('kept_test_ci95'))} "
+            f"over {summary.get('n_test')} test sentences)",
             f"- parameters cut {_pct(summary['params_cut'])}, GMACs cut {_pct(summary['gmacs_cut'])}, "
             f"speed-up x{summary['speedup_b1']:.2f} (batch 1) / x{summary['speedup_b32']:.2f} (batch 32)",
             f"- wall time per stage (s): {summary['seconds_per_stage']}",

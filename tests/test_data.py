@@ -89,13 +89,13 @@ def test_cache_checksum_mismatch_is_reported(tmp_path, monkeypatch):
     (tmp_path / "snippets").mkdir()
     (tmp_path / "snippets" / packaged.SNIPPETS_FILE).write_text("tampered")
     with pytest.raises(data.DataError, match="sha256.*fetch --force"):
-        packaged.fetch_snippets()
+        packaged.fetch()
 
 
 def test_snippet_parsing_drops_neutral(tmp_path):
     f = tmp_path / "s.txt"
     f.write_text("1\t2.5\tgreat fun\r\n2\t-1.2\tdull\r\n3\t0\tneutral\r\n")
-    df = packaged.read_snippets(f)
+    df = packaged.read_rated(f)
     assert df["text"].tolist() == ["great fun", "dull"] and df["label"].tolist() == [1, 0]
 
 
@@ -108,6 +108,19 @@ def test_packaged_snippets_load_as_10568_balanced_rows(tmp_path, monkeypatch):
     labels = np.concatenate([np.array(dsd[s]["label"]) for s in dsd])
     assert 0.45 < labels.mean() < 0.55
     assert [len(dsd[s]) for s in ("train", "validation", "test")] == [8454, 1057, 1057]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, rows, positive",
+    [("snippets", 10568, 5242), ("amazon", 3610, 2128), ("nyt", 4946, 2204), ("tweets", 4196, 2897)],
+)
+def test_packaged_sets_have_pinned_rows_and_balance(tmp_path, monkeypatch, name, rows, positive):
+    monkeypatch.setenv("BLOCKSWAP_CACHE", str(tmp_path))
+    df = packaged.read_rated(packaged.fetch(name))
+    assert (len(df), int(df["label"].sum())) == (rows, positive)
+    dsd = data.load_source(DataConfig(dataset=name))
+    assert sum(len(dsd[s]) for s in dsd) == rows
 
 
 def test_evaluate_cli_hand_checkable(tmp_path, capsys, tiny_teacher_dir):

@@ -39,8 +39,12 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
     for key in ("params", "params_cut", "gmacs", "gmacs_cut", "accuracy", "kept", "latency_ms", "substituted", "block"):
         assert key in rows[1]
     assert rows[0]["params_cut"] == 0 and rows[-1]["gmacs_cut"] > rows[1]["gmacs_cut"] > 0
+    for r in rows:
+        low, high = r["kept_test_ci95"]
+        assert low <= r["kept_test"] <= high and r["n_test"] == 12
     summary = json.loads((out / "summary.json").read_text())
     assert summary["chosen_step"] == 3 and 0 < summary["gmacs_cut"] < 1
+    assert summary["kept_test_ci95"][0] <= summary["kept_test"] <= summary["kept_test_ci95"][1]
     base = json.loads((out / "baselines.json").read_text())
     assert len(base["magnitude"]) == len(base["random"]) == len(base["drop"]) == 3
 

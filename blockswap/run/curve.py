@@ -6,21 +6,26 @@ import copy
 import csv
 import io
 
+import torch
+
 from .. import arch, distill, importance
 from ..errors import StopRuleUnsatisfied
+from ..evaluate import paired_bootstrap
 from ..files import write_text
 from ..substitute import load_substitutes, substituted_blocks, swap_in
 from .state import RunState
 
 CSV_KEYS = ["step", "block", "substituted", "params", "params_cut", "gmacs", "gmacs_cut", "accuracy", "kept"]
-CSV_KEYS += ["test_accuracy", "latency_ms"]
+CSV_KEYS += ["test_accuracy", "kept_test", "kept_test_low", "kept_test_high", "latency_ms"]
 
 
-def _row(state: RunState, step: int, block: int | None, model, cost: dict, teacher_val: float | None) -> dict:
-    """One curve point; ``teacher_val`` None means this is the teacher's own row."""
+def _row(state: RunState, step: int, block: int | None, model, cost: dict, teacher: dict | None) -> dict:
+    """One curve point; ``teacher`` (its validation and test metrics) None means this is the teacher's own row."""
     val = state.evaluate_point(model, "validation")
     test = state.evaluate_point(model, "test")
-    teacher_val = val["accuracy"] if teacher_val is None else teacher_val
+    teacher = teacher or {"validation": val, "test": test}
+    teacher_val = teacher["validation"]["accuracy"]
+    ci = paired_bootstrap(torch.tensor(teacher["test"]["correct"]), torch.tensor(test["correct"]), seed=step)
     return {
         "step": step,
         "block": block,
@@ -29,8 +34,11 @@ def _row(state: RunState, step: int, block: int | None, model, cost: dict, teach
         "accuracy": val["accuracy"],
         "kept": val["accuracy"] / teacher_val if teacher_val else 0.0,
         "test_accuracy": test["accuracy"],
+        "kept_test": ci["kept"],
+        "kept_test_ci95": ci["ci95"],
+        "n_test": ci["n"],
         "macro_f1": val["macro_f1"],
-    }
+    }, {"validation": val, "test": test}
 
 
 def _next_block(state: RunState, student, remaining: list[int], order: list[int]) -> int:
@@ -67,8 +75,8 @@ def substitution_curve(state: RunState) -> None:
     subs = load_substitutes(state.path("substitutes.safetensors"), teacher, state.cfg.compact)
     n = arch.num_blocks(teacher)
     teacher_cost = state.cost(teacher)
-    rows = [_row(state, 0, None, teacher, _point(state, teacher, teacher_cost), None)]
-    teacher_val = rows[0]["accuracy"]
+    first, teacher_metrics = _row(state, 0, None, teacher, _point(state, teacher, teacher_cost), None)
+    rows, teacher_val = [first], first["accuracy"]
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
     chosen, remaining, logs = None, list(range(n)), {}
@@ -80,11 +88,12 @@ def substitution_curve(state: RunState) -> None:
             student, teacher, state.train_loader(cfg.seed + k), state.cfg.distill, steps=state.cfg.distill.e2e_steps,
             accelerator=state.accelerator, desc=f"step {k}: distil with block {block} swapped",
         )  # fmt: skip
-        row = _row(state, k, block, student, _point(state, student, teacher_cost), teacher_val)
+        row, _ = _row(state, k, block, student, _point(state, student, teacher_cost), teacher_metrics)
         rows.append(row)
         state.log(
-            f"step {k}: block {block} -> kept {row['kept']:.4f} (val {row['accuracy']:.4f}, "
-            f"test {row['test_accuracy']:.4f}), params -{row['params_cut']:.1%}, GMACs -{row['gmacs_cut']:.1%}"
+            f"step {k}: block {block} -> kept {row['kept']:.4f} (val {row['accuracy']:.4f}, test {row['test_accuracy']:.4f},"
+            f" kept on test {row['kept_test']:.4f} [{row['kept_test_ci95'][0]:.3f}, {row['kept_test_ci95'][1]:.3f}]), "
+            f"params -{row['params_cut']:.1%}, GMACs -{row['gmacs_cut']:.1%}"
         )
         ok = row["kept"] >= cfg.min_kept
         if ok:
@@ -121,5 +130,8 @@ def _csv(rows: list[dict]) -> str:
     w = csv.DictWriter(buf, fieldnames=CSV_KEYS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({**r, "substituted": " ".join(map(str, r["substituted"]))})
+        low, high = r["kept_test_ci95"]
+        w.writerow(
+            {**r, "substituted": " ".join(map(str, r["substituted"])), "kept_test_low": low, "kept_test_high": high}
+        )
     return buf.getvalue()

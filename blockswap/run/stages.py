@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import time
 
+import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
 from .. import arch, deploy, distill, export, importance
 from ..data import load_source
 from ..errors import RunError
-from ..evaluate import evaluate
+from ..evaluate import evaluate, paired_bootstrap
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
 from ..vocab import prune_and_measure
@@ -85,7 +86,9 @@ def evaluation(state: RunState) -> None:
         "teacher": {"test": state.read("teacher.json")["test"], **teacher_cost.as_dict()},
         "student": {"test": evaluate(student, state.data.loader("test")), **student_cost.as_dict()},
     }
-    result["kept"] = result["student"]["test"]["accuracy"] / result["teacher"]["test"]["accuracy"]
+    t_test, s_test = result["teacher"]["test"], result["student"]["test"]
+    ci = paired_bootstrap(torch.tensor(t_test["correct"]), torch.tensor(s_test["correct"]))
+    result["kept"], result["kept_ci95"], result["n_test"] = ci["kept"], ci["ci95"], ci["n"]
     result.update(student_cost.cut(teacher_cost))
     state.write("evaluation.json", result)
 
@@ -137,6 +140,8 @@ def summary(state: RunState) -> None:
             "chosen_blocks": chosen["substituted"],
             "student_test_accuracy": ev["student"]["test"]["accuracy"],
             "kept_test": ev["kept"],
+            "kept_test_ci95": ev["kept_ci95"],
+            "n_test": ev["n_test"],
             "kept_validation": chosen["kept"],
             "params_cut": ev["params_cut"],
             "gmacs_cut": ev["gmacs_cut"],
