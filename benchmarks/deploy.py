@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+import transformers
 import yaml
 
 from blockswap import deploy, export, measure
@@ -56,6 +57,7 @@ def main() -> int:
     args = parser.parse_args()
     run = Path(args.run_dir)
     torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
     data_cfg = DataConfig(**yaml.safe_load((run / "config.yaml").read_text())["data"])  # only the data section
     dsd = load_source(data_cfg, log=lambda *_: None)
     folders = {"teacher": Path(json.loads((run / "teacher.json").read_text())["source"]), "chosen": run / "model"}

