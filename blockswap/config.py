@@ -152,11 +152,18 @@ class DistillConfig:
         default=True,
     )
     freeze_embeddings: bool = _help("freeze the embeddings during end-to-end distillation", default=False)
+    recovery_epochs: float = _help(
+        "after the curve: epochs of end-to-end KD of the chosen student with every weight trainable (0: off)",
+        default=0.0,
+    )
+    recovery_lr: float = _help("learning rate of every weight during recovery", default=5e-5)
+    recovery_beta: float = _help("recovery: weight of hidden-state MSE at every block's output", default=1.0)
 
     def __post_init__(self) -> None:
         _positive("distill", batch_size=self.batch_size, blockwise_lr=self.blockwise_lr, temperature=self.temperature)
         _positive("distill", lr_substitute=self.lr_substitute, lr_kept=self.lr_kept)
-        for name in ("blockwise_epochs", "e2e_steps", "alpha", "beta"):
+        _positive("distill", recovery_lr=self.recovery_lr)
+        for name in ("blockwise_epochs", "e2e_steps", "alpha", "beta", "recovery_epochs", "recovery_beta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
         if self.substitute_init not in ("linear", "random"):

@@ -164,8 +164,10 @@ def end_to_end(
     steps: int,
     accelerator: Accelerator,
     desc: str = "end-to-end distillation",
+    match_all_blocks: bool = False,
 ) -> list[dict[str, float]]:
-    """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs.
+    """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs (every block's
+    output with ``match_all_blocks``).
 
     Substitutes train at ``lr_substitute``; kept original weights at ``lr_kept`` (or frozen).
     Returns the loss parts of every 10th step.
@@ -176,7 +178,12 @@ def end_to_end(
     # No dropout: the student fits the teacher's function in a few dozen steps, far too few to
     # overfit, and on CPU dropout's random masks were a quarter of a substitute's block-wise step.
     student.eval()
-    subs = [i for i, b in enumerate(arch.blocks(student)) if isinstance(b, CompactBlock)]
+    blocks = arch.blocks(student)
+    subs = (
+        list(range(len(blocks)))
+        if match_all_blocks
+        else [i for i, b in enumerate(blocks) if isinstance(b, CompactBlock)]
+    )
     opt = adamw(_param_groups(student, cfg), weight_decay=0.0)
     sched = get_linear_schedule_with_warmup(opt, min(20, steps // 10), steps)
     t_model = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync

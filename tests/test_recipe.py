@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from blockswap import errors
 from blockswap.cli import main
@@ -73,7 +74,8 @@ def test_tiny_run_reproduces_the_pinned_numbers(tmp_path, tiny_csv, tiny_teacher
 def test_the_recipe_is_one_ordered_list_whose_reads_come_earlier():
     names = [s.name for s in RECIPE]
     assert names == [
-        "teacher", "importance", "blockwise", "curve", "evaluation", "vocab", "export", "baselines", "summary", "report",
+        "teacher", "importance", "blockwise", "curve", "recovery", "evaluation", "vocab", "export", "baselines",
+        "summary", "report",
     ]  # fmt: skip
     written = set()
     for stage in RECIPE:
@@ -134,3 +136,20 @@ def test_signal_and_baseline_names_come_from_their_registries():
     assert set(ImportanceConfig().signals) == set(importance.SIGNALS)
     with pytest.raises(errors.ConfigError, match="unknown importance signal"):
         ImportanceConfig(signals={"bogus": 1})
+
+
+def test_recovery_trains_every_weight_of_the_chosen_student(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    from blockswap import arch, export
+
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, "--baselines", "none", "--recovery-epochs", "1", "--max-blocks", "1"]) == 0
+    rec = json.loads((out / "recovery.json").read_text())
+    assert rec["steps"] == 6 and rec["examples"] == 96  # 96 training rows in batches of 16: one epoch
+    chosen, recovered = export.load(out / "model"), export.load(out / "model_recovered")
+    kept = [i for i in range(3) if i not in chosen.config.blockswap["substituted"]]
+    for i in kept:  # kept blocks were frozen in the curve; recovery trains them
+        a = next(arch.blocks(chosen)[i].parameters())
+        b = next(arch.blocks(recovered)[i].parameters())
+        assert not torch.equal(a, b)
+    assert json.loads((out / "evaluation.json").read_text())["student_source"].endswith("model_recovered")

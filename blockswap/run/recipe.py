@@ -43,6 +43,7 @@ RECIPE: tuple[Stage, ...] = (
     Stage("importance", "importance.json", stages.block_importance, reads=("teacher.json",)),
     Stage("blockwise", "blockwise.json", stages.blockwise, reads=("teacher.json",)),
     Stage("curve", "curve.json", substitution_curve, reads=("importance.json", "blockwise.json")),
+    Stage("recovery", "recovery.json", stages.recovery, reads=("curve.json",), enabled=lambda c: c.distill.recovery_epochs > 0),
     Stage("evaluation", "evaluation.json", stages.evaluation, reads=("teacher.json", "curve.json")),
     Stage("vocab", "vocab.json", stages.prune_vocab, reads=("curve.json",), enabled=lambda c: c.run.prune_vocab),
     Stage("export", "export.json", stages.onnx_export, reads=("curve.json",), enabled=lambda c: c.run.export == "onnx"),

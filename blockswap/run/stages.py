@@ -5,6 +5,8 @@ Each stage is ``fn(state)``, reads the artifacts of earlier stages and writes it
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 import torch
@@ -78,9 +80,46 @@ def blockwise(state: RunState) -> None:
     state.write("blockwise.json", {"mse_by_quarter": {str(k): v for k, v in history.items()}})
 
 
+def recovery(state: RunState) -> None:
+    """recovery.json + RUN/model_recovered: the chosen student distilled end to end with every weight trainable.
+
+    KL(T) + alpha CE + recovery_beta MSE at every block's output, AdamW at recovery_lr with warm-up and
+    linear decay over recovery_epochs: the budget a DistilBERT-style student would get.
+    """
+    cfg = state.cfg.distill
+    student = export.load(state.path("model"))
+    student.requires_grad_(True)
+    loader = state.train_loader(state.cfg.run.seed + 1000)
+    steps = max(1, math.ceil(cfg.recovery_epochs * len(loader)))
+    rcfg = dataclasses.replace(
+        cfg, freeze_kept=False, lr_kept=cfg.recovery_lr, lr_substitute=cfg.recovery_lr, beta=cfg.recovery_beta
+    )
+    started = time.perf_counter()
+    log = distill.end_to_end(
+        student, state.teacher, loader, rcfg, steps=steps, accelerator=state.accelerator, desc="recovery",
+        match_all_blocks=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    state.save_model(student, "model_recovered")
+    before = state.read("curve.json")
+    chosen = before["rows"][before["chosen_step"]]
+    val = state.evaluate_point(student, "validation")
+    state.log(f"recovery: {steps} steps, validation accuracy {chosen['accuracy']:.4f} -> {val['accuracy']:.4f}")
+    state.write("recovery.json", {
+        "steps": steps, "batch_size": cfg.batch_size, "examples": steps * cfg.batch_size, "seconds": seconds,
+        "validation_before": chosen["accuracy"], "validation_after": val["accuracy"],
+        "kept_validation_after": val["accuracy"] / before["teacher_validation_accuracy"], "log": log,
+    })  # fmt: skip
+
+
+def student_dir(state: RunState):
+    """The final student: recovered when the recovery stage ran, else the curve's chosen one."""
+    return state.path("model_recovered" if state.path("model_recovered").is_dir() else "model")
+
+
 def evaluation(state: RunState) -> None:
     """evaluation.json: teacher and chosen student on the test split (fp32), with their costs."""
-    student = export.load(state.path("model"))
+    student = export.load(student_dir(state))
     teacher_cost, student_cost = state.cost(state.teacher, (1, 32)), state.cost(student, (1, 32))
     teacher_test = state.read("teacher.json")["test"]  # the same fp32 evaluation, already done
     if "correct" not in teacher_test:  # written by a blockswap without per-example results: evaluate again
@@ -92,6 +131,7 @@ def evaluation(state: RunState) -> None:
     t_test, s_test = result["teacher"]["test"], result["student"]["test"]
     ci = paired_bootstrap(torch.tensor(t_test["correct"]), torch.tensor(s_test["correct"]))
     result["kept"], result["kept_ci95"], result["n_test"] = ci["kept"], ci["ci95"], ci["n"]
+    result["student_source"] = str(student_dir(state))
     result.update(student_cost.cut(teacher_cost))
     state.write("evaluation.json", result)
 
@@ -99,7 +139,7 @@ def evaluation(state: RunState) -> None:
 def prune_vocab(state: RunState) -> None:
     """vocab.json + RUN/model_vocab: the chosen student with only the tokens of the training texts."""
     cfg = state.cfg.data
-    student = export.load(state.path("model"))
+    student = export.load(student_dir(state))
     pruned, tokenizer, stats = prune_and_measure(
         student, state.data.tokenizer, load_source(cfg), max_length=cfg.max_length
     )
@@ -116,17 +156,17 @@ def onnx_export(state: RunState) -> None:
     """export.json + RUN/onnx/{teacher,student}: ONNX fp32 + int8, parity-checked, test accuracy per runtime."""
     deploy.require_onnx()
     dsd, cfg = load_source(state.cfg.data), state.cfg.data
-    student_dir = state.path("model_vocab" if state.path("model_vocab").is_dir() else "model")
+    final = state.path("model_vocab") if state.path("model_vocab").is_dir() else student_dir(state)
     models = {
         "teacher": (state.teacher, state.data.tokenizer),
-        "student": (export.load(student_dir), export.load_tokenizer(student_dir)),
+        "student": (export.load(final), export.load_tokenizer(final)),
     }
     result = {}
     for name, (model, tokenizer) in models.items():
         out = state.path("onnx") / name
         result[name] = deploy.export_checked(model, tokenizer, out, dsd=dsd, max_length=cfg.max_length, int8=True)
         state.log(f"onnx {name}: parity max |Δlogit| {result[name]['parity']['max_abs_logit_diff']:.1e}")
-    result["student_source"] = str(student_dir)
+    result["student_source"] = str(final)
     state.write("export.json", result)
 
 
