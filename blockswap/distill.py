@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import time
 from collections.abc import Iterable
 
 import torch
@@ -222,3 +224,30 @@ def end_to_end(
     for p in s_model.parameters():
         p.requires_grad_(True)
     return log
+
+
+def recover(
+    student: PreTrainedModel, teacher: PreTrainedModel, loader, cfg: DistillConfig, *, accelerator: Accelerator
+) -> dict:
+    """Recovery: ``cfg.recovery_epochs`` of end-to-end KD with every weight of ``student`` trainable (in place).
+
+    KL(T) + alpha CE + ``recovery_beta`` MSE at every block's output, AdamW at ``recovery_lr`` with
+    warm-up and linear decay. Returns the budget spent (steps, batch, examples, seconds) and the loss log.
+    """
+    steps = max(1, math.ceil(cfg.recovery_epochs * len(loader)))
+    rcfg = dataclasses.replace(
+        cfg, freeze_kept=False, lr_kept=cfg.recovery_lr, lr_substitute=cfg.recovery_lr, beta=cfg.recovery_beta
+    )
+    student.requires_grad_(True)
+    started = time.perf_counter()
+    log = end_to_end(
+        student, teacher, loader, rcfg, steps=steps, accelerator=accelerator, desc="recovery", match_all_blocks=True
+    )
+    seconds = time.perf_counter() - started
+    return {
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "examples": steps * cfg.batch_size,
+        "seconds": seconds,
+        "log": log,
+    }

@@ -5,8 +5,6 @@ Each stage is ``fn(state)``, reads the artifacts of earlier stages and writes it
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 
 import torch
@@ -86,29 +84,21 @@ def recovery(state: RunState) -> None:
     KL(T) + alpha CE + recovery_beta MSE at every block's output, AdamW at recovery_lr with warm-up and
     linear decay over recovery_epochs: the budget a DistilBERT-style student would get.
     """
-    cfg = state.cfg.distill
     student = export.load(state.path("model"))
-    student.requires_grad_(True)
-    loader = state.train_loader(state.cfg.run.seed + 1000)
-    steps = max(1, math.ceil(cfg.recovery_epochs * len(loader)))
-    rcfg = dataclasses.replace(
-        cfg, freeze_kept=False, lr_kept=cfg.recovery_lr, lr_substitute=cfg.recovery_lr, beta=cfg.recovery_beta
-    )
-    started = time.perf_counter()
-    log = distill.end_to_end(
-        student, state.teacher, loader, rcfg, steps=steps, accelerator=state.accelerator, desc="recovery",
-        match_all_blocks=True,
+    budget = distill.recover(
+        student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
+        accelerator=state.accelerator,
     )  # fmt: skip
-    seconds = time.perf_counter() - started
     state.save_model(student, "model_recovered")
     before = state.read("curve.json")
     chosen = before["rows"][before["chosen_step"]]
     val = state.evaluate_point(student, "validation")
-    state.log(f"recovery: {steps} steps, validation accuracy {chosen['accuracy']:.4f} -> {val['accuracy']:.4f}")
+    state.log(
+        f"recovery: {budget['steps']} steps, validation accuracy {chosen['accuracy']:.4f} -> {val['accuracy']:.4f}"
+    )
     state.write("recovery.json", {
-        "steps": steps, "batch_size": cfg.batch_size, "examples": steps * cfg.batch_size, "seconds": seconds,
-        "validation_before": chosen["accuracy"], "validation_after": val["accuracy"],
-        "kept_validation_after": val["accuracy"] / before["teacher_validation_accuracy"], "log": log,
+        **budget, "validation_before": chosen["accuracy"], "validation_after": val["accuracy"],
+        "kept_validation_after": val["accuracy"] / before["teacher_validation_accuracy"],
     })  # fmt: skip
 
 
