@@ -1,4 +1,4 @@
-"""The stages before and after the curve: teacher, importance, block-wise KD, evaluation, summary.
+"""The stages around the curve: teacher, importance, block-wise KD, recovery, evaluation, vocab, export, summary.
 
 Each stage is ``fn(state)``, reads the artifacts of earlier stages and writes its own (see recipe.py).
 """
