@@ -15,6 +15,8 @@ BASELINES: dict[str, str] = {
     "magnitude": "global magnitude pruning of encoder Linear weights at the step's parameter cut, no retraining",
     "random": "random unstructured pruning of encoder Linear weights at the step's parameter cut, no retraining",
     "drop": "layer dropping of the same blocks, with the same end-to-end distillation budget",
+    "distil": "DistilBERT-style: the least important blocks dropped at the nearest GMACs cut, every remaining weight "
+    "trained by KD for the substitution path's whole budget (block-wise + end-to-end steps x batch)",
 }
 
 

@@ -185,7 +185,7 @@ class RunConfig:
     )
     rerank: bool = _help("re-rank importance on the current student before each step", default=False)
     baselines: tuple[str, ...] = _help(
-        "baselines to run beside the curve: magnitude, random, drop (or 'none')",
+        "baselines to run beside the curve: magnitude, random, drop, distil (equal budget, slow) (or 'none')",
         default=("magnitude", "random", "drop"),
     )
     seed: int = _help("random seed of training", default=0)

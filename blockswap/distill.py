@@ -72,6 +72,11 @@ def init_linear(
                 lin.bias.zero_()
 
 
+def steps_for(epochs: float, loader) -> int:
+    """Optimiser steps of ``epochs`` passes over ``loader`` (at least one)."""
+    return max(1, math.ceil(epochs * len(loader)))
+
+
 class _Bundle(nn.Module):
     """All substitutes as one module, so one (possibly distributed) forward trains them together."""
 
@@ -105,7 +110,7 @@ def blockwise(
     modules = _Bundle(substitutes)
     modules.train()
     opt = adamw(modules.parameters(), lr=cfg.blockwise_lr, weight_decay=0.0)
-    total = max(1, math.ceil(cfg.blockwise_epochs * len(loader)))
+    total = steps_for(cfg.blockwise_epochs, loader)
     sched = get_linear_schedule_with_warmup(opt, min(50, total // 10), total)
     teacher = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
     modules, opt, sched, loader = accelerator.prepare(modules, opt, sched, loader)
@@ -234,7 +239,7 @@ def recover(
     KL(T) + alpha CE + ``recovery_beta`` MSE at every block's output, AdamW at ``recovery_lr`` with
     warm-up and linear decay. Returns the budget spent (steps, batch, examples, seconds) and the loss log.
     """
-    steps = max(1, math.ceil(cfg.recovery_epochs * len(loader)))
+    steps = steps_for(cfg.recovery_epochs, loader)
     rcfg = dataclasses.replace(
         cfg, freeze_kept=False, lr_kept=cfg.recovery_lr, lr_substitute=cfg.recovery_lr, beta=cfg.recovery_beta
     )

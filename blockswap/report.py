@@ -69,15 +69,20 @@ def _importance_plot(plt, run_dir: Path, imp: dict) -> str:
 
 
 def _baselines_plot(plt, run_dir: Path, rows: list[dict], base: dict) -> str:
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot([r["params_cut"] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
-    for name in base.get("descriptions", {}):
-        ax.plot([r["params_cut"] * 100 for r in base[name]], [r["kept"] * 100 for r in base[name]], "s--", label=name)
-    ax.set_xlabel("parameters cut (%)")
-    ax.set_ylabel("validation accuracy kept (%)")
-    ax.set_title("substitution vs baselines")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    """Kept vs GMACs cut (baselines that cut GMACs) and vs parameters cut (all of them)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, label in ((axes[0], "gmacs_cut", "GMACs cut"), (axes[1], "params_cut", "parameters cut")):
+        ax.plot([r[key] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
+        for name in base.get("descriptions", {}):
+            points = [r for r in base[name] if key in r]
+            if points:
+                ax.plot([r[key] * 100 for r in points], [r["kept"] * 100 for r in points], "s--", label=name)
+        ax.set_xlabel(f"{label} (%)")
+        ax.set_ylabel("validation accuracy kept (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("substitution vs baselines at equal cost (GMACs)")
+    axes[1].set_title("substitution vs baselines (parameters)")
     fig.tight_layout()
     fig.savefig(run_dir / "baselines.png", dpi=110)
     plt.close(fig)

@@ -164,3 +164,19 @@ def test_recovery_trains_every_weight_of_the_chosen_student(tmp_path, capsys, ti
         b = next(arch.blocks(recovered)[i].parameters())
         assert not torch.equal(a, b)
     assert json.loads((out / "evaluation.json").read_text())["student_source"].endswith("model_recovered")
+
+
+def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, "--baselines", "distil"]) == 0, capsys.readouterr().err
+    curve = json.loads((out / "curve.json").read_text())
+    blockwise = json.loads((out / "blockwise.json").read_text())["budget"]
+    base = json.loads((out / "baselines.json").read_text())["distil"]
+    assert blockwise["steps"] == 3  # half an epoch of 6 batches
+    for r, b in zip(curve["rows"][1:], base, strict=True):
+        assert r["train_steps"] == blockwise["steps"] + r["step"] * 2  # block-wise + 2 end-to-end steps per swap
+        assert (b["train_steps"], b["train_batch"]) == (r["train_steps"], r["train_batch"]) == (r["train_steps"], 16)
+        assert b["train_seconds"] > 0 and b["kept_test_ci95"][0] <= b["kept_test"] <= b["kept_test_ci95"][1]
+        assert len(b["dropped"]) in (1, 2)  # never every block; the count whose GMACs cut is nearest
+    assert [len(b["dropped"]) for b in base] == sorted(len(b["dropped"]) for b in base)

@@ -11,12 +11,15 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import torch
+
 from .. import arch, baselines, distill, measure
+from ..evaluate import paired_bootstrap
 from .state import RunState
 
 
 def _row(state: RunState, r: dict, model, teacher_val: float, **extra) -> dict:
-    """Validation only: ``kept`` (the curve's criterion) is what the baselines are compared on."""
+    """``kept`` on validation (the curve's criterion); runners add their own fields (cuts, budget, test split)."""
     v = state.evaluate_point(model, "validation")
     row = {"step": r["step"], "substituted": r["substituted"], "params_cut": r["params_cut"]}
     return {**row, "accuracy": v["accuracy"], "kept": v["accuracy"] / teacher_val, **extra}
@@ -55,10 +58,48 @@ def _drop(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
     return out
 
 
+def _dropped(teacher, blocks: list[int]):
+    student = copy.deepcopy(teacher)
+    for i in blocks:
+        arch.blocks(student)[i] = arch.IdentityBlock(arch.spec_for(student.config).returns_tuple)
+    return student.requires_grad_(True)
+
+
+def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
+    """DistilBERT-style: drop the least important blocks (the run's importance order), train every remaining
+    weight by KD for the optimiser steps x batch the substitution path spent to reach each curve point,
+    at the number of dropped blocks whose GMACs cut is nearest that point's."""
+    teacher, cfg = state.teacher, state.cfg
+    order, seq = state.read("importance.json")["order"], cfg.run.eval_seq_len
+    teacher_macs = measure.count_macs(teacher, seq_len=seq)["macs"]
+    cuts = {k: measure.cut(teacher_macs, measure.count_macs(_dropped(teacher, order[:k]), seq_len=seq)["macs"])
+            for k in range(1, arch.num_blocks(teacher))}  # fmt: skip
+    kd = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
+    teacher_test = torch.tensor(state.read("teacher.json")["test"]["correct"])
+    out = []
+    for r in rows:
+        k = min(cuts, key=lambda k: abs(cuts[k] - r["gmacs_cut"]))
+        student, started = _dropped(teacher, order[:k]), time.perf_counter()
+        distill.end_to_end(
+            student, teacher, state.train_loader(cfg.run.seed + 2000 + r["step"]), kd, steps=r["train_steps"],
+            accelerator=state.accelerator, desc=f"distil without blocks {sorted(order[:k])}",
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        test = state.evaluate_point(student, "test")
+        ci = paired_bootstrap(teacher_test, torch.tensor(test["correct"]), seed=r["step"])
+        out.append(_row(
+            state, r, student, teacher_val, dropped=sorted(order[:k]), gmacs_cut=cuts[k], train_steps=r["train_steps"],
+            params_cut=measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"]),
+            train_batch=cfg.distill.batch_size, train_seconds=seconds, kept_test=ci["kept"], kept_test_ci95=ci["ci95"],
+        ))  # fmt: skip
+    return out
+
+
 RUNNERS: dict[str, Callable[[RunState, list[dict], float], list[dict]]] = {
     "magnitude": _pruning(lambda state, s: baselines.magnitude_prune(state.teacher, s)),
     "random": _pruning(lambda state, s: baselines.random_prune(state.teacher, s, seed=state.cfg.run.seed)),
     "drop": _drop,
+    "distil": _distil,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import time
 
 import torch
 
@@ -80,15 +81,23 @@ def substitution_curve(state: RunState) -> None:
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
     chosen, remaining, logs = None, list(range(n)), {}
+    budget = dict(state.read("blockwise.json").get("budget") or {"steps": 0, "seconds": 0.0})
     for k in range(1, min(n, cfg.max_blocks or n) + 1):
         block = _next_block(state, student, remaining, order)
         remaining.remove(block)
         swap_in(student, block, copy.deepcopy(subs[block]))
+        started = time.perf_counter()
         logs[k] = distill.end_to_end(
             student, teacher, state.train_loader(cfg.seed + k), state.cfg.distill, steps=state.cfg.distill.e2e_steps,
             accelerator=state.accelerator, desc=f"step {k}: distil with block {block} swapped",
         )  # fmt: skip
+        budget["steps"] += state.cfg.distill.e2e_steps
+        budget["seconds"] += time.perf_counter() - started
         row, _ = _row(state, k, block, student, _point(state, student, teacher_cost), teacher_metrics)
+        # what reaching this point cost: block-wise distillation plus every end-to-end phase so far
+        row.update(
+            train_steps=budget["steps"], train_batch=state.cfg.distill.batch_size, train_seconds=budget["seconds"]
+        )
         rows.append(row)
         state.log(
             f"step {k}: block {block} -> kept {row['kept']:.4f} (val {row['accuracy']:.4f}, test {row['test_accuracy']:.4f},"

@@ -66,16 +66,17 @@ def block_importance(state: RunState) -> None:
 
 def blockwise(state: RunState) -> None:
     """substitutes.safetensors + blockwise.json: every block's substitute, distilled on its hidden states."""
-    cfg = state.cfg
+    cfg, started = state.cfg, time.perf_counter()
     set_seed(cfg.run.seed)
     subs = {i: make_compact(state.teacher, cfg.compact, i) for i in range(arch.num_blocks(state.teacher))}
     if cfg.distill.substitute_init == "linear":
         distill.init_linear(state.teacher, subs, state.first_batches("train", 20, batch_size=64, seed=2))
-    history = distill.blockwise(
-        state.teacher, subs, state.train_loader(cfg.run.seed), cfg.distill, accelerator=state.accelerator
-    )
+    loader = state.train_loader(cfg.run.seed)
+    history = distill.blockwise(state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator)
     save_substitutes(subs, state.path("substitutes.safetensors"))
-    state.write("blockwise.json", {"mse_by_quarter": {str(k): v for k, v in history.items()}})
+    budget = {"steps": distill.steps_for(cfg.distill.blockwise_epochs, loader), "batch_size": cfg.distill.batch_size}
+    budget["seconds"] = time.perf_counter() - started
+    state.write("blockwise.json", {"mse_by_quarter": {str(k): v for k, v in history.items()}, "budget": budget})
 
 
 def recovery(state: RunState) -> None:
