@@ -75,7 +75,7 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
     cuts = {k: measure.cut(teacher_macs, measure.count_macs(_dropped(teacher, order[:k]), seq_len=seq)["macs"])
             for k in range(1, arch.num_blocks(teacher))}  # fmt: skip
     kd = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
-    teacher_test = torch.tensor(state.read("teacher.json")["test"]["correct"])
+    teacher_test = torch.tensor(state.teacher_test()["correct"])
     out = []
     for r in rows:
         k = min(cuts, key=lambda k: abs(cuts[k] - r["gmacs_cut"]))

@@ -112,9 +112,7 @@ def evaluation(state: RunState) -> None:
     """evaluation.json: teacher and chosen student on the test split (fp32), with their costs."""
     student = export.load(student_dir(state))
     teacher_cost, student_cost = state.cost(state.teacher, (1, 32)), state.cost(student, (1, 32))
-    teacher_test = state.read("teacher.json")["test"]  # the same fp32 evaluation, already done
-    if "correct" not in teacher_test:  # written by a blockswap without per-example results: evaluate again
-        teacher_test = evaluate(state.teacher, state.data.loader("test"))
+    teacher_test = state.teacher_test()  # the same fp32 evaluation, already done
     result = {
         "teacher": {"test": teacher_test, **teacher_cost.as_dict()},
         "student": {"test": evaluate(student, state.data.loader("test")), **student_cost.as_dict()},

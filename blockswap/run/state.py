@@ -61,6 +61,12 @@ class RunState:
         with self.accelerator.autocast():
             return evaluate(model, self.data.loader(split))
 
+    def teacher_test(self) -> dict:
+        """The teacher's fp32 test metrics from teacher.json, with per-example results (re-evaluated for a
+        teacher.json written by a blockswap that did not record them)."""
+        test = self.read("teacher.json")["test"]
+        return test if "correct" in test else evaluate(self.teacher, self.data.loader("test"))
+
     def cost(self, model: PreTrainedModel, latency_batches: tuple[int, ...] = (1,)) -> measure.Cost:
         """Parameters, GMACs and latency at the run's measurement sequence length."""
         return measure.cost(

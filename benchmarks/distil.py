@@ -1,0 +1,73 @@
+"""Substitution vs the DistilBERT-style student at equal budget, at chosen points of an existing run.
+
+    .venv/bin/python benchmarks/distil.py RUN_DIR [--steps 4,6] [--json FILE]
+
+For each chosen curve step: the `distil` baseline of `blockswap run --baselines distil` (blocks dropped
+at the nearest GMACs cut, every remaining weight trained by KD for the optimiser steps x batch the
+substitution path spent to reach that step), next to the curve point; kept on test with 95 % paired-
+bootstrap intervals. A run made before the budget was recorded gets it recomputed from its config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import transformers
+import yaml
+
+from blockswap import export
+from blockswap.config import build_config
+from blockswap.distill import steps_for
+from blockswap.loaders import prepare
+from blockswap.run.compare import RUNNERS
+from blockswap.run.state import RunState
+from blockswap.train import make_accelerator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--steps", default="4,6", help="curve steps to compare at")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "distil.json"))
+    args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
+    run = Path(args.run_dir)
+    cfg = build_config(yaml.safe_load((run / "config.yaml").read_text()))
+    accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
+    teacher_src = json.loads((run / "teacher.json").read_text())["source"]
+    data = prepare(cfg.data, export.load_tokenizer(teacher_src), log=lambda *_: None)
+    teacher = export.load_classifier(teacher_src).requires_grad_(False)
+    state = RunState(cfg=cfg, out=run, accelerator=accelerator, data=data, teacher=teacher)
+    curve = json.loads((run / "curve.json").read_text())
+    blockwise_steps = steps_for(cfg.distill.blockwise_epochs, state.train_loader(cfg.run.seed))
+    wanted = {int(s) for s in args.steps.split(",")}
+    rows = []
+    for r in curve["rows"][1:]:
+        if r["step"] in wanted:
+            r.setdefault("train_steps", blockwise_steps + r["step"] * cfg.distill.e2e_steps)
+            r.setdefault("train_batch", cfg.distill.batch_size)
+            rows.append(r)
+    base = RUNNERS["distil"](state, rows, curve["teacher_validation_accuracy"])
+    result = {"run_dir": str(run), "precision": precision, "points": []}
+    for r, b in zip(rows, base, strict=True):
+        point = {
+            "step": r["step"],
+            "substitution": {k: r.get(k) for k in ("substituted", "gmacs_cut", "kept", "kept_test", "kept_test_ci95",
+                                                    "train_steps", "train_batch")},
+            "distil": b,
+        }  # fmt: skip
+        result["points"].append(point)
+        print(json.dumps({"step": r["step"], "substitution": point["substitution"], "distil": {
+            k: b[k] for k in ("dropped", "gmacs_cut", "kept", "kept_test", "kept_test_ci95", "train_steps", "train_seconds")}}))  # fmt: skip
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
