@@ -14,7 +14,8 @@ from . import arch
 BASELINES: dict[str, str] = {
     "magnitude": "global magnitude pruning of encoder Linear weights at the step's parameter cut, no retraining",
     "random": "random unstructured pruning of encoder Linear weights at the step's parameter cut, no retraining",
-    "drop": "layer dropping of the same blocks, with the same end-to-end distillation budget",
+    "drop": "layer dropping of the same blocks with the curve's 30-step end-to-end budget per step only: less training "
+    "than blockswap got (no block-wise phase), so not a fair comparison; 'distil' is the equal-budget one",
     "distil": "DistilBERT-style: the least important blocks dropped at the nearest GMACs cut, every remaining weight "
     "trained by KD for the substitution path's whole budget (block-wise + end-to-end steps x batch)",
 }
