@@ -7,6 +7,7 @@ and what a block returns. Everything else in blockswap asks this module.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,13 +26,18 @@ class ArchSpec:
     embeddings_path: str
     hidden_attr: str = "hidden_size"
     eps_attr: str = "layer_norm_eps"
-    out_norm_path: str = "output.LayerNorm"  # the LayerNorm that ends each block
+    out_norm_path: str | None = "output.LayerNorm"  # the LayerNorm that ends each block (None: pre-LN)
     head: str = "sequence"  # how the classifier head reads the final hidden states (see head_logits)
-    returns_tuple: bool = False  # transformers 5.x encoder blocks return a bare tensor
+    returns_tuple: bool = False  # block returns (hidden, attention) instead of a bare tensor
+    block_attrs: tuple[str, ...] = ()  # attributes the encoder loop reads off each block; substitutes carry them
 
 
 # In transformers 5.x every block below is called as block(hidden_states, attention_mask, ...) where
-# the mask is None, a 4-D bool mask (sdpa) or a 4-D additive float mask (eager); see compact.keep_mask.
+# the mask is None, a 4-D bool mask (sdpa), a 4-D additive float mask (eager) or, for DeBERTa, a
+# 4-D 0/1 integer mask; see compact.keep_mask. Extra inputs (MPNet's relative position bias,
+# DeBERTa's relative embeddings, ModernBERT's rotary embeddings) arrive as further arguments that a
+# substitute does not need: it attends by content only, within the mask it is given (ModernBERT's
+# local layers hand their blocks a sliding-window mask, so a substitute there stays local).
 ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": ArchSpec("bert.encoder.layer", "bert.embeddings", head="pooler"),
     "roberta": ArchSpec("roberta.encoder.layer", "roberta.embeddings"),
@@ -46,7 +52,25 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         out_norm_path="output_layer_norm",
         head="pre_classifier",
     ),
+    "mpnet": ArchSpec("mpnet.encoder.layer", "mpnet.embeddings", returns_tuple=True),
+    "deberta-v2": ArchSpec("deberta.encoder.layer", "deberta.embeddings", head="context_pooler", returns_tuple=True),
+    "modernbert": ArchSpec(
+        "model.layers",
+        "model.embeddings",
+        eps_attr="norm_eps",
+        out_norm_path=None,
+        head="forward",
+        block_attrs=("attention_type",),  # picks the global or sliding-window mask and rotary table
+    ),
 }
+
+# Families that cannot be substituted block by block, and why (one line each).
+REFUSED: dict[str, str] = {
+    "albert": "ALBERT applies one shared block at every depth, so substituting one application frees no "
+    "parameters and its layer loop has no per-depth slot to swap; use a BERT-family model (e.g. MiniLM, DistilBERT)",
+}
+
+_DISCOVERED: dict[tuple[type, int], ArchSpec] = {}
 
 # Built-in configurations of well-known checkpoints, so structure can be measured offline.
 BUILTIN_ARCHS: dict[str, dict] = {
@@ -84,6 +108,64 @@ BUILTIN_ARCHS: dict[str, dict] = {
         "num_attention_heads": 12,
         "intermediate_size": 1536,
     },
+    # microsoft/deberta-v3-base
+    "deberta-v3-base": {
+        "model_type": "deberta-v2",
+        "vocab_size": 128100,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 0,
+        "relative_attention": True,
+        "position_buckets": 256,
+        "norm_rel_ebd": "layer_norm",
+        "share_att_key": True,
+        "pos_att_type": ["p2c", "c2p"],
+        "layer_norm_eps": 1e-7,
+        "max_relative_positions": -1,
+        "position_biased_input": False,
+        "pooler_hidden_size": 768,
+    },
+    # answerdotai/ModernBERT-base
+    "modernbert-base": {
+        "model_type": "modernbert",
+        "vocab_size": 50368,
+        "hidden_size": 768,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 12,
+        "intermediate_size": 1152,
+        "max_position_embeddings": 8192,
+        "global_attn_every_n_layers": 3,
+        "local_attention": 128,
+        "pad_token_id": 50283,
+        "bos_token_id": 50281,
+        "eos_token_id": 50282,
+        "cls_token_id": 50281,
+        "sep_token_id": 50282,
+    },
+    # microsoft/mpnet-base (sentence-transformers/all-mpnet-base-v2 has the same shape)
+    "mpnet-base": {
+        "model_type": "mpnet",
+        "vocab_size": 30527,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 514,
+        "layer_norm_eps": 1e-5,
+    },
+    # albert/albert-base-v2: listed so that `measure` explains why it is refused
+    "albert-base-v2": {
+        "model_type": "albert",
+        "vocab_size": 30000,
+        "embedding_size": 128,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
 }
 
 
@@ -91,23 +173,106 @@ def supported_families() -> str:
     return ", ".join(sorted(ARCHITECTURES))
 
 
-def spec_for(config: PretrainedConfig) -> ArchSpec:
-    """The table entry for a config's ``model_type``; raises UnsupportedModelError otherwise."""
+def _refuse(model_type: str | None) -> None:
+    if model_type in REFUSED:
+        raise UnsupportedModelError(f"model type {model_type!r} is not supported: {REFUSED[model_type]}")
+
+
+def check_config(config: PretrainedConfig) -> None:
+    """Refuse, before loading any weights, what cannot be substituted whatever its blocks look like."""
+    _refuse(getattr(config, "model_type", None))
+    if getattr(config, "is_decoder", False) and config.model_type != "distilbert":
+        raise UnsupportedModelError("decoder configurations are not supported; use an encoder classifier")
+
+
+def spec_for(model: PreTrainedModel | PretrainedConfig) -> ArchSpec:
+    """The table entry for a model's ``model_type``, or what discovery finds in an unlisted model.
+
+    Given only a config of an unlisted type, nothing can be discovered: UnsupportedModelError.
+    """
+    config = model if isinstance(model, PretrainedConfig) else model.config
     model_type = getattr(config, "model_type", None)
-    if model_type not in ARCHITECTURES:
+    _refuse(model_type)
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    if isinstance(model, PretrainedConfig):
         raise UnsupportedModelError(
-            f"model type {model_type!r} is not supported; blockswap substitutes blocks of: {supported_families()}"
+            f"model type {model_type!r} is not in blockswap's table ({supported_families()}) and no model was given to inspect"
         )
-    return ARCHITECTURES[model_type]
+    key = (type(model), int(getattr(config, "num_hidden_layers", -1)))
+    if key not in _DISCOVERED:
+        _DISCOVERED[key] = discover(model)
+    return _DISCOVERED[key]
+
+
+def discover(model: PreTrainedModel) -> ArchSpec:
+    """Find an unlisted encoder's blocks: the one ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
+
+    The head is reached through the model's own forward (``head="forward"``), and whether a block
+    returns a tuple is seen by running it once on a dummy batch.
+    """
+    model_type = getattr(model.config, "model_type", None)
+    n = getattr(model.config, "num_hidden_layers", None)
+    found = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList)
+        and n
+        and len(m) == n
+        and len({type(b) for b in m}) == 1
+        and not isinstance(m[0], (nn.ModuleList, nn.ModuleDict, nn.Sequential))
+    ]
+    how = (
+        f"add an ArchSpec entry for {model_type!r} to blockswap/arch.py ARCHITECTURES "
+        f"(supported: {supported_families()})"
+    )
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} candidate"
+        raise UnsupportedModelError(
+            f"model type {model_type!r}: found {what} list of {n} encoder blocks of one class; {how}"
+        )
+    params = list(inspect.signature(model.get_submodule(found[0])[0].forward).parameters)
+    if any(p in params for p in ("past_key_values", "past_key_value", "layer_past", "use_cache")):
+        raise UnsupportedModelError(
+            f"model type {model_type!r}: its blocks take a key/value cache (a decoder); blockswap substitutes encoder blocks"
+        )
+    if params[:2] != ["hidden_states", "attention_mask"]:
+        raise UnsupportedModelError(
+            f"model type {model_type!r}: its blocks are called as ({', '.join(params[:3])}, ...), not "
+            f"(hidden_states, attention_mask, ...); {how}"
+        )
+    embeddings = getattr(model.base_model, "embeddings", None) or model.get_input_embeddings()
+    emb_path = next(name for name, m in model.named_modules() if m is embeddings)
+    probe = {"input_ids": torch.full((1, 4), 5, dtype=torch.long), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    seen: list = []
+    handle = model.get_submodule(found[0])[0].register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model(**probe)
+    except Exception as e:  # noqa: BLE001 - any failure of an unknown model's forward is reported, not raised
+        raise UnsupportedModelError(f"model type {model_type!r}: a test forward failed ({e}); {how}") from None
+    finally:
+        handle.remove()
+    if not seen or not isinstance(seen[0][0] if isinstance(seen[0], tuple) else seen[0], torch.Tensor):
+        raise UnsupportedModelError(f"model type {model_type!r}: its blocks do not return hidden states; {how}")
+    eps_attr = next((a for a in ("layer_norm_eps", "norm_eps", "layer_norm_epsilon") if hasattr(model.config, a)), "")
+    return ArchSpec(
+        found[0],
+        emb_path,
+        eps_attr=eps_attr,
+        out_norm_path=None,
+        head="forward",
+        returns_tuple=isinstance(seen[0], tuple),
+    )
 
 
 def blocks(model: PreTrainedModel) -> nn.ModuleList:
     """The model's list of encoder blocks, in order."""
-    return model.get_submodule(spec_for(model.config).block_path)
+    return model.get_submodule(spec_for(model).block_path)
 
 
 def block_path(model: PreTrainedModel) -> str:
-    return spec_for(model.config).block_path
+    return spec_for(model).block_path
 
 
 def num_blocks(model: PreTrainedModel) -> int:
@@ -115,16 +280,24 @@ def num_blocks(model: PreTrainedModel) -> int:
 
 
 def hidden_size(config: PretrainedConfig) -> int:
-    return int(getattr(config, spec_for(config).hidden_attr))
+    attr = ARCHITECTURES[config.model_type].hidden_attr if config.model_type in ARCHITECTURES else "hidden_size"
+    return int(getattr(config, attr))
 
 
 def layer_norm_eps(config: PretrainedConfig) -> float:
-    attr = spec_for(config).eps_attr
+    if config.model_type in ARCHITECTURES:
+        attr = ARCHITECTURES[config.model_type].eps_attr
+    else:
+        attr = next((a for a in ("layer_norm_eps", "norm_eps", "layer_norm_epsilon") if hasattr(config, a)), "")
     return float(getattr(config, attr)) if attr else 1e-12
 
 
+def returns_tuple(model: PreTrainedModel) -> bool:
+    return spec_for(model).returns_tuple
+
+
 def embeddings(model: PreTrainedModel) -> nn.Module:
-    return model.get_submodule(spec_for(model.config).embeddings_path)
+    return model.get_submodule(spec_for(model).embeddings_path)
 
 
 def builtin_config(arch: str, num_labels: int = 2) -> PretrainedConfig:
@@ -137,11 +310,14 @@ def builtin_config(arch: str, num_labels: int = 2) -> PretrainedConfig:
 
 
 def model_from_config(config: PretrainedConfig, *, attn_implementation: str | None = None) -> PreTrainedModel:
-    """A randomly initialised classifier of the given architecture."""
-    spec_for(config)
-    if getattr(config, "model_type", None) != "distilbert" and hasattr(config, "is_decoder") and config.is_decoder:
-        raise UnsupportedModelError("decoder configurations are not supported; use an encoder classifier")
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
+    """A randomly initialised classifier of the given architecture (unlisted types go through discovery)."""
+    check_config(config)
+    try:
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
+    except ValueError as e:
+        raise UnsupportedModelError(f"model type {config.model_type!r} has no sequence classifier: {e}") from None
+    spec_for(model)
+    return model
 
 
 def set_attention(model: PreTrainedModel, implementation: str) -> str:
@@ -152,9 +328,10 @@ def set_attention(model: PreTrainedModel, implementation: str) -> str:
     return previous
 
 
-def output_norm(model: PreTrainedModel, index: int) -> nn.LayerNorm:
-    """The LayerNorm that ends original block ``index``."""
-    return blocks(model)[index].get_submodule(spec_for(model.config).out_norm_path)
+def output_norm(model: PreTrainedModel, index: int) -> nn.LayerNorm | None:
+    """The LayerNorm that ends original block ``index`` (None for pre-LN encoders such as ModernBERT)."""
+    path = spec_for(model).out_norm_path
+    return blocks(model)[index].get_submodule(path) if path else None
 
 
 @contextlib.contextmanager
@@ -166,17 +343,18 @@ def capture_blocks(
     Yields a dict ``{block_index: {"input": (B, S, H), "output": (B, S, H), "mask": any}}`` filled
     by the last forward. Hooks are removed on exit. Substituted blocks are captured too (Hugging
     Face's own ``output_hidden_states`` only records its native block classes). With ``pre_norm``,
-    original blocks also record ``"pre_norm"``: the input of their final LayerNorm.
+    original blocks of post-LN encoders also record ``"pre_norm"``: the input of their final LayerNorm.
     """
     records: dict[int, dict[str, torch.Tensor]] = {}
     handles = []
+    norm_path = spec_for(model).out_norm_path
     for i, block in enumerate(blocks(model)):
-        if pre_norm:
+        if pre_norm and norm_path:
 
             def norm_hook(module, args, i=i):
                 records.setdefault(i, {})["pre_norm"] = args[0].detach() if detach else args[0]
 
-            norm = block.get_submodule(spec_for(model.config).out_norm_path)
+            norm = block.get_submodule(norm_path)
             handles.append(norm.register_forward_pre_hook(norm_hook))
 
         def hook(module, args, kwargs, output, i=i):
@@ -196,14 +374,14 @@ def capture_blocks(
 
 
 def classifier_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The keys of a tokenised batch that the classifier's forward accepts (labels stripped)."""
+    """The keys of a tokenised batch that a classifier's forward may accept (labels stripped)."""
     return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def forward_inputs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop token_type_ids for architectures without them (DistilBERT)."""
+    """The batch keys ``model.forward`` accepts: token_type_ids only where it takes them (not DistilBERT, MPNet, ModernBERT)."""
     inputs = classifier_inputs(batch)
-    if model.config.model_type == "distilbert":
+    if "token_type_ids" not in inspect.signature(model.forward).parameters:
         inputs.pop("token_type_ids", None)
     return inputs
 
@@ -216,18 +394,42 @@ class IdentityBlock(nn.Module):
         self.return_tuple = return_tuple
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        return (hidden_states,) if self.return_tuple else hidden_states
+        return (hidden_states, None) if self.return_tuple else hidden_states
 
 
-def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """The classifier head applied to final hidden states ``(B, S, H)`` -> logits ``(B, C)``.
+def put_block(model: PreTrainedModel, index: int, block: nn.Module) -> None:
+    """Install ``block`` as block ``index``, carrying over the attributes the encoder loop reads."""
+    layers = blocks(model)
+    for name in spec_for(model).block_attrs:
+        setattr(block, name, getattr(layers[index], name))
+    layers[index] = block
 
-    Used by probes that feed a mix of block outputs to the frozen head.
+
+def identity_block(model: PreTrainedModel) -> IdentityBlock:
+    """An identity block shaped to return what ``model``'s blocks return."""
+    return IdentityBlock(returns_tuple(model))
+
+
+def head_logits(model: PreTrainedModel, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The classifier head applied to final-block hidden states ``(B, S, H)`` -> logits ``(B, C)``.
+
+    Used by probes that feed a mix of block outputs to the frozen head. Heads that pool with the
+    mask or normalise after the last block (ModernBERT, unlisted models) are reached by running the
+    model with its last block's output replaced by ``hidden``; ``batch`` supplies the inputs.
     """
-    head = spec_for(model.config).head
+    head = spec_for(model).head
     if head == "pooler":
         return model.classifier(model.dropout(model.bert.pooler(hidden)))
     if head == "pre_classifier":
         pooled = torch.relu(model.pre_classifier(hidden[:, 0]))
         return model.classifier(model.dropout(pooled))
-    return model.classifier(hidden)  # RoBERTa / ELECTRA heads take the sequence and pool the first token
+    if head == "context_pooler":
+        return model.classifier(model.dropout(model.pooler(hidden)))
+    if head == "forward":
+        last = blocks(model)[-1]
+        handle = last.register_forward_hook(lambda m, a, out: (hidden, *out[1:]) if isinstance(out, tuple) else hidden)
+        try:
+            return model(**forward_inputs(model, batch)).logits
+        finally:
+            handle.remove()
+    return model.classifier(hidden)  # RoBERTa / ELECTRA / MPNet heads take the sequence and pool the first token

@@ -131,7 +131,7 @@ class CompactBlock(nn.Module):
 
     Called like the block it replaces: ``block(hidden_states, attention_mask, *ignored, **ignored)``
     with ``hidden_states`` of shape ``(batch, seq, hidden)``; returns a tensor of that shape (or a
-    1-tuple when ``return_tuple``). Every operation is per sample, so one sample's output never
+    ``(hidden, None)`` when ``return_tuple``, as MPNet and DeBERTa blocks return). Every operation is per sample, so one sample's output never
     depends on the rest of the batch, and masked (padding) keys are never attended to.
     """
 
@@ -169,7 +169,7 @@ class CompactBlock(nn.Module):
         out = hidden_states + self.up(z)  # (B, S, H): residual, never broadcast across samples
         if self.norm is not None:
             out = self.norm(out)
-        return (out,) if self.return_tuple else out
+        return (out, None) if self.return_tuple else out  # (hidden, attention weights) for MPNet / DeBERTa
 
     @torch.no_grad()
     def zero_contribution(self) -> None:

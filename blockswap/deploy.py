@@ -112,7 +112,10 @@ def optimise_graph(path: Path) -> dict[str, int]:
     from onnxruntime.transformers import optimizer
 
     with _quiet():
-        opt = optimizer.optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+        try:
+            opt = optimizer.optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+        except Exception:  # noqa: BLE001 - a fusion pass that trips on an unfamiliar graph (ModernBERT) leaves it unfused
+            return {}
         opt.save_model_to_file(str(path))
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 

@@ -44,7 +44,10 @@ class BlockswapForSequenceClassification(_BaseModel):
         meta = config.blockswap
         layers = self.get_submodule(meta["block_path"])
         for i in meta["substituted"]:
-            layers[i] = compact_from_meta(meta)
+            block = compact_from_meta(meta)
+            for name in meta.get("block_attrs", []):  # e.g. ModernBERT's attention_type
+                setattr(block, name, getattr(layers[i], name))
+            layers[i] = block
 """
 
 
@@ -123,9 +126,8 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     if not meta or not meta.get("substituted"):
         return AutoModelForSequenceClassification.from_pretrained(directory)
     model = arch.model_from_config(_base_config(cfg))
-    layers = arch.blocks(model)
     for i in meta["substituted"]:
-        layers[i] = compact_from_meta(meta)
+        arch.put_block(model, i, compact_from_meta(meta))
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"{directory} has no model.safetensors")
@@ -156,8 +158,10 @@ def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{path} is not a model folder: {str(e).splitlines()[0]}") from None
-        arch.spec_for(config)
-        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        arch.check_config(config)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        arch.spec_for(model)
+        return model
     if _looks_like_path(name_or_dir):
         raise ModelLoadError(f"model path {name_or_dir} does not exist; give a model folder or a hub id")
     try:
@@ -167,8 +171,10 @@ def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
             f"cannot load {name_or_dir!r}: no such local folder and the Hugging Face hub cannot be reached "
             "(offline?); download it elsewhere and pass its folder, or run the offline default"
         ) from None
-    arch.spec_for(config)
-    return AutoModelForSequenceClassification.from_pretrained(name_or_dir, **kwargs)
+    arch.check_config(config)
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_dir, **kwargs)
+    arch.spec_for(model)
+    return model
 
 
 def load_classifier(name_or_dir: str | os.PathLike) -> PreTrainedModel:

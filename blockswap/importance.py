@@ -39,7 +39,7 @@ def drop_one(model: PreTrainedModel, batches: Batches, **_) -> list[float]:
     scores = []
     for i in range(len(layers)):
         original = layers[i]
-        layers[i] = arch.IdentityBlock(arch.spec_for(model.config).returns_tuple)
+        arch.put_block(model, i, arch.identity_block(model))
         try:
             scores.append(_loss(model, batches) - base)
         finally:
@@ -90,13 +90,13 @@ def grad_act(model: PreTrainedModel, batches: Batches, **_) -> list[float]:
     return scores
 
 
-def _cached_outputs(model: PreTrainedModel, batches: Batches) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+def _cached_outputs(model: PreTrainedModel, batches: Batches) -> list[tuple[list[torch.Tensor], dict]]:
     model.eval()
     cache = []
     with torch.no_grad(), capture_blocks(model) as rec:
         for b in batches:
             model(**forward_inputs(model, b))
-            cache.append(([rec[i]["output"] for i in range(len(rec))], b["labels"]))
+            cache.append(([rec[i]["output"] for i in range(len(rec))], b))
     return cache
 
 
@@ -107,9 +107,9 @@ def softmax_weight(model: PreTrainedModel, batches: Batches, *, steps: int = 60,
     w = nn.Parameter(torch.zeros(n))
     opt = torch.optim.Adam([w], lr=0.05)
     for step in range(steps):
-        outs, labels = cache[step % len(cache)]
+        outs, batch = cache[step % len(cache)]
         mix = torch.einsum("n,nbsh->bsh", w.softmax(0), torch.stack(outs))
-        loss = F.cross_entropy(arch.head_logits(model, mix), labels)
+        loss = F.cross_entropy(arch.head_logits(model, mix, batch), batch["labels"])
         opt.zero_grad()
         loss.backward()
         opt.step()

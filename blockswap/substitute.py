@@ -29,8 +29,13 @@ def make_compact(model: PreTrainedModel, spec: CompactSpec, index: int | None = 
         arch.hidden_size(model.config),
         spec,
         layer_norm_eps=arch.layer_norm_eps(model.config),
-        return_tuple=arch.spec_for(model.config).returns_tuple,
+        return_tuple=arch.returns_tuple(model),
     )
+    if block.norm is not None and arch.spec_for(model).out_norm_path is None:
+        raise ConfigError(
+            f"compact.norm 'post' copies the LayerNorm that ends a post-LN block; {model.config.model_type} "
+            "blocks end without one (pre-LN): use compact.norm none"
+        )
     original = arch.blocks(model)[index] if index is not None else None
     if block.norm is not None and original is not None and not isinstance(original, CompactBlock):
         block.norm.load_state_dict(arch.output_norm(model, index).state_dict())
@@ -65,7 +70,8 @@ def record(model: PreTrainedModel) -> None:
         hidden_size=arch.hidden_size(model.config),
         layer_norm_eps=arch.layer_norm_eps(model.config),
         base_model_type=model.config.model_type,
-        return_tuple=arch.spec_for(model.config).returns_tuple,
+        return_tuple=arch.returns_tuple(model),
+        block_attrs=list(arch.spec_for(model).block_attrs),
     )
     setattr(model.config, META_KEY, meta)
 
@@ -73,7 +79,7 @@ def record(model: PreTrainedModel) -> None:
 def swap_in(model: PreTrainedModel, index: int, block: nn.Module) -> None:
     """Replace block ``index`` of ``model`` in place (the caller owns ``model``)."""
     check_blocks(model, [index])
-    arch.blocks(model)[index] = block
+    arch.put_block(model, index, block)
     record(model)
 
 
@@ -94,7 +100,7 @@ def substitute(
     student = copy.deepcopy(model)
     for i in indices:
         new = copy.deepcopy(substitutes[i]) if substitutes and i in substitutes else make_compact(student, spec, i)
-        arch.blocks(student)[i] = new
+        arch.put_block(student, i, new)
     record(student)
     return student
 

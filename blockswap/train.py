@@ -86,7 +86,7 @@ def build_classifier(base: str, label_names: list[str]) -> PreTrainedModel:
     model = export.load_model(
         base, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()}
     )
-    arch.spec_for(model.config)
+    arch.spec_for(model)
     return model
 
 

@@ -18,7 +18,9 @@ def _fresh_accelerator_state():
     yield
 
 
-ARCHS = ["bert", "distilbert", "roberta", "electra", "xlm-roberta"]
+ARCHS = ["bert", "distilbert", "roberta", "electra", "xlm-roberta", "mpnet", "deberta-v2", "modernbert"]
+# Families whose transformers code has no sdpa kernel (their blocks only run eager attention).
+EAGER_ONLY = {"mpnet", "deberta-v2"}
 TINY_COMPACT = CompactSpec(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0)
 IDENTITY_COMPACT = CompactSpec(hidden=8, layers=2, heads=2, ffn=16, dropout=0.0, norm="none")
 
@@ -47,6 +49,28 @@ def tiny_config(model_type: str = "bert", *, layers: int = 3, num_labels: int = 
         kw["embedding_size"] = 32
     if model_type in ("roberta", "xlm-roberta"):
         kw["pad_token_id"] = 1
+    if model_type == "deberta-v2":  # DeBERTa-v3's shape: relative attention, shared keys, no token types
+        kw.update(
+            relative_attention=True,
+            position_buckets=8,
+            max_relative_positions=-1,
+            pos_att_type=["p2c", "c2p"],
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            type_vocab_size=0,
+            position_biased_input=False,
+            pooler_hidden_size=32,
+        )
+    if model_type == "modernbert":  # a local (sliding-window) layer between global ones, window < seq
+        kw.update(
+            global_attn_every_n_layers=2,
+            local_attention=4,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            cls_token_id=2,
+            sep_token_id=3,
+        )
     kw.update(extra)
     return AutoConfig.for_model(model_type, **kw)
 
@@ -54,6 +78,12 @@ def tiny_config(model_type: str = "bert", *, layers: int = 3, num_labels: int = 
 def tiny_model(model_type: str = "bert", *, seed: int = 0, **kw):
     torch.manual_seed(seed)
     return arch.model_from_config(tiny_config(model_type, **kw)).eval()
+
+
+def set_attention_or_skip(model, family: str, attn: str) -> None:
+    if attn == "sdpa" and family in EAGER_ONLY:
+        pytest.skip(f"{family} has no sdpa attention in transformers")
+    arch.set_attention(model, attn)
 
 
 def padded_batch(lengths=(7, 4, 2), seq=9, seed=1):

@@ -5,9 +5,10 @@ import torch
 
 from blockswap import arch
 from blockswap.compact import CompactBlock, CompactSpec, keep_mask
+from blockswap.errors import ConfigError
 from blockswap.substitute import drop_blocks, substitute, substituted_blocks
 
-from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch, tiny_model
+from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch, set_attention_or_skip, tiny_model
 
 
 def _randomise(model):
@@ -22,7 +23,7 @@ def _randomise(model):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_zero_contribution_substitute_reproduces_teacher_without_that_block(family, attn):
     teacher = tiny_model(family)
-    arch.set_attention(teacher, attn)
+    set_attention_or_skip(teacher, family, attn)
     student = substitute(teacher, [1], IDENTITY_COMPACT).eval()
     for b in arch.blocks(student):
         if isinstance(b, CompactBlock):
@@ -40,7 +41,7 @@ def test_zero_contribution_substitute_reproduces_teacher_without_that_block(fami
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_sample_logits_do_not_depend_on_the_rest_of_the_batch(family, attn):
     teacher = tiny_model(family)
-    arch.set_attention(teacher, attn)
+    set_attention_or_skip(teacher, family, attn)
     student = substitute(teacher, [0, 2], TINY_COMPACT).eval()
     _randomise(student)
     ids, mask = padded_batch(lengths=(9, 5, 3))
@@ -109,12 +110,20 @@ def test_head_logits_match_the_model(family):
     ids, mask = padded_batch()
     with torch.no_grad(), arch.capture_blocks(model) as rec:
         logits = model(input_ids=ids, attention_mask=mask).logits
-        again = arch.head_logits(model, rec[arch.num_blocks(model) - 1]["output"])
+        outputs = [rec[i]["output"] for i in range(arch.num_blocks(model))]
+        batch = {"input_ids": ids, "attention_mask": mask}
+        again = arch.head_logits(model, outputs[-1], batch)
+        other = arch.head_logits(model, outputs[0], batch)
     torch.testing.assert_close(again, logits)
+    assert (other - logits).abs().max() > 1e-6, "the head must read the hidden states it is given"
 
 
 def test_post_norm_starts_as_the_blocks_own_layernorm(family):
     teacher = tiny_model(family)
+    if arch.spec_for(teacher).out_norm_path is None:  # pre-LN: nothing to copy, refused in one line
+        with pytest.raises(ConfigError, match="pre-LN"):
+            substitute(teacher, [1], dataclasses.replace(TINY_COMPACT, norm="post"))
+        return
     with torch.no_grad():
         norm = arch.output_norm(teacher, 1)
         norm.weight.normal_()
@@ -124,4 +133,5 @@ def test_post_norm_starts_as_the_blocks_own_layernorm(family):
     sub.zero_contribution()
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
-        torch.testing.assert_close(sub(x), norm(x))
+        out = sub(x)
+        torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, norm(x))

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from blockswap import deploy, export, vocab
+from blockswap import arch, deploy, export, vocab
 from blockswap.cli import main
 from blockswap.compact import CompactSpec
 from blockswap.errors import DataError, DeployError, MissingDependency
@@ -35,7 +35,7 @@ def _export_and_compare(family: str, tmp_path):
         ids = ids.clamp(max=len(tok) - 1)
         batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
         with torch.no_grad():
-            ref = student(**{k: v for k, v in batch.items() if family != "distilbert" or k != "token_type_ids"}).logits
+            ref = student(**arch.forward_inputs(student, batch)).logits
         torch.testing.assert_close(ort_model.logits(batch), ref, atol=1e-4, rtol=0)
     return student, tok
 
@@ -49,7 +49,9 @@ def test_bert_export_matches_pytorch_and_int8_mostly_agrees(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["distilbert", "roberta", "electra", "xlm-roberta"])
+@pytest.mark.parametrize(
+    "family", ["distilbert", "roberta", "electra", "xlm-roberta", "mpnet", "deberta-v2", "modernbert"]
+)
 def test_every_family_exports_with_parity(family, tmp_path):
     _export_and_compare(family, tmp_path)
 

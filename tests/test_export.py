@@ -6,10 +6,10 @@ import textwrap
 import pytest
 import torch
 
-from blockswap import export
+from blockswap import arch, export
 from blockswap.substitute import substitute
 
-from .conftest import TINY_COMPACT, padded_batch, tiny_model
+from .conftest import ARCHS, TINY_COMPACT, padded_batch, tiny_model
 
 
 def _logits(model, ids, mask):
@@ -17,24 +17,44 @@ def _logits(model, ids, mask):
         return model(input_ids=ids, attention_mask=mask).logits
 
 
-@pytest.mark.parametrize("norm", ["none", "post"])
-def test_save_load_roundtrip_both_ways(family, norm, tmp_path):
+def _student(family, norm):
     import dataclasses
 
-    student = substitute(tiny_model(family), [0, 2], dataclasses.replace(TINY_COMPACT, norm=norm)).eval()
+    teacher = tiny_model(family)
+    if norm == "post" and arch.spec_for(teacher).out_norm_path is None:
+        pytest.skip(f"{family} is pre-LN: compact.norm post is refused")
+    return substitute(teacher, [0, 2], dataclasses.replace(TINY_COMPACT, norm=norm)).eval()
+
+
+@pytest.mark.parametrize("norm", ["none", "post"])
+def test_save_load_roundtrip(family, norm, tmp_path):
+    student = _student(family, norm)
     ids, mask = padded_batch()
     want = _logits(student, ids, mask)
     folder = export.save(student, tmp_path / "model")
     files = sorted(p.name for p in folder.iterdir())
     assert "model.safetensors" in files and "modeling_blockswap.py" in files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
-
     torch.testing.assert_close(_logits(export.load(folder), ids, mask), want, atol=0, rtol=0)
 
+
+def test_every_family_reloads_without_blockswap(tmp_path):
+    """One process where blockswap cannot be imported loads every family's saved student."""
+    ids, mask = padded_batch()
     torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
+    want = {}
+    for family in ARCHS:
+        for norm in ("none", "post"):
+            teacher = tiny_model(family)
+            if norm == "post" and arch.spec_for(teacher).out_norm_path is None:
+                continue
+            student = _student(family, norm)
+            name = f"{family}-{norm}"
+            export.save(student, tmp_path / name)
+            want[name] = _logits(student, ids, mask)
     script = textwrap.dedent(
         f"""
-        import sys
+        import json, sys
         sys.modules["blockswap"] = None  # blockswap must not be importable here
         import torch
         from transformers import AutoModelForSequenceClassification
@@ -44,15 +64,20 @@ def test_save_load_roundtrip_both_ways(family, norm, tmp_path):
         except ImportError:
             pass
         t = torch.load({str(tmp_path / "inputs.pt")!r})
-        m = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        with torch.no_grad():
-            print(m(input_ids=t["ids"], attention_mask=t["mask"]).logits.tolist())
+        out = {{}}
+        for name in {sorted(want)!r}:
+            m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True).eval()
+            with torch.no_grad():
+                out[name] = m(input_ids=t["ids"], attention_mask=t["mask"]).logits.tolist()
+        print(json.dumps(out))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(got) == sorted(want)
+    for name, logits in want.items():
+        torch.testing.assert_close(torch.tensor(got[name]), logits, atol=1e-6, rtol=0, msg=name)
 
 
 def test_plain_load_without_remote_code_fails_loudly(tmp_path):

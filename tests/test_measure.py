@@ -51,3 +51,32 @@ def test_latency_records_its_conditions():
     assert d["batch"] == 2 and d["seq_len"] == 8 and d["repeats"] == 3
     assert d["min_ms"] <= d["median_ms"] <= d["p90_ms"]
     assert d["threads"] >= 1 and d["device"] == "cpu" and d["dtype"] == "float32"
+
+
+def _per_layer(*, seq, hidden, linear_per_token, extra=0):
+    return seq * linear_per_token + 2 * seq * seq * hidden + extra  # + QK^T and AV
+
+
+@pytest.mark.parametrize("family", ["mpnet", "deberta-v2", "modernbert"])
+def test_newer_families_macs_equal_the_analytic_count(family):
+    """Eager attention, batch 2, seq 10, hidden 32, FFN 37, 3 blocks, 2 labels (tiny_config)."""
+    batch, seq, h, f, labels = 2, 10, 32, 37, 2
+    model = tiny_model(family)
+    if family == "mpnet":  # BERT's block; head: dense + out_proj on the first token
+        block = _per_layer(seq=seq, hidden=h, linear_per_token=4 * h * h + 2 * h * f)
+        head = h * h + h * labels
+    elif family == "deberta-v2":  # + disentangled attention: c2p and p2c against 2k relative positions
+        k2 = 2 * 8  # position_buckets = 8
+        rel_proj = 2 * k2 * h * h  # query_proj and key_proj of the relative embeddings, once per batch
+        block = _per_layer(seq=seq, hidden=h, linear_per_token=4 * h * h + 2 * h * f, extra=2 * seq * k2 * h)
+        head = h * h + h * labels  # ContextPooler dense + classifier
+        got = measure.count_macs(model, batch=batch, seq_len=seq)
+        assert got["per_block"] == [batch * block + rel_proj] * 3
+        assert got["macs"] == 3 * (batch * block + rel_proj) + batch * head
+        return
+    else:  # ModernBERT: fused QKV, GLU feed-forward (h -> 2f -> f -> h); head: dense + classifier
+        block = _per_layer(seq=seq, hidden=h, linear_per_token=4 * h * h + 3 * h * f)
+        head = h * h + h * labels
+    got = measure.count_macs(model, batch=batch, seq_len=seq)
+    assert got["per_block"] == [batch * block] * 3
+    assert got["macs"] == batch * (3 * block + head)

@@ -46,7 +46,7 @@ def _drop(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
     out = []
     for r in rows:
         t0 = time.perf_counter()
-        arch.blocks(dropped)[r["block"]] = arch.IdentityBlock(arch.spec_for(dropped.config).returns_tuple)
+        arch.put_block(dropped, r["block"], arch.identity_block(dropped))
         distill.end_to_end(
             dropped, teacher, state.train_loader(state.cfg.run.seed + r["step"]), drop_cfg,
             steps=state.cfg.distill.e2e_steps, accelerator=state.accelerator, desc=f"drop {r['substituted']}",
@@ -61,7 +61,7 @@ def _drop(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
 def _dropped(teacher, blocks: list[int]):
     student = copy.deepcopy(teacher)
     for i in blocks:
-        arch.blocks(student)[i] = arch.IdentityBlock(arch.spec_for(student.config).returns_tuple)
+        arch.put_block(student, i, arch.identity_block(student))
     return student.requires_grad_(True)
 
 

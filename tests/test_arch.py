@@ -1,0 +1,89 @@
+"""Architecture table, discovery of unlisted encoders, refused families."""
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from blockswap import arch, export
+from blockswap.compact import CompactBlock
+from blockswap.errors import UnsupportedModelError
+from blockswap.substitute import drop_blocks, substitute
+
+from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch
+
+# Encoders that follow the usual block(hidden_states, attention_mask, ...) convention but have no table entry.
+UNLISTED = ["ernie", "megatron-bert"]
+
+
+def _tiny(model_type: str, **extra):
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(
+        model_type,
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=2,
+        **extra,
+    )
+    return arch.model_from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("model_type", UNLISTED)
+def test_discovery_finds_blocks_of_an_unlisted_encoder(model_type, tmp_path):
+    assert model_type not in arch.ARCHITECTURES
+    teacher = _tiny(model_type)
+    spec = arch.spec_for(teacher)
+    assert spec.head == "forward" and arch.num_blocks(teacher) == 3
+    assert arch.block_path(teacher).endswith("encoder.layer")
+    ids, mask = padded_batch(lengths=(9, 5, 3))
+    # zero-contribution substitute == dropping the block
+    student = substitute(teacher, [1], IDENTITY_COMPACT).eval()
+    arch.blocks(student)[1].zero_contribution()
+    with torch.no_grad():
+        got = student(input_ids=ids, attention_mask=mask).logits
+        want = drop_blocks(teacher, [1]).eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # a sample alone == the same sample in a padded batch
+    student = substitute(teacher, [0, 2], TINY_COMPACT).eval()
+    with torch.no_grad():
+        batched = student(input_ids=ids, attention_mask=mask).logits
+        alone = student(input_ids=ids[2:3, :3], attention_mask=mask[2:3, :3]).logits
+    torch.testing.assert_close(batched[2:3], alone, atol=1e-5, rtol=1e-5)
+    # the head reached through the model's forward reads the hidden states it is given
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad(), arch.capture_blocks(teacher) as rec:
+        logits = teacher(**batch).logits
+        torch.testing.assert_close(arch.head_logits(teacher, rec[2]["output"], batch), logits)
+    # save -> load round trip
+    folder = export.save(student, tmp_path / "m")
+    again = export.load(folder)
+    assert isinstance(arch.blocks(again)[0], CompactBlock)
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits, batched, atol=0, rtol=0)
+
+
+def test_an_encoder_discovery_cannot_handle_is_refused_in_one_line():
+    # Funnel keeps its blocks in groups (a list of lists): no single list of num_hidden_layers blocks
+    cfg = AutoConfig.for_model(
+        "funnel", vocab_size=99, d_model=32, n_head=4, d_head=8, d_inner=37, block_sizes=[1, 1, 1]
+    )
+    with pytest.raises(UnsupportedModelError) as e:
+        arch.model_from_config(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and "'funnel'" in msg and "ARCHITECTURES" in msg
+
+
+def test_albert_is_refused_with_the_reason():
+    cfg = arch.builtin_config("albert-base-v2")
+    with pytest.raises(UnsupportedModelError, match="shared block"):
+        arch.model_from_config(cfg)
+
+
+@pytest.mark.parametrize("name", ["deberta-v3-base", "modernbert-base", "mpnet-base"])
+def test_builtin_configs_of_newer_families_build(name):
+    cfg = arch.builtin_config(name)
+    assert cfg.model_type in arch.ARCHITECTURES
+    assert cfg.hidden_size == 768
