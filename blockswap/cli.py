@@ -114,6 +114,7 @@ def _add_predict(sub) -> None:
         "--input", required=True, help="'-' (stdin) or .txt: one text per line; or .csv/.tsv/.jsonl/.parquet"
     )
     pr.add_argument("--text-column", help="text column of a table (auto: text, sentence, review)")
+    pr.add_argument("--text-pair-column", help="second text column of a sentence-pair table")
     pr.add_argument("--out", default="-", help="JSON lines, one per text in input order [default: stdout]")
     pr.add_argument("--batch-size", type=_positive_int, default=64)
     pr.add_argument("--max-length", type=_positive_int, default=512, help="truncation length in tokens [default: 512]")
@@ -226,7 +227,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .data import read_texts
     from .files import write_text
 
-    texts = read_texts(args.input, text_column=args.text_column)
+    texts = read_texts(args.input, text_column=args.text_column, text_pair_column=args.text_pair_column)
     with tqdm(total=len(texts), desc="predict", unit="text", file=sys.stderr, disable=None) as bar:
         rows = commands.predict_command(
             args.model,

@@ -129,19 +129,28 @@ def open_classifier(folder: str, *, int8: bool = False, threads: int | None = No
     return model, export.load_tokenizer(folder)
 
 
-def predict_command(folder: str, texts: list[str], *, batch_size: int, max_length: int, int8: bool, progress=None):
-    """One dict per text, in input order: label name, its probability, and every label's probability."""
+def predict_command(
+    folder: str,
+    texts: list[str] | list[tuple[str, str]],
+    *,
+    batch_size: int,
+    max_length: int,
+    int8: bool,
+    progress=None,
+):
+    """One dict per text (or ``(text, text_pair)`` pair), in input order: label, its probability, every label's."""
     model, tokenizer = open_classifier(folder, int8=int8)
     forward = logits_fn(model)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    order = sorted(range(len(texts)), key=lambda i: len("".join(texts[i])))  # similar lengths share a batch
     probs = [None] * len(texts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
+            first = [texts[i][0] if pairs else texts[i] for i in idx]
+            second = [texts[i][1] for i in idx] if pairs else None
+            batch = tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             for i, p in zip(idx, forward(dict(batch)).softmax(-1).tolist(), strict=True):
                 probs[i] = p
             if progress is not None:
@@ -152,7 +161,7 @@ def predict_command(folder: str, texts: list[str], *, batch_size: int, max_lengt
         rows.append(
             {
                 "index": i,
-                "text": texts[i],
+                **({"text": texts[i][0], "text_pair": texts[i][1]} if pairs else {"text": texts[i]}),
                 "label": names[best],
                 "score": p[best],
                 "probs": dict(zip(names, p, strict=True)),

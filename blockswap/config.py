@@ -71,6 +71,11 @@ class DataConfig:
     dataset_config: str | None = _help("hub dataset configuration (e.g. sst2 for glue)", default=None)
     text_column: str | None = _help("text column (auto: text, sentence, review)", default=None)
     label_column: str | None = _help("label column (auto: label, labels)", default=None)
+    text_pair_column: str | None = _help(
+        "second text of sentence-pair tasks (NLI, paraphrase); auto when no --text-column is given and the data "
+        "has sentence1/sentence2, question1/question2, premise/hypothesis or question/sentence",
+        default=None,
+    )
     max_length: int = _help("tokeniser truncation length", default=64)
     val_fraction: float = _help("validation share carved out when the source has none", default=0.1)
     test_fraction: float = _help("test share carved out when the source has none", default=0.1)

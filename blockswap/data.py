@@ -1,4 +1,4 @@
-"""Dataset sources -> ``datasets.DatasetDict`` (train / validation / test, ``text`` + ``label``) -> loaders.
+"""Dataset sources -> ``datasets.DatasetDict`` (train / validation / test: ``text`` [+ ``text_pair``] + ``label``).
 
 Sources: the offline default (Rotten Tomatoes sentence-polarity snippets shipped inside the source
 distribution of ``vadersentiment==3.3.2``, fetched with pip and sha256-checked), any Hugging Face hub
@@ -18,6 +18,13 @@ from .config import DataConfig
 from .errors import DataError
 
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document")
+# Column pairs of sentence-pair tasks (GLUE MRPC/STS-B/RTE/WNLI, QQP, MNLI/SNLI, QNLI), first match wins.
+PAIR_CANDIDATES = (
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("premise", "hypothesis"),
+    ("question", "sentence"),
+)
 LABEL_CANDIDATES = ("label", "labels", "sentiment", "target", "class")
 
 
@@ -52,6 +59,25 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
     )
 
 
+def _text_columns(columns: list[str], cfg: DataConfig) -> tuple[str, str | None]:
+    """The text column and, for sentence-pair tasks, the second text column."""
+    if cfg.text_pair_column is not None:
+        first = _pick_column(columns, cfg.text_column, TEXT_CANDIDATES, "text")
+        return first, _pick_column(columns, cfg.text_pair_column, (), "text-pair")
+    if cfg.text_column is None:
+        for a, b in PAIR_CANDIDATES:
+            if a in columns and b in columns:
+                return a, b
+    return _pick_column(columns, cfg.text_column, TEXT_CANDIDATES, "text"), None
+
+
+def _texts(df: pd.DataFrame, text_col: str, pair_col: str | None) -> dict[str, np.ndarray]:
+    out = {"text": df[text_col].astype(str).to_numpy()}
+    if pair_col is not None:
+        out["text_pair"] = df[pair_col].astype(str).to_numpy()
+    return out
+
+
 def _encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     """Labels -> ids 0..K-1 with names; integer labels keep their order, strings are sorted."""
     if values.isna().any():
@@ -66,21 +92,24 @@ def _encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     return np.array([mapping[str(v)] for v in values], dtype=np.int64), names
 
 
-def _frame_to_dataset(df: pd.DataFrame, text_col: str, label_col: str) -> tuple[pd.DataFrame, list[str]]:
+def _frame_to_dataset(
+    df: pd.DataFrame, text_col: str, label_col: str, pair_col: str | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     labels, names = _encode_labels(df[label_col])
-    out = pd.DataFrame({"text": df[text_col].astype(str).to_numpy(), "label": labels})
+    out = pd.DataFrame({**_texts(df, text_col, pair_col), "label": labels})
     return out, names
 
 
-def _features(names: list[str]) -> Features:
-    return Features({"text": Value("string"), "label": ClassLabel(names=names)})
+def _features(names: list[str], pair: bool = False) -> Features:
+    texts = {"text": Value("string"), **({"text_pair": Value("string")} if pair else {})}
+    return Features({**texts, "label": ClassLabel(names=names)})
 
 
 def _split_frame(df: pd.DataFrame, names: list[str], cfg: DataConfig) -> DatasetDict:
     if len(df) < 3:
         raise DataError(f"the dataset has only {len(df)} usable rows; need at least a few per split")
     tr, va, te = stratified_split(df["label"].to_numpy(), (cfg.val_fraction, cfg.test_fraction), cfg.split_seed)
-    feats = _features(names)
+    feats = _features(names, "text_pair" in df.columns)
     return DatasetDict(
         {
             name: Dataset.from_pandas(df.iloc[idx].reset_index(drop=True), features=feats, preserve_index=False)
@@ -120,16 +149,16 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
         raise DataError(f"cannot load dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
     train_name = "train" if "train" in raw else next(iter(raw))
     cols = raw[train_name].column_names
-    text_col = _pick_column(cols, cfg.text_column, TEXT_CANDIDATES, "text")
+    text_col, pair_col = _text_columns(cols, cfg)
     label_col = _pick_column(cols, cfg.label_column, LABEL_CANDIDATES, "label")
     feat = raw[train_name].features[label_col]
     frames = {k: v.to_pandas() for k, v in raw.items()}
-    val_name = next((n for n in ("validation", "valid", "dev") if n in frames), None)
+    val_name = next((n for n in ("validation", "validation_matched", "valid", "dev") if n in frames), None)
     test_name = "test" if "test" in frames and (frames["test"][label_col] >= 0).all() else None
     if isinstance(feat, ClassLabel):
         names = list(feat.names)
         conv = {
-            k: pd.DataFrame({"text": f[text_col].astype(str), "label": f[label_col].astype(np.int64)})
+            k: pd.DataFrame({**_texts(f, text_col, pair_col), "label": f[label_col].astype(np.int64).to_numpy()})
             for k, f in frames.items()
         }
     else:
@@ -137,7 +166,7 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
         _, names = _encode_labels(all_labels)
         mapping = {n: i for i, n in enumerate(names)}
         conv = {
-            k: pd.DataFrame({"text": f[text_col].astype(str), "label": [mapping[str(v)] for v in f[label_col]]})
+            k: pd.DataFrame({**_texts(f, text_col, pair_col), "label": [mapping[str(v)] for v in f[label_col]]})
             for k, f in frames.items()
         }
     train = conv[train_name]
@@ -154,7 +183,7 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
             "validation": train.iloc[va],
             "test": held if held is not None else train.iloc[te],
         }
-    feats = _features(names)
+    feats = _features(names, pair_col is not None)
     return DatasetDict(
         {k: Dataset.from_pandas(v.reset_index(drop=True), features=feats, preserve_index=False) for k, v in out.items()}
     )
@@ -172,9 +201,9 @@ def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
                 raise DataError(f"data file {path} does not exist")
             raw = read_local(path)
             cols = [str(c) for c in raw.columns]
-            text_col = _pick_column(cols, cfg.text_column, TEXT_CANDIDATES, "text")
+            text_col, pair_col = _text_columns(cols, cfg)
             label_col = _pick_column(cols, cfg.label_column, LABEL_CANDIDATES, "label")
-            df, names = _frame_to_dataset(raw, text_col, label_col)
+            df, names = _frame_to_dataset(raw, text_col, label_col, pair_col)
             dsd = _split_frame(df, names, cfg)
         else:
             dsd = _from_hub(cfg)
@@ -193,10 +222,17 @@ def _limit(dsd: DatasetDict, cfg: DataConfig) -> DatasetDict:
     return DatasetDict(out)
 
 
-def read_texts(source: str, *, text_column: str | None = None, stdin=None) -> list[str]:
-    """Texts to predict on: ``-`` (standard input) or a .txt file, one per line; or a table's text column."""
+def read_texts(
+    source: str, *, text_column: str | None = None, text_pair_column: str | None = None, stdin=None
+) -> list[str] | list[tuple[str, str]]:
+    """Texts to predict on: ``-`` (standard input) or a .txt file, one per line; or a table's text column.
+
+    With ``text_pair_column`` (tables only) each item is a ``(text, text_pair)`` sentence pair.
+    """
     import sys
 
+    if text_pair_column is not None and (source == "-" or source.endswith(".txt")):
+        raise DataError("--text-pair-column needs a table (.csv/.tsv/.jsonl/.parquet) with both text columns")
     if source == "-" or source.endswith(".txt"):
         try:
             raw = (stdin or sys.stdin).read() if source == "-" else Path(source).read_text(encoding="utf-8")
@@ -208,9 +244,11 @@ def read_texts(source: str, *, text_column: str | None = None, stdin=None) -> li
         if not path.is_file():
             raise DataError(f"input file {path} does not exist")
         df = read_local(path)
-        texts = (
-            df[_pick_column([str(c) for c in df.columns], text_column, TEXT_CANDIDATES, "text")].astype(str).tolist()
-        )
+        cols = [str(c) for c in df.columns]
+        texts = df[_pick_column(cols, text_column, TEXT_CANDIDATES, "text")].astype(str).tolist()
+        if text_pair_column is not None:
+            pairs = df[_pick_column(cols, text_pair_column, (), "text-pair")].astype(str).tolist()
+            texts = list(zip(texts, pairs, strict=True))
     if not texts:
         raise DataError(f"no texts in {'standard input' if source == '-' else source}; give one text per line")
     return texts

@@ -26,12 +26,17 @@ def label_names(dsd: DatasetDict) -> list[str]:
 
 
 def tokenize(dsd: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
-    """Add ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``), rename ``label`` -> ``labels``."""
+    """Add ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``), rename ``label`` -> ``labels``.
 
-    def enc(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+    A ``text_pair`` column makes every example a sentence pair, truncated longest-first.
+    """
 
-    out = dsd.map(enc, batched=True, remove_columns=["text"], desc="tokenising")
+    pair = "text_pair" in next(iter(dsd.values())).column_names
+
+    def enc(batch):  # a pair is encoded as the model's own pair input ([CLS] a [SEP] b [SEP] for BERT)
+        return tokenizer(batch["text"], batch["text_pair"] if pair else None, truncation=True, max_length=max_length)
+
+    out = dsd.map(enc, batched=True, remove_columns=["text", "text_pair"] if pair else ["text"], desc="tokenising")
     return out.rename_column("label", "labels")
 
 

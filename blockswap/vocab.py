@@ -106,6 +106,11 @@ def coverage(tokenizer, keep_tokenizer, texts: list[str]) -> float:
     return same / len(texts)
 
 
+def _all_texts(ds) -> list[str]:
+    """Every text of a split: both sides of sentence pairs."""
+    return list(ds["text"]) + (list(ds["text_pair"]) if "text_pair" in ds.column_names else [])
+
+
 def prune_and_measure(model: PreTrainedModel, tokenizer, dsd, *, max_length: int):
     """Prune to the training texts of ``dsd``; measure test accuracy before and after. Returns (model, tokenizer, stats)."""
     from datasets import DatasetDict
@@ -113,8 +118,8 @@ def prune_and_measure(model: PreTrainedModel, tokenizer, dsd, *, max_length: int
     from .evaluate import evaluate
     from .loaders import loader, tokenize
 
-    pruned, new_tok, stats = prune_vocabulary(model, tokenizer, list(dsd["train"]["text"]))
-    stats["test_texts_tokenised_identically"] = coverage(tokenizer, new_tok, list(dsd["test"]["text"]))
+    pruned, new_tok, stats = prune_vocabulary(model, tokenizer, _all_texts(dsd["train"]))
+    stats["test_texts_tokenised_identically"] = coverage(tokenizer, new_tok, _all_texts(dsd["test"]))
     for name, m, tok in (("before", model, tokenizer), ("after", pruned, new_tok)):
         test = tokenize(DatasetDict(test=dsd["test"]), tok, max_length)["test"]
         stats[f"test_accuracy_{name}"] = evaluate(m, loader(test, tok, batch_size=64, shuffle=False))["accuracy"]
