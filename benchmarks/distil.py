@@ -52,7 +52,7 @@ def main() -> int:
             r.setdefault("train_steps", blockwise_steps + r["step"] * cfg.distill.e2e_steps)
             r.setdefault("train_batch", cfg.distill.batch_size)
             rows.append(r)
-    base = RUNNERS["distil"](state, rows, curve["teacher_validation_accuracy"])
+    base = RUNNERS["distil"](state, rows, curve["teacher_validation_score"])
     result = {"run_dir": str(run), "precision": precision, "points": []}
     for r, b in zip(rows, base, strict=True):
         point = {

@@ -34,8 +34,8 @@ def _scores(model, data, teacher_test: dict) -> dict:
     val, test = evaluate(model, data.loader("validation")), evaluate(model, data.loader("test"))
     ci = paired_bootstrap(torch.tensor(teacher_test["correct"]), torch.tensor(test["correct"]))
     return {
-        "validation": val["accuracy"],
-        "test": test["accuracy"],
+        "validation": val["score"],
+        "test": test["score"],
         "kept_test": ci["kept"],
         "kept_test_ci95": ci["ci95"],
     }
@@ -59,8 +59,8 @@ def main() -> int:
     data = prepare(cfg.data, export.load_tokenizer(teacher_src), log=lambda *_: None)
     teacher_test = evaluate(teacher, data.loader("test"))
     result = {"run_dir": str(run), "precision": precision, "epochs": args.epochs, "beta": args.beta, "lr": args.lr,
-              "teacher": {"validation": evaluate(teacher, data.loader("validation"))["accuracy"],
-                          "test": teacher_test["accuracy"]}, "students": {}}  # fmt: skip
+              "teacher": {"validation": evaluate(teacher, data.loader("validation"))["score"],
+                          "test": teacher_test["score"]}, "students": {}}  # fmt: skip
     for name in ("model", "model_last"):
         if not (run / name).is_dir():
             continue

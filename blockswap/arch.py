@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from .errors import UnsupportedModelError
 
@@ -22,7 +28,7 @@ from .errors import UnsupportedModelError
 class ArchSpec:
     """How one architecture family keeps and calls its encoder blocks."""
 
-    block_path: str  # attribute path from the *ForSequenceClassification model to its nn.ModuleList
+    block_path: str  # attribute path from the *ForSequenceClassification (or token) model to its nn.ModuleList
     embeddings_path: str
     hidden_attr: str = "hidden_size"
     eps_attr: str = "layer_norm_eps"
@@ -309,13 +315,32 @@ def builtin_config(arch: str, num_labels: int = 2) -> PretrainedConfig:
     return AutoConfig.for_model(model_type, num_labels=num_labels, **kwargs)
 
 
-def model_from_config(config: PretrainedConfig, *, attn_implementation: str | None = None) -> PreTrainedModel:
-    """A randomly initialised classifier of the given architecture (unlisted types go through discovery)."""
+# The heads blockswap trains and loads: a label per text (or a score: num_labels 1), a tag per token.
+HEADS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
+
+
+def head_kind(architectures: list[str] | None) -> str:
+    """``token`` for a saved *ForTokenClassification, else ``sequence``."""
+    return "token" if any(a.endswith("ForTokenClassification") for a in architectures or []) else "sequence"
+
+
+def is_token_model(model: PreTrainedModel) -> bool:
+    return type(model).__name__.endswith("ForTokenClassification")
+
+
+def model_from_config(
+    config: PretrainedConfig, *, attn_implementation: str | None = None, head: str | None = None
+) -> PreTrainedModel:
+    """A randomly initialised classifier of the given architecture (unlisted types go through discovery).
+
+    ``head``: ``sequence`` or ``token``; by default what the config's ``architectures`` name.
+    """
     check_config(config)
+    head = head or head_kind(getattr(config, "architectures", None))
     try:
-        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
+        model = HEADS[head].from_config(config, attn_implementation=attn_implementation)
     except ValueError as e:
-        raise UnsupportedModelError(f"model type {config.model_type!r} has no sequence classifier: {e}") from None
+        raise UnsupportedModelError(f"model type {config.model_type!r} has no {head} classifier: {e}") from None
     spec_for(model)
     return model
 
@@ -417,7 +442,7 @@ def head_logits(model: PreTrainedModel, hidden: torch.Tensor, batch: dict[str, t
     mask or normalise after the last block (ModernBERT, unlisted models) are reached by running the
     model with its last block's output replaced by ``hidden``; ``batch`` supplies the inputs.
     """
-    head = spec_for(model).head
+    head = "forward" if is_token_model(model) else spec_for(model).head
     if head == "pooler":
         return model.classifier(model.dropout(model.bert.pooler(hidden)))
     if head == "pre_classifier":

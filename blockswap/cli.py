@@ -161,8 +161,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     s = run_pipeline(cfg, out, resume=args.resume)
     print(
-        f"teacher test accuracy {s['teacher_test_accuracy']:.4f}; chosen step {s['chosen_step']} "
-        f"(blocks {s['chosen_blocks']}): test accuracy {s['student_test_accuracy']:.4f}, "
+        f"teacher test {s['metric']} {s['teacher_test_score']:.4f}; chosen step {s['chosen_step']} "
+        f"(blocks {s['chosen_blocks']}): test {s['metric']} {s['student_test_score']:.4f}, "
         f"kept {s['kept_test']:.4f}, params -{s['params_cut']:.1%}, GMACs -{s['gmacs_cut']:.1%}, "
         f"speed-up x{s['speedup_b32']:.2f} at batch 32"
     )
@@ -174,7 +174,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from . import commands
 
     metrics = commands.finetune_command(config_from_args(args), Path(args.out), log=print)
-    print(f"test accuracy {metrics['test']['accuracy']:.4f}; saved to {args.out}")
+    print(f"test {metrics['test']['metric']} {metrics['test']['score']:.4f}; saved to {args.out}")
     return 0
 
 
@@ -213,8 +213,8 @@ def _cmd_prune_vocab(args: argparse.Namespace) -> int:
     s = commands.prune_vocab_command(config_from_args(args), args.model, Path(args.out))
     print(
         f"vocabulary {s['vocab_before']} -> {s['vocab_after']} tokens (word embeddings -{s['word_embedding_cut']:.1%}, "
-        f"parameters {s['params_before'] / 1e6:.2f} M -> {s['params_after'] / 1e6:.2f} M); test accuracy "
-        f"{s['test_accuracy_before']:.4f} -> {s['test_accuracy_after']:.4f} "
+        f"parameters {s['params_before'] / 1e6:.2f} M -> {s['params_after'] / 1e6:.2f} M); test {s['metric']} "
+        f"{s['test_score_before']:.4f} -> {s['test_score_after']:.4f} "
         f"({s['test_texts_tokenised_identically']:.1%} of test texts tokenised identically); saved to {args.out}"
     )
     return 0

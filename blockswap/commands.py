@@ -142,6 +142,10 @@ def predict_command(
     model, tokenizer = open_classifier(folder, int8=int8)
     forward = logits_fn(model)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if isinstance(model, torch.nn.Module) and arch.is_token_model(model):
+        return _predict_tags(
+            model, tokenizer, texts, names, batch_size=batch_size, max_length=max_length, progress=progress
+        )
     pairs = bool(texts) and isinstance(texts[0], tuple)
     order = sorted(range(len(texts)), key=lambda i: len("".join(texts[i])))  # similar lengths share a batch
     probs = [None] * len(texts)
@@ -151,10 +155,17 @@ def predict_command(
             first = [texts[i][0] if pairs else texts[i] for i in idx]
             second = [texts[i][1] for i in idx] if pairs else None
             batch = tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-            for i, p in zip(idx, forward(dict(batch)).softmax(-1).tolist(), strict=True):
+            logits = forward(dict(batch))
+            out = logits if logits.shape[-1] == 1 else logits.softmax(-1)
+            for i, p in zip(idx, out.tolist(), strict=True):
                 probs[i] = p
             if progress is not None:
                 progress(len(idx))
+    if len(names) == 1:  # regression: the head's output is the prediction
+        return [
+            {"index": i, **({"text": t[0], "text_pair": t[1]} if pairs else {"text": t}), "value": p[0]}
+            for i, (t, p) in enumerate(zip(texts, probs, strict=True))
+        ]
     rows = []
     for i, p in enumerate(probs):
         best = max(range(len(p)), key=p.__getitem__)
@@ -167,6 +178,35 @@ def predict_command(
                 "probs": dict(zip(names, p, strict=True)),
             }
         )
+    return rows
+
+
+def _predict_tags(model, tokenizer, texts, names, *, batch_size: int, max_length: int, progress=None) -> list[dict]:
+    """Token classification: each text split on whitespace into words, one tag per word (its first sub-token's)."""
+    if texts and isinstance(texts[0], tuple):
+        raise ConfigError("a token classifier tags single texts; drop --text-pair-column")
+    forward, rows = logits_fn(model), []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            words = [t.split() for t in texts[start : start + batch_size]]
+            batch = tokenizer(
+                words,
+                is_split_into_words=True,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            probs = forward(dict(batch)).softmax(-1)  # (B, S, C)
+            for b, ws in enumerate(words):
+                first = {}
+                for pos, w in enumerate(batch.word_ids(b)):
+                    if w is not None and w not in first:
+                        first[w] = pos
+                tags = [names[int(probs[b, first[w]].argmax())] if w in first else None for w in range(len(ws))]
+                rows.append({"index": start + b, "text": texts[start + b], "words": ws, "tags": tags})
+            if progress is not None:
+                progress(len(words))
     return rows
 
 

@@ -76,6 +76,12 @@ class DataConfig:
         "has sentence1/sentence2, question1/question2, premise/hypothesis or question/sentence",
         default=None,
     )
+    task: str = _help(
+        "classification, regression (one float label per text: Pearson/Spearman, KD by squared error), token "
+        "(a tag per word: NER-style, entity F1) or auto (token with tokens + tags/ner_tags columns, regression "
+        "when the labels are non-integer numbers)",
+        default="auto",
+    )
     max_length: int = _help("tokeniser truncation length", default=64)
     val_fraction: float = _help("validation share carved out when the source has none", default=0.1)
     test_fraction: float = _help("test share carved out when the source has none", default=0.1)
@@ -86,6 +92,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive("data", max_length=self.max_length, max_train_examples=self.max_train_examples)
         _positive("data", max_eval_examples=self.max_eval_examples)
+        if self.task not in ("auto", "classification", "regression", "token"):
+            raise ConfigError(f"data.task {self.task!r} unknown; use auto, classification, regression or token")
         for name in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 raise ConfigError(f"data.{name} must be in (0, 0.5), got {getattr(self, name)}")

@@ -7,13 +7,14 @@ dataset, and local CSV / TSV / JSONL / Parquet files.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from . import packaged
+from . import packaged, tagging
 from .config import DataConfig
 from .errors import DataError
 
@@ -78,10 +79,24 @@ def _texts(df: pd.DataFrame, text_col: str, pair_col: str | None) -> dict[str, n
     return out
 
 
-def _encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Labels -> ids 0..K-1 with names; integer labels keep their order, strings are sorted."""
+def is_regression(values: pd.Series, task: str) -> bool:
+    """``task`` regression, or auto with numeric labels that are not all whole numbers."""
+    if task != "auto":
+        return task == "regression"
+    numeric = pd.api.types.is_float_dtype(values)
+    return bool(numeric and not np.all(np.mod(values.dropna().to_numpy(), 1) == 0))
+
+
+def _encode_labels(values: pd.Series, task: str = "auto") -> tuple[np.ndarray, list[str] | None]:
+    """Labels -> ids 0..K-1 with names (integer labels keep their order, strings are sorted), or, for
+    regression, float32 values with names None."""
     if values.isna().any():
         raise DataError("the label column has empty values")
+    if is_regression(values, task):
+        try:
+            return values.astype(np.float32).to_numpy(), None
+        except (TypeError, ValueError):
+            raise DataError("--task regression needs numeric labels") from None
     if pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
         uniq = sorted(int(v) for v in values.unique())
         names = [str(u) for u in uniq]
@@ -93,22 +108,31 @@ def _encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
 
 
 def _frame_to_dataset(
-    df: pd.DataFrame, text_col: str, label_col: str, pair_col: str | None = None
-) -> tuple[pd.DataFrame, list[str]]:
-    labels, names = _encode_labels(df[label_col])
+    df: pd.DataFrame, text_col: str, label_col: str, pair_col: str | None = None, task: str = "auto"
+) -> tuple[pd.DataFrame, list[str] | None]:
+    labels, names = _encode_labels(df[label_col], task)
     out = pd.DataFrame({**_texts(df, text_col, pair_col), "label": labels})
     return out, names
 
 
-def _features(names: list[str], pair: bool = False) -> Features:
+def _features(names: list[str] | None, pair: bool = False) -> Features:
+    """Text column(s) and a class label, or a float32 label for regression (``names`` None)."""
     texts = {"text": Value("string"), **({"text_pair": Value("string")} if pair else {})}
-    return Features({**texts, "label": ClassLabel(names=names)})
+    return Features({**texts, "label": Value("float32") if names is None else ClassLabel(names=names)})
+
+
+def _strata(labels: np.ndarray, regression: bool) -> np.ndarray:
+    """What a split is stratified on: the class, or for regression the label's quintile."""
+    if not regression:
+        return labels
+    return np.digitize(labels, np.quantile(labels, [0.2, 0.4, 0.6, 0.8]))
 
 
 def _split_frame(df: pd.DataFrame, names: list[str], cfg: DataConfig) -> DatasetDict:
     if len(df) < 3:
         raise DataError(f"the dataset has only {len(df)} usable rows; need at least a few per split")
-    tr, va, te = stratified_split(df["label"].to_numpy(), (cfg.val_fraction, cfg.test_fraction), cfg.split_seed)
+    strata = _strata(df["label"].to_numpy(), names is None)
+    tr, va, te = stratified_split(strata, (cfg.val_fraction, cfg.test_fraction), cfg.split_seed)
     feats = _features(names, "text_pair" in df.columns)
     return DatasetDict(
         {
@@ -149,13 +173,15 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
         raise DataError(f"cannot load dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
     train_name = "train" if "train" in raw else next(iter(raw))
     cols = raw[train_name].column_names
+    if tagging.is_tagging(cols, cfg.task):
+        return _tagging_from_hub(raw, train_name, cfg)
     text_col, pair_col = _text_columns(cols, cfg)
     label_col = _pick_column(cols, cfg.label_column, LABEL_CANDIDATES, "label")
     feat = raw[train_name].features[label_col]
     frames = {k: v.to_pandas() for k, v in raw.items()}
     val_name = next((n for n in ("validation", "validation_matched", "valid", "dev") if n in frames), None)
-    test_name = "test" if "test" in frames and (frames["test"][label_col] >= 0).all() else None
-    if isinstance(feat, ClassLabel):
+    test_name = "test" if "test" in frames and (frames["test"][label_col] >= 0).all() else None  # GLUE: -1 = hidden
+    if isinstance(feat, ClassLabel) and cfg.task != "regression":
         names = list(feat.names)
         conv = {
             k: pd.DataFrame({**_texts(f, text_col, pair_col), "label": f[label_col].astype(np.int64).to_numpy()})
@@ -163,12 +189,15 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
         }
     else:
         all_labels = pd.concat([f[label_col] for f in frames.values()])
-        _, names = _encode_labels(all_labels)
-        mapping = {n: i for i, n in enumerate(names)}
+        _, names = _encode_labels(all_labels, cfg.task)
+        mapping = {n: i for i, n in enumerate(names or [])}
         conv = {
-            k: pd.DataFrame({**_texts(f, text_col, pair_col), "label": [mapping[str(v)] for v in f[label_col]]})
+            k: pd.DataFrame({
+                **_texts(f, text_col, pair_col),
+                "label": f[label_col].astype(np.float32).to_numpy() if names is None else [mapping[str(v)] for v in f[label_col]],
+            })
             for k, f in frames.items()
-        }
+        }  # fmt: skip
     train = conv[train_name]
     out: dict[str, pd.DataFrame] = {}
     if val_name and test_name:
@@ -177,7 +206,7 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
         # carve what is missing out of train (a labelled validation set becomes the test set)
         held = conv[test_name] if test_name else conv[val_name] if val_name else None
         frac = (cfg.val_fraction, 0.0) if held is not None else (cfg.val_fraction, cfg.test_fraction)
-        tr, va, te = stratified_split(train["label"].to_numpy(), frac, cfg.split_seed)
+        tr, va, te = stratified_split(_strata(train["label"].to_numpy(), names is None), frac, cfg.split_seed)
         out = {
             "train": train.iloc[tr],
             "validation": train.iloc[va],
@@ -187,6 +216,24 @@ def _from_hub(cfg: DataConfig) -> DatasetDict:
     return DatasetDict(
         {k: Dataset.from_pandas(v.reset_index(drop=True), features=feats, preserve_index=False) for k, v in out.items()}
     )
+
+
+def _tagging_from_hub(raw, train_name: str, cfg: DataConfig) -> DatasetDict:
+    """A CoNLL-style hub dataset (``tokens`` + ``ner_tags``): its own splits, validation carved out if missing."""
+    tag_col = _pick_column(raw[train_name].column_names, cfg.label_column, tagging.TAG_CANDIDATES, "label")
+    feature = raw[train_name].features[tag_col]
+    inner = getattr(feature, "feature", None)
+    frames = {k: v.to_pandas() for k, v in raw.items()}
+    if isinstance(inner, ClassLabel):
+        names = list(inner.names)
+    else:
+        names = tagging.tag_names([t for f in frames.values() for t in f[tag_col].tolist()])
+    data = {k: tagging.to_dataset(f, tag_col, names) for k, f in frames.items()}
+    val_name = next((n for n in ("validation", "valid", "dev") if n in data), None)
+    if val_name and "test" in data:
+        return DatasetDict({"train": data[train_name], "validation": data[val_name], "test": data["test"]})
+    split = partial(stratified_split, fractions=(cfg.val_fraction, cfg.test_fraction), seed=cfg.split_seed)
+    return tagging.split_dataset(data[train_name], split)
 
 
 def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
@@ -201,9 +248,14 @@ def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
                 raise DataError(f"data file {path} does not exist")
             raw = read_local(path)
             cols = [str(c) for c in raw.columns]
+            if tagging.is_tagging(cols, cfg.task):
+                tag_col = _pick_column(cols, cfg.label_column, tagging.TAG_CANDIDATES, "label")
+                ds = tagging.to_dataset(raw, tag_col, tagging.tag_names(raw[tag_col].tolist()))
+                split = partial(stratified_split, fractions=(cfg.val_fraction, cfg.test_fraction), seed=cfg.split_seed)
+                return _limit(tagging.split_dataset(ds, split), cfg)
             text_col, pair_col = _text_columns(cols, cfg)
             label_col = _pick_column(cols, cfg.label_column, LABEL_CANDIDATES, "label")
-            df, names = _frame_to_dataset(raw, text_col, label_col, pair_col)
+            df, names = _frame_to_dataset(raw, text_col, label_col, pair_col, cfg.task)
             dsd = _split_frame(df, names, cfg)
         else:
             dsd = _from_hub(cfg)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from . import export
+from . import arch, export
 from .arch import forward_inputs
 from .errors import DeployError, MissingDependency
 from .files import atomic_dir, write_json
@@ -208,6 +208,8 @@ def export_onnx(
     Raises DeployError *after* writing the folder (marked failed) when parity fails.
     """
     require_onnx()
+    if arch.is_token_model(model):
+        raise DeployError("ONNX export covers sequence classifiers; a token classifier stays a PyTorch folder for now")
     out = Path(out)
     longest = min(128, getattr(model.config, "max_position_embeddings", 130) - 2)  # RoBERTa offsets by 2
     batches = parity_batches(tokenizer, check_texts, max_length=longest)
@@ -236,17 +238,22 @@ def export_onnx(
 
 
 def accuracy_report(model: PreTrainedModel, folder: Path, loader, *, int8: bool) -> dict:
-    """Test accuracy of PyTorch, ONNX fp32 and (with ``int8``) ONNX int8, and int8's argmax agreement with fp32."""
+    """The task's main metric (``metric``: accuracy, Pearson) in PyTorch, ONNX fp32 and (with ``int8``) ONNX int8,
+    and, for classifiers, int8's argmax agreement with fp32. Keys ``torch_<metric>``, ``onnx_fp32_<metric>``, ...
+    """
     from .evaluate import metrics, predict
 
     logits, labels = predict(model, loader)
-    out = {"torch_accuracy": metrics(logits, labels, logits.shape[-1])["accuracy"], "n": len(labels)}
+    main = metrics(logits, labels, logits.shape[-1])
+    name = main["metric"]
+    out = {"metric": name, f"torch_{name}": main["score"], "n": len(labels)}
     fp32, _ = predict(OnnxClassifier.load(folder), loader)
-    out["onnx_fp32_accuracy"] = metrics(fp32, labels, logits.shape[-1])["accuracy"]
+    out[f"onnx_fp32_{name}"] = metrics(fp32, labels, logits.shape[-1])["score"]
     if int8:
         q, _ = predict(OnnxClassifier.load(folder, int8=True), loader)
-        out["onnx_int8_accuracy"] = metrics(q, labels, logits.shape[-1])["accuracy"]
-        out["int8_argmax_agreement_with_fp32"] = (q.argmax(-1) == fp32.argmax(-1)).double().mean().item()
+        out[f"onnx_int8_{name}"] = metrics(q, labels, logits.shape[-1])["score"]
+        if logits.shape[-1] > 1:
+            out["int8_argmax_agreement_with_fp32"] = (q.argmax(-1) == fp32.argmax(-1)).double().mean().item()
     return out
 
 

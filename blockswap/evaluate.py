@@ -10,13 +10,19 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .arch import forward_inputs
+from .tagging import f1_of_counts, tagging_metrics, word_predictions
 
 
 def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
-    """Accuracy, macro-F1, mean cross-entropy and confusion matrix (rows = true, columns = predicted).
+    """The task's metrics; ``score`` is its main metric (``metric`` names it), which ``kept`` compares.
 
-    ``logits``: (N, C); ``labels``: (N,).
+    Classification, ``logits`` (N, C) and integer ``labels`` (N,): accuracy (main), macro-F1, mean
+    cross-entropy, confusion matrix (rows = true, columns = predicted) and per-example ``correct``.
+    Regression, ``logits`` (N, 1) and float ``labels``: Pearson (main), Spearman, MSE and per-example
+    ``preds`` / ``labels`` (paired comparisons between models resample them).
     """
+    if num_labels == 1:
+        return regression_metrics(logits[:, 0].double(), labels.double())
     preds = logits.argmax(-1)
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.long)
     confusion.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
@@ -25,13 +31,56 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict
     recall = tp / confusion.sum(1).clamp(min=1)
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
     present = (confusion.sum(0) + confusion.sum(1)) > 0  # classes that occur in labels or predictions
+    accuracy = (preds == labels).double().mean().item() if len(labels) else 0.0
     return {
-        "accuracy": (preds == labels).double().mean().item() if len(labels) else 0.0,
+        "metric": "accuracy",
+        "score": accuracy,
+        "accuracy": accuracy,
         "macro_f1": f1[present].mean().item() if present.any() else 0.0,
         "loss": F.cross_entropy(logits.float(), labels).item() if len(labels) else 0.0,
         "confusion": confusion.tolist(),
         "n": int(len(labels)),
         "correct": (preds == labels).int().tolist(),  # per example: paired comparisons between models
+    }
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks along the last dimension, ties given their average rank (as scipy.stats.rankdata)."""
+    order = x.argsort(dim=-1, stable=True)
+    sorted_x = x.gather(-1, order)
+    ranks = torch.empty_like(x)
+    ranks.scatter_(-1, order, torch.arange(x.shape[-1], dtype=x.dtype).expand_as(x).contiguous())
+    # average the ranks of ties: for each run of equal sorted values, every member gets the run's mean rank
+    new_run = torch.ones_like(sorted_x, dtype=torch.bool)
+    new_run[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
+    run_id = new_run.cumsum(-1) - 1  # (…, N)
+    positions = torch.arange(x.shape[-1], dtype=x.dtype).expand_as(x)
+    total = torch.zeros_like(x).scatter_add_(-1, run_id, positions)
+    count = torch.zeros_like(x).scatter_add_(-1, run_id, torch.ones_like(x))
+    mean_rank = (total / count.clamp(min=1)).gather(-1, run_id)
+    return ranks.scatter_(-1, order, mean_rank)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation along the last dimension (0 where either side is constant)."""
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    denom = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
+    return torch.where(denom > 0, (a * b).sum(-1) / denom.clamp(min=1e-300), torch.zeros_like(denom))
+
+
+def regression_metrics(preds: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Pearson (main), Spearman and MSE of predictions ``(N,)`` against float labels ``(N,)``."""
+    r = pearson(preds, labels).item() if len(labels) > 1 else 0.0
+    return {
+        "metric": "pearson",
+        "score": r,
+        "pearson": r,
+        "spearman": pearson(_ranks(preds), _ranks(labels)).item() if len(labels) > 1 else 0.0,
+        "mse": (preds - labels).pow(2).mean().item() if len(labels) else 0.0,
+        "loss": (preds - labels).pow(2).mean().item() if len(labels) else 0.0,
+        "n": int(len(labels)),
+        "preds": preds.tolist(),
+        "labels": labels.tolist(),
     }
 
 
@@ -49,19 +98,28 @@ def logits_fn(model) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
 
 
 @torch.no_grad()
-def predict(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) and labels (N,) over a loader, for a PyTorch classifier or an ``OnnxClassifier``."""
+def predict(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor] | tuple[list, list]:
+    """Logits (N, C) and labels (N,) over a loader, for a PyTorch classifier or an ``OnnxClassifier``.
+
+    For a token classifier: per sentence, the predicted and the gold tag ids of its words.
+    """
     forward = logits_fn(model)
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
-    all_logits, all_labels = [], []
+    all_logits, all_labels, tagged = [], [], ([], [])
     for batch in loader:
-        all_logits.append(forward(batch))
-        all_labels.append(batch["labels"])
+        logits = forward(batch)
+        if logits.dim() == 3:
+            preds, golds = word_predictions(logits, batch["labels"])
+            tagged[0].extend(preds)
+            tagged[1].extend(golds)
+        else:
+            all_logits.append(logits)
+            all_labels.append(batch["labels"])
     if was_training:
         model.train()
-    return torch.cat(all_logits), torch.cat(all_labels)
+    return tagged if tagged[1] else (torch.cat(all_logits), torch.cat(all_labels))
 
 
 def evaluate(model, loader: DataLoader) -> dict:
@@ -69,7 +127,11 @@ def evaluate(model, loader: DataLoader) -> dict:
     t0 = time.perf_counter()
     logits, labels = predict(model, loader)
     seconds = time.perf_counter() - t0
-    out = metrics(logits, labels, int(model.config.num_labels))
+    if isinstance(logits, list):  # token classification
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        out = tagging_metrics(logits, labels, names)
+    else:
+        out = metrics(logits, labels, int(model.config.num_labels))
     out["examples_per_s"] = len(labels) / seconds if seconds > 0 else float("inf")
     out["seconds"] = seconds
     return out
@@ -84,10 +146,44 @@ def paired_bootstrap(
     sentences for both, so the interval reflects how much the *difference* depends on the sample.
     """
     t, s = teacher_correct.double(), student_correct.double()
-    n = len(t)
+    return _bootstrap(lambda idx: t[idx].mean(-1), lambda idx: s[idx].mean(-1), len(t), samples=samples, seed=seed)
+
+
+def _bootstrap(teacher_score, student_score, n: int, *, samples: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(n, (samples, n), generator=g)
-    ratio = s[idx].mean(1) / t[idx].mean(1).clamp(min=1e-12)  # (samples,)
+    everything = torch.arange(n)
+    t, s = teacher_score(idx), student_score(idx)  # (samples,)
+    ratio = torch.where(s == t, torch.ones_like(t), s / t.clamp(min=1e-12))  # equal scores keep everything
     low, high = torch.quantile(ratio, torch.tensor([0.025, 0.975], dtype=ratio.dtype)).tolist()
-    kept = (s.mean() / t.mean().clamp(min=1e-12)).item()
+    kept = (student_score(everything) / teacher_score(everything).clamp(min=1e-12)).item()
     return {"kept": kept, "ci95": [low, high], "n": n, "samples": samples}
+
+
+def kept_interval(teacher: dict, student: dict, *, samples: int = 2000, seed: int = 0) -> dict:
+    """``kept`` on the task's main metric with its 95 % paired-bootstrap interval, from two ``metrics`` dicts.
+
+    Classification resamples per-example correctness; regression resamples (prediction, label) pairs
+    and recomputes Pearson for teacher and student on the same resample.
+    """
+    if "entity_counts" in teacher:  # token classification: resample sentences, entity F1 from summed counts
+        t, s = (
+            torch.tensor(teacher["entity_counts"], dtype=torch.float64),
+            torch.tensor(student["entity_counts"], dtype=torch.float64),
+        )
+        return _bootstrap(
+            lambda idx: f1_of_counts(t[idx]), lambda idx: f1_of_counts(s[idx]), len(t), samples=samples, seed=seed
+        )
+    if "correct" in teacher:
+        return paired_bootstrap(
+            torch.tensor(teacher["correct"]), torch.tensor(student["correct"]), samples=samples, seed=seed
+        )
+    labels = torch.tensor(teacher["labels"], dtype=torch.float64)
+    t, s = torch.tensor(teacher["preds"], dtype=torch.float64), torch.tensor(student["preds"], dtype=torch.float64)
+    return _bootstrap(
+        lambda idx: pearson(t[idx], labels[idx]),
+        lambda idx: pearson(s[idx], labels[idx]),
+        len(labels),
+        samples=samples,
+        seed=seed,
+    )

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import arch
@@ -36,7 +36,7 @@ class BlockswapConfig(_BaseConfig):
     model_type = "{model_type}"
 
 
-class BlockswapForSequenceClassification(_BaseModel):
+class Blockswap{suffix}(_BaseModel):
     config_class = BlockswapConfig
 
     def __init__(self, config):
@@ -51,10 +51,17 @@ class BlockswapForSequenceClassification(_BaseModel):
 """
 
 
+def _suffix(model: PreTrainedModel) -> str:
+    return "ForTokenClassification" if arch.is_token_model(model) else "ForSequenceClassification"
+
+
 def _remote_code(model: PreTrainedModel, model_type: str) -> str:
     source = Path(__file__).with_name("compact.py").read_text()
     return source + _REMOTE_TEMPLATE.format(
-        config_cls=type(model.config).__name__, model_cls=type(model).__name__, model_type=model_type
+        config_cls=type(model.config).__name__,
+        model_cls=type(model).__name__,
+        model_type=model_type,
+        suffix=_suffix(model),
     )
 
 
@@ -71,10 +78,11 @@ def save(model: PreTrainedModel, directory: str | os.PathLike, tokenizer=None) -
             cfg_path = tmp / "config.json"
             cfg = json.loads(cfg_path.read_text())
             cfg["model_type"] = model_type
-            cfg["architectures"] = ["BlockswapForSequenceClassification"]
+            suffix = _suffix(model)
+            cfg["architectures"] = [f"Blockswap{suffix}"]
             cfg["auto_map"] = {
                 "AutoConfig": "modeling_blockswap.BlockswapConfig",
-                "AutoModelForSequenceClassification": "modeling_blockswap.BlockswapForSequenceClassification",
+                f"AutoModel{suffix}": f"modeling_blockswap.Blockswap{suffix}",
             }
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
             (tmp / "modeling_blockswap.py").write_text(_remote_code(model, model_type))
@@ -123,9 +131,10 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
         raise ModelLoadError(f"{directory} is not a saved model folder (no config.json)")
     cfg = json.loads(cfg_path.read_text())
     meta = cfg.get(META_KEY)
+    head = arch.head_kind(cfg.get("architectures"))
     if not meta or not meta.get("substituted"):
-        return AutoModelForSequenceClassification.from_pretrained(directory)
-    model = arch.model_from_config(_base_config(cfg))
+        return arch.HEADS[head].from_pretrained(directory)
+    model = arch.model_from_config(_base_config(cfg), head=head)
     for i in meta["substituted"]:
         arch.put_block(model, i, compact_from_meta(meta))
     weights = directory / "model.safetensors"
@@ -143,11 +152,11 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     return model
 
 
-def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
+def load_model(name_or_dir: str, *, head: str | None = None, **kwargs) -> PreTrainedModel:
     """A classifier from a local folder (blockswap or plain) or a Hugging Face hub id.
 
-    ``kwargs`` go to ``from_pretrained`` (e.g. ``num_labels``, ``id2label`` for a fresh head).
-    Never enables ``trust_remote_code``.
+    ``head``: ``sequence`` or ``token`` (default: what the saved ``architectures`` name). ``kwargs`` go to
+    ``from_pretrained`` (e.g. ``num_labels``, ``id2label`` for a fresh head). Never enables ``trust_remote_code``.
     """
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
@@ -159,7 +168,8 @@ def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{path} is not a model folder: {str(e).splitlines()[0]}") from None
         arch.check_config(config)
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        head = head or arch.head_kind(getattr(config, "architectures", None))
+        model = arch.HEADS[head].from_pretrained(path, **kwargs)
         arch.spec_for(model)
         return model
     if _looks_like_path(name_or_dir):
@@ -172,18 +182,19 @@ def load_model(name_or_dir: str, **kwargs) -> PreTrainedModel:
             "(offline?); download it elsewhere and pass its folder, or run the offline default"
         ) from None
     arch.check_config(config)
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_dir, **kwargs)
+    head = head or arch.head_kind(getattr(config, "architectures", None))
+    model = arch.HEADS[head].from_pretrained(name_or_dir, **kwargs)
     arch.spec_for(model)
     return model
 
 
 def load_classifier(name_or_dir: str | os.PathLike) -> PreTrainedModel:
-    """A sequence classifier in evaluation mode; a folder holding a bare encoder (no head) is refused."""
+    """A sequence or token classifier in evaluation mode; a folder holding a bare encoder (no head) is refused."""
     path = Path(name_or_dir).expanduser()
     if (path / "config.json").is_file():
         archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        if archs and not any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs):
             raise ModelLoadError(
-                f"{name_or_dir} is not a sequence classifier ({', '.join(archs)}); fine-tune one first"
+                f"{name_or_dir} is not a sequence or token classifier ({', '.join(archs)}); fine-tune one first"
             )
     return load_model(str(name_or_dir)).eval()

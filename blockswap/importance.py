@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 
 from . import arch
 from .arch import capture_blocks, forward_inputs
+from .losses import task_loss
 
 Batches = Sequence[dict[str, torch.Tensor]]
 Signal = Callable[..., list[float]]
@@ -26,7 +27,7 @@ def _loss(model: PreTrainedModel, batches: Batches) -> float:
     with torch.no_grad():
         for b in batches:
             logits = model(**forward_inputs(model, b)).logits
-            total += F.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
+            total += task_loss(logits, b["labels"], reduction="sum").item()
             n += len(b["labels"])
     return total / max(n, 1)
 
@@ -79,7 +80,7 @@ def grad_act(model: PreTrainedModel, batches: Batches, **_) -> list[float]:
             with capture_blocks(model, detach=False) as rec:
                 logits = model(**forward_inputs(model, b)).logits
                 outs = [rec[i]["output"] for i in range(n)]
-                grads = torch.autograd.grad(F.cross_entropy(logits, b["labels"], reduction="sum"), outs)
+                grads = torch.autograd.grad(task_loss(logits, b["labels"], reduction="sum"), outs)
             m = b["attention_mask"].unsqueeze(-1).to(logits.dtype)  # (B, S, 1)
             for i in range(n):
                 delta = (rec[i]["output"] - rec[i]["input"]).detach()  # (B, S, H)
@@ -109,7 +110,7 @@ def softmax_weight(model: PreTrainedModel, batches: Batches, *, steps: int = 60,
     for step in range(steps):
         outs, batch = cache[step % len(cache)]
         mix = torch.einsum("n,nbsh->bsh", w.softmax(0), torch.stack(outs))
-        loss = F.cross_entropy(arch.head_logits(model, mix, batch), batch["labels"])
+        loss = task_loss(arch.head_logits(model, mix, batch), batch["labels"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -146,7 +147,7 @@ def scale(
         for step in range(steps):
             b = batches[step % len(batches)]
             logits = model(**forward_inputs(model, b)).logits
-            loss = F.cross_entropy(logits, b["labels"]) + l1 * s.abs().sum()
+            loss = task_loss(logits, b["labels"]) + l1 * s.abs().sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

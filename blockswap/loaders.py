@@ -17,12 +17,24 @@ from torch.utils.data import DataLoader
 
 from .config import DataConfig
 from .data import load_source
+from .tagging import IGNORE, tokenize_words
 
 EVAL_BATCH_SIZE = 64
 
 
 def label_names(dsd: DatasetDict) -> list[str]:
-    return list(dsd["train"].features["label"].names)
+    """Class (or tag) names; a regression task has one output, named ``score``."""
+    feature = dsd["train"].features["label"]
+    feature = getattr(feature, "feature", feature)  # token tasks: a sequence of tags
+    return list(feature.names) if hasattr(feature, "names") else ["score"]
+
+
+def task_of(dsd: DatasetDict) -> str:
+    """``token``, ``regression`` or ``classification``, from the label feature."""
+    feature = dsd["train"].features["label"]
+    if hasattr(feature, "feature"):
+        return "token"
+    return "classification" if hasattr(feature, "names") else "regression"
 
 
 def tokenize(dsd: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
@@ -31,7 +43,10 @@ def tokenize(dsd: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
     A ``text_pair`` column makes every example a sentence pair, truncated longest-first.
     """
 
-    pair = "text_pair" in next(iter(dsd.values())).column_names
+    columns = next(iter(dsd.values())).column_names
+    if "tokens" in columns:
+        return tokenize_words(dsd, tokenizer, max_length)
+    pair = "text_pair" in columns
 
     def enc(batch):  # a pair is encoded as the model's own pair input ([CLS] a [SEP] b [SEP] for BERT)
         return tokenizer(batch["text"], batch["text_pair"] if pair else None, truncation=True, max_length=max_length)
@@ -44,9 +59,17 @@ def collate(tokenizer):
     """Dynamic padding to the longest sample of each batch."""
 
     def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
-        labels = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        values = [r["labels"] for r in rows]  # float for regression, integer class ids, or a tag id per token
         feats = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
         batch = tokenizer.pad(feats, return_tensors="pt")
+        if isinstance(values[0], list):  # token tags: padded with IGNORE on the tokenizer's padding side
+            width = batch["input_ids"].shape[1]
+            labels = torch.full((len(values), width), IGNORE, dtype=torch.long)
+            for i, row in enumerate(values):
+                start = width - len(row) if tokenizer.padding_side == "left" else 0
+                labels[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
+        else:
+            labels = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.long)
         batch = {k: v for k, v in batch.items()}
         batch["labels"] = labels
         return batch
@@ -98,6 +121,7 @@ class TaskData:
     tokenizer: object
     splits: DatasetDict
     label_names: list[str]
+    task: str = "classification"  # or regression, token
 
     def loader(self, split: str, *, shuffle: bool = False, batch_size: int = EVAL_BATCH_SIZE, seed: int = 0):
         return loader(self.splits[split], self.tokenizer, batch_size=batch_size, shuffle=shuffle, seed=seed)
@@ -106,4 +130,4 @@ class TaskData:
 def prepare(cfg: DataConfig, tokenizer, *, log: Callable[[str], None] = print) -> TaskData:
     """Load the configured source and tokenise it with ``tokenizer``."""
     dsd = load_source(cfg, log=log)
-    return TaskData(tokenizer, tokenize(dsd, tokenizer, cfg.max_length), label_names(dsd))
+    return TaskData(tokenizer, tokenize(dsd, tokenizer, cfg.max_length), label_names(dsd), task_of(dsd))

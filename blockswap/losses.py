@@ -17,6 +17,36 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean() * t * t
 
 
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The task's own loss: cross-entropy for classifiers ``(B, C)`` with integer labels, squared error for
+    regression heads ``(B, 1)`` with float labels (Hugging Face's ``num_labels == 1`` convention)."""
+    if logits.dim() == 3:  # token classification (B, S, C): positions labelled -100 are not words' first pieces
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits[:, 0].float(), labels.float(), reduction=reduction)
+    return F.cross_entropy(logits.float(), labels, reduction=reduction)
+
+
+def kd_logits(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Output distillation: :func:`kd_kl` for classifiers; for a regression head ``(B, 1)`` the squared error to
+    the teacher's prediction (a temperature has no meaning there); for token classifiers ``(B, S, C)`` the KL
+    of every real token (``mask`` (B, S), 1 = real), averaged over them."""
+    if student_logits.dim() == 3:
+        t = temperature
+        log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
+        log_p_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
+        per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * t * t  # (B, S)
+        if mask is None:
+            return per_token.mean()
+        m = mask.to(per_token.dtype)
+        return (per_token * m).sum() / m.sum().clamp(min=1)
+    if student_logits.shape[-1] == 1:
+        return F.mse_loss(student_logits.float(), teacher_logits.float())
+    return kd_kl(student_logits, teacher_logits, temperature)
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean squared error over real tokens only.
 
@@ -44,10 +74,11 @@ def distillation_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """KL(T) + alpha * CE(labels) + beta * mean hidden-state MSE at the given block boundaries.
 
-    Logits (B, C); labels (B,); hidden lists of (B, S, H), paired; mask (B, S).
+    Logits (B, C); labels (B,); hidden lists of (B, S, H), paired; mask (B, S). For a regression head
+    (C = 1) the KL is the squared error to the teacher's output and the CE the squared error to the labels.
     """
-    kl = kd_kl(student_logits, teacher_logits, temperature)
-    ce = F.cross_entropy(student_logits, labels)
+    kl = kd_logits(student_logits, teacher_logits, temperature, mask)
+    ce = task_loss(student_logits, labels)
     if student_hidden:
         mse = torch.stack([masked_mse(s, t, mask) for s, t in zip(student_hidden, teacher_hidden, strict=True)]).mean()
     else:

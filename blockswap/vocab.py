@@ -107,7 +107,9 @@ def coverage(tokenizer, keep_tokenizer, texts: list[str]) -> float:
 
 
 def _all_texts(ds) -> list[str]:
-    """Every text of a split: both sides of sentence pairs."""
+    """Every text of a split: both sides of sentence pairs; a tagged sentence's words joined by spaces."""
+    if "tokens" in ds.column_names:
+        return [" ".join(words) for words in ds["tokens"]]
     return list(ds["text"]) + (list(ds["text_pair"]) if "text_pair" in ds.column_names else [])
 
 
@@ -122,6 +124,7 @@ def prune_and_measure(model: PreTrainedModel, tokenizer, dsd, *, max_length: int
     stats["test_texts_tokenised_identically"] = coverage(tokenizer, new_tok, _all_texts(dsd["test"]))
     for name, m, tok in (("before", model, tokenizer), ("after", pruned, new_tok)):
         test = tokenize(DatasetDict(test=dsd["test"]), tok, max_length)["test"]
-        stats[f"test_accuracy_{name}"] = evaluate(m, loader(test, tok, batch_size=64, shuffle=False))["accuracy"]
+        result = evaluate(m, loader(test, tok, batch_size=64, shuffle=False))
+        stats["metric"], stats[f"test_score_{name}"] = result["metric"], result["score"]
         stats[f"params_{name}"] = sum(p.numel() for p in m.parameters())
     return pruned, new_tok, stats

@@ -63,6 +63,16 @@ def test_unsupported_architecture_folder(capsys, tmp_path):
     assert code == 2 and "decoder" in err.strip().splitlines()[-1]
 
 
+def test_an_encoder_discovery_cannot_handle(capsys, tmp_path):
+    from transformers import AutoConfig, FunnelForSequenceClassification
+
+    cfg = AutoConfig.for_model("funnel", vocab_size=50, d_model=16, n_head=2, d_head=8, d_inner=20, block_sizes=[1, 1])
+    FunnelForSequenceClassification(cfg).save_pretrained(tmp_path / "f")
+    code, _, err = run_cli(capsys, "measure", "--model", str(tmp_path / "f"), "--no-latency")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "'funnel'" in last and "ARCHITECTURES" in last and "Traceback" not in err
+
+
 def test_unreachable_hub_id(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = run_cli(capsys, "measure", "--model", "textattack/bert-base-uncased-imdb", "--no-latency")

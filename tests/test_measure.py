@@ -57,12 +57,16 @@ def _per_layer(*, seq, hidden, linear_per_token, extra=0):
     return seq * linear_per_token + 2 * seq * seq * hidden + extra  # + QK^T and AV
 
 
-@pytest.mark.parametrize("family", ["mpnet", "deberta-v2", "modernbert"])
-def test_newer_families_macs_equal_the_analytic_count(family):
+@pytest.mark.parametrize(
+    "family", ["distilbert", "roberta", "xlm-roberta", "electra", "mpnet", "deberta-v2", "modernbert"]
+)
+def test_every_family_macs_equal_the_analytic_count(family):
     """Eager attention, batch 2, seq 10, hidden 32, FFN 37, 3 blocks, 2 labels (tiny_config)."""
     batch, seq, h, f, labels = 2, 10, 32, 37, 2
     model = tiny_model(family)
-    if family == "mpnet":  # BERT's block; head: dense + out_proj on the first token
+    if family != "deberta-v2" and family != "modernbert":
+        # BERT's block; heads on the first token: DistilBERT pre_classifier + classifier, RoBERTa / ELECTRA /
+        # MPNet dense + out_proj
         block = _per_layer(seq=seq, hidden=h, linear_per_token=4 * h * h + 2 * h * f)
         head = h * h + h * labels
     elif family == "deberta-v2":  # + disentangled attention: c2p and p2c against 2k relative positions

@@ -36,7 +36,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert sorted(r["block"] for r in rows[1:]) == [0, 1, 2]
     assert rows[-1]["substituted"] == [0, 1, 2]
-    for key in ("params", "params_cut", "gmacs", "gmacs_cut", "accuracy", "kept", "latency_ms", "substituted", "block"):
+    for key in ("params", "params_cut", "gmacs", "gmacs_cut", "score", "kept", "latency_ms", "substituted", "block"):
         assert key in rows[1]
     assert rows[0]["params_cut"] == 0 and rows[-1]["gmacs_cut"] > rows[1]["gmacs_cut"] > 0
     for r in rows:
@@ -125,7 +125,7 @@ def test_run_refuses_foreign_folder_and_non_classifier(tmp_path, capsys, tiny_cs
     ).save_pretrained(enc)
     tiny_tokenizer(enc)
     assert main(["run", "--teacher", str(enc), "--dataset", str(tiny_csv), "--out", str(tmp_path / "r2"), *FAST]) == 2
-    assert "not a sequence classifier" in capsys.readouterr().err
+    assert "not a sequence or token classifier" in capsys.readouterr().err
 
 
 def test_unsatisfiable_stop_rule_still_writes_the_curve(tmp_path, capsys, tiny_csv, tiny_teacher_dir):

@@ -81,3 +81,261 @@ def test_run_on_sentence_pairs_end_to_end(tmp_path, capsys, pair_csv, tiny_teach
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text_pair"] for r in rows] == ["the film", "the plot"]
     assert all(r["label"] in ("neg", "pos") for r in rows)  # the tiny teacher's own label names
+
+
+# --- regression -------------------------------------------------------------------------------------------
+
+
+def _score_rows(n: int, seed: int = 0):
+    """Texts whose score (0..5, non-integer) rises with the number of positive words."""
+    from .conftest import POSITIVE
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randint(0, 3)
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(2, 5))] + [rng.choice(POSITIVE) for _ in range(k)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), round(k * 1.5 + rng.random() * 0.5, 3)))
+    return rows
+
+
+@pytest.fixture
+def score_csv(tmp_path):
+    path = tmp_path / "scores.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(_score_rows(120))
+    return path
+
+
+def test_regression_is_detected_and_split_by_quintile(score_csv):
+    dsd = load_source(DataConfig(dataset=str(score_csv)))
+    assert dsd["train"].features["label"].dtype == "float32"
+    assert isinstance(dsd["train"][0]["label"], float)
+    sizes = {k: len(v) for k, v in dsd.items()}
+    assert sizes == {"train": 100, "validation": 10, "test": 10}  # 10 % of each quintile (24 rows): 2
+    # every split spans the label range (stratified on quintiles), not just a slice of it
+    for split in ("validation", "test"):
+        labels = dsd[split]["label"]
+        assert min(labels) < 1.0 and max(labels) > 3.0
+
+
+def test_task_flag_forces_regression_on_whole_numbers_and_refuses_words(tmp_path, tiny_csv):
+    path = tmp_path / "stars.csv"
+    path.write_text("text,label\n" + "".join(f"review {i},{i % 5 + 1}\n" for i in range(60)))
+    assert hasattr(load_source(DataConfig(dataset=str(path)))["train"].features["label"], "names")
+    forced = load_source(DataConfig(dataset=str(path), task="regression"))
+    assert forced["train"].features["label"].dtype == "float32"
+    with pytest.raises(DataError, match="numeric labels"):
+        load_source(DataConfig(dataset=str(tiny_csv), task="regression"))
+
+
+def test_regression_metrics_match_hand_computed_values():
+    import torch
+
+    from blockswap.evaluate import kept_interval, metrics
+
+    preds = torch.tensor([[1.0], [2.0], [3.0], [5.0]])
+    labels = torch.tensor([1.0, 3.0, 2.0, 4.0])
+    m = metrics(preds, labels, 1)
+    # Pearson by hand: centred x = [-1.75, -0.75, 0.25, 2.25], y = [-1.5, 0.5, -0.5, 1.5]
+    sxy, sxx, syy = 2.625 - 0.375 - 0.125 + 3.375, 8.75, 5.0
+    assert m["metric"] == "pearson" and m["score"] == pytest.approx(sxy / (sxx * syy) ** 0.5)
+    # Spearman: ranks [1, 2, 3, 4] vs [1, 3, 2, 4] -> 1 - 6 * 2 / (4 * 15) = 0.8
+    assert m["spearman"] == pytest.approx(0.8)
+    assert m["mse"] == pytest.approx((0 + 1 + 1 + 1) / 4)
+    ties = metrics(torch.tensor([[1.0], [1.0], [2.0]]), torch.tensor([1.0, 2.0, 3.0]), 1)
+    assert ties["spearman"] == pytest.approx(0.8660254, abs=1e-6)  # scipy.stats.spearmanr([1, 1, 2], [1, 2, 3])
+    same = kept_interval(m, m)
+    assert same["kept"] == 1.0 and same["ci95"] == [1.0, 1.0]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randn(200, generator=g)
+    preds = (labels + 0.3 * torch.randn(200, generator=g))[:, None]
+    m = metrics(preds, labels, 1)
+    worse = metrics(preds + torch.randn(200, 1, generator=g), labels, 1)
+    ci = kept_interval(m, worse)
+    assert ci["kept"] == pytest.approx(worse["score"] / m["score"]) and ci["ci95"][0] < ci["ci95"][1]
+
+
+def test_regression_losses():
+    import torch
+
+    from blockswap.losses import kd_logits, task_loss
+
+    s, t = torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [3.0]])
+    assert task_loss(s, torch.tensor([1.0, 1.0])).item() == pytest.approx((0 + 4) / 2)
+    assert kd_logits(s, t, temperature=2.0).item() == pytest.approx(0.5)
+    assert kd_logits(t, t, temperature=2.0).item() == 0.0
+
+
+def test_run_on_a_regression_task_end_to_end(tmp_path, capsys, score_csv):
+    from blockswap.cli import main as cli
+
+    base = tmp_path / "base"
+    tok = tiny_tokenizer(base)
+    from .conftest import tiny_model
+
+    tiny_model("bert", layers=3, vocab_size=len(tok)).save_pretrained(base)
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        "--finetune-model",
+        str(base),
+        "--dataset",
+        str(score_csv),
+        "--out",
+        str(out),
+        "--finetune-epochs",
+        "2",
+    ]
+    assert cli([*argv, *FAST]) == 0, capsys.readouterr().err
+    for name in ARTIFACTS:
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "pearson"
+    low, high = summary["kept_test_ci95"]
+    assert low <= summary["kept_test"] <= high
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["metric"] == "pearson" and all("test_score" in r for r in curve["rows"])
+    teacher = json.loads((out / "teacher.json").read_text())
+    assert set(teacher["test"]) >= {"pearson", "spearman", "mse", "preds"}
+    assert "test pearson" in (out / "report.md").read_text()
+    capsys.readouterr()
+    texts = tmp_path / "t.txt"
+    texts.write_text("good great fine\nthe movie\n")
+    assert cli(["predict", "--model", str(out / "model"), "--input", str(texts)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [sorted(r) for r in rows] == [["index", "text", "value"]] * 2
+    assert main(["evaluate", "--model", str(out / "model"), "--dataset", str(score_csv)]) == 0
+    assert "Spearman" in capsys.readouterr().out
+
+
+# --- token classification ---------------------------------------------------------------------------------
+
+
+def _tagged_rows(n: int, seed: int = 0):
+    """Sentences of known words; sentiment words are entities: POS (B-POS, I-POS for a run) and NEG."""
+    from .conftest import NEGATIVE, POSITIVE
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(3, 7)):
+            r = rng.random()
+            if r < 0.6:
+                tokens.append(rng.choice(NEUTRAL))
+                tags.append("O")
+            else:
+                kind, words = ("POS", POSITIVE) if r < 0.8 else ("NEG", NEGATIVE)
+                for j in range(rng.randint(1, 2)):
+                    tokens.append(rng.choice(words))
+                    tags.append(("B-" if j == 0 else "I-") + kind)
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+@pytest.fixture
+def tagged_jsonl(tmp_path):
+    path = tmp_path / "ner.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _tagged_rows(120)))
+    return path
+
+
+def test_entity_spans_follow_seqeval():
+    from blockswap.tagging import entities, sentence_counts
+
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "B-LOC", "I-ORG", "I-ORG"]
+    assert entities(tags) == {("PER", 0, 1), ("LOC", 3, 3), ("LOC", 4, 4), ("LOC", 5, 5), ("ORG", 6, 7)}
+    # a wrong boundary is a miss and a false alarm: 1 of 2 predicted right, 1 of 2 gold found
+    assert sentence_counts(["B-PER", "I-PER", "O", "B-LOC"], ["B-PER", "B-PER", "O", "B-LOC"]) == (1, 2, 3)
+
+
+def test_tagging_metrics_by_hand():
+    from blockswap.evaluate import kept_interval
+    from blockswap.tagging import tagging_metrics
+
+    names = ["O", "B-X", "I-X"]
+    gold = [[1, 2, 0, 1], [0, 0, 1]]
+    pred = [[1, 2, 0, 0], [0, 1, 1]]  # sentence 1: 1 of 2 found; sentence 2: 1 right + 1 false alarm
+    m = tagging_metrics(pred, gold, names)
+    assert m["metric"] == "f1" and m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3) and m["word_accuracy"] == pytest.approx(5 / 7)
+    same = kept_interval(m, m)
+    assert same["kept"] == 1.0 and same["ci95"] == [1.0, 1.0]
+
+
+def test_labels_go_to_the_first_sub_token(tmp_path, tagged_jsonl):
+    from blockswap.tagging import IGNORE
+
+    from .conftest import tiny_tokenizer
+
+    dsd = load_source(DataConfig(dataset=str(tagged_jsonl)))
+    names = dsd["train"].features["label"].feature.names
+    assert names == ["O", "B-NEG", "B-POS", "I-NEG", "I-POS"]
+    tok = tiny_tokenizer(tmp_path / "tok")
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+
+    feats = Features({"tokens": Sequence(Value("string")), "label": Sequence(ClassLabel(names=names))})
+    ds = Dataset.from_dict({"tokens": [["the", "good", "movie"]], "label": [[0, 2, 0]]}, features=feats)
+    enc = tokenize(DatasetDict(test=ds), tok, 64)["test"][0]
+    assert enc["labels"] == [IGNORE, 0, 2, 0, IGNORE]  # [CLS] the good movie [SEP]
+    from transformers import BertTokenizerFast
+
+    pieces = BertTokenizerFast(
+        vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "##ish", "x"])}
+    )
+    ds = Dataset.from_dict({"tokens": [["goodish", "x"]], "label": [[2, 0]]}, features=feats)
+    enc = tokenize(DatasetDict(test=ds), pieces, 64)["test"][0]
+    assert enc["input_ids"] == [2, 4, 5, 6, 3] and enc["labels"] == [IGNORE, 2, IGNORE, 0, IGNORE]
+
+
+def test_run_on_token_classification_end_to_end(tmp_path, capsys, tagged_jsonl):
+    from transformers import BertConfig, BertForTokenClassification
+
+    from .conftest import tiny_config
+
+    base = tmp_path / "base"
+    tok = tiny_tokenizer(base)
+    import torch
+
+    torch.manual_seed(0)
+    BertForTokenClassification(tiny_config("bert", vocab_size=len(tok))).save_pretrained(base)
+    assert isinstance(tiny_config("bert"), BertConfig)
+    out = tmp_path / "run"
+    argv = ["run", "--finetune-model", str(base), "--dataset", str(tagged_jsonl), "--out", str(out)]
+    train = ["--finetune-epochs", "10", "--finetune-lr", "3e-3", "--finetune-batch-size", "8"]
+    assert main([*argv, *train, *FAST]) == 0, capsys.readouterr().err
+    for name in ARTIFACTS:
+        assert (out / name).exists(), name
+    teacher = json.loads((out / "teacher.json").read_text())
+    assert teacher["test"]["metric"] == "f1" and teacher["validation"]["f1"] > 0.5, "the tiny tagger learns the words"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["metric"] == "f1"
+        and summary["kept_test_ci95"][0] <= summary["kept_test"] <= summary["kept_test_ci95"][1]
+    )
+    # the saved student reloads without blockswap as a token classifier with identical outputs
+    from blockswap import export
+
+    student = export.load(out / "model")
+    assert type(student).__name__ == "BertForTokenClassification"
+    remote = __import__("transformers").AutoModelForTokenClassification.from_pretrained(
+        out / "model", trust_remote_code=True
+    )
+    ids = torch.tensor([[2, 10, 20, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, remote.eval()(input_ids=ids).logits)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out / "model"), "--dataset", str(tagged_jsonl)]) == 0
+    assert "entity F1" in capsys.readouterr().out
+    assert main(["finetune", "--model", str(base), "--dataset", str(tagged_jsonl), "--out", str(tmp_path / "ft"),
+                 "--max-steps", "2"]) == 0  # fmt: skip
+    assert "test f1" in capsys.readouterr().out
+    texts = tmp_path / "t.txt"
+    texts.write_text("the good movie\n")
+    assert main(["predict", "--model", str(out / "model"), "--input", str(texts)]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["words"] == ["the", "good", "movie"] and len(row["tags"]) == 3

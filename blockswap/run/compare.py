@@ -11,10 +11,8 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-import torch
-
 from .. import arch, baselines, distill, measure
-from ..evaluate import paired_bootstrap
+from ..evaluate import kept_interval
 from .state import RunState
 
 
@@ -22,7 +20,7 @@ def _row(state: RunState, r: dict, model, teacher_val: float, **extra) -> dict:
     """``kept`` on validation (the curve's criterion); runners add their own fields (cuts, budget, test split)."""
     v = state.evaluate_point(model, "validation")
     row = {"step": r["step"], "substituted": r["substituted"], "params_cut": r["params_cut"]}
-    return {**row, "accuracy": v["accuracy"], "kept": v["accuracy"] / teacher_val, **extra}
+    return {**row, "score": v["score"], "kept": v["score"] / teacher_val, **extra}
 
 
 def _pruning(prune: Callable) -> Callable:
@@ -75,7 +73,7 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
     cuts = {k: measure.cut(teacher_macs, measure.count_macs(_dropped(teacher, order[:k]), seq_len=seq)["macs"])
             for k in range(1, arch.num_blocks(teacher))}  # fmt: skip
     kd = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
-    teacher_test = torch.tensor(state.teacher_test()["correct"])
+    teacher_test = state.teacher_test()
     out = []
     for r in rows:
         k = min(cuts, key=lambda k: abs(cuts[k] - r["gmacs_cut"]))
@@ -86,7 +84,7 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
         )  # fmt: skip
         seconds = time.perf_counter() - started
         test = state.evaluate_point(student, "test")
-        ci = paired_bootstrap(teacher_test, torch.tensor(test["correct"]), seed=r["step"])
+        ci = kept_interval(teacher_test, test, seed=r["step"])
         out.append(_row(
             state, r, student, teacher_val, dropped=sorted(order[:k]), gmacs_cut=cuts[k], train_steps=r["train_steps"],
             params_cut=measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"]),
@@ -106,7 +104,7 @@ RUNNERS: dict[str, Callable[[RunState, list[dict], float], list[dict]]] = {
 def baselines_stage(state: RunState) -> None:
     """baselines.json: each configured baseline at every curve step, with its description."""
     curve = state.read("curve.json")
-    rows, teacher_val = curve["rows"][1:], curve["teacher_validation_accuracy"]
+    rows, teacher_val = curve["rows"][1:], curve["teacher_validation_score"]
     out = {name: RUNNERS[name](state, rows, teacher_val) for name in state.cfg.run.baselines}
     out["descriptions"] = {name: baselines.BASELINES[name] for name in state.cfg.run.baselines}
     state.write("baselines.json", out)

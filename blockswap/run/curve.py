@@ -7,17 +7,15 @@ import csv
 import io
 import time
 
-import torch
-
 from .. import arch, distill, importance
 from ..errors import StopRuleUnsatisfied
-from ..evaluate import paired_bootstrap
+from ..evaluate import kept_interval
 from ..files import write_text
 from ..substitute import load_substitutes, substituted_blocks, swap_in
 from .state import RunState
 
-CSV_KEYS = ["step", "block", "substituted", "params", "params_cut", "gmacs", "gmacs_cut", "accuracy", "kept"]
-CSV_KEYS += ["test_accuracy", "kept_test", "kept_test_low", "kept_test_high", "latency_ms"]
+CSV_KEYS = ["step", "block", "substituted", "params", "params_cut", "gmacs", "gmacs_cut", "score", "kept"]
+CSV_KEYS += ["test_score", "kept_test", "kept_test_low", "kept_test_high", "latency_ms"]
 
 
 def _row(state: RunState, step: int, block: int | None, model, cost: dict, teacher: dict | None) -> dict:
@@ -25,20 +23,19 @@ def _row(state: RunState, step: int, block: int | None, model, cost: dict, teach
     val = state.evaluate_point(model, "validation")
     test = state.evaluate_point(model, "test")
     teacher = teacher or {"validation": val, "test": test}
-    teacher_val = teacher["validation"]["accuracy"]
-    ci = paired_bootstrap(torch.tensor(teacher["test"]["correct"]), torch.tensor(test["correct"]), seed=step)
+    teacher_val = teacher["validation"]["score"]
+    ci = kept_interval(teacher["test"], test, seed=step)
     return {
         "step": step,
         "block": block,
         "substituted": substituted_blocks(model),
         **cost,
-        "accuracy": val["accuracy"],
-        "kept": val["accuracy"] / teacher_val if teacher_val else 0.0,
-        "test_accuracy": test["accuracy"],
+        "score": val["score"],  # the task's main metric on validation (accuracy, Pearson, ...)
+        "kept": val["score"] / teacher_val if teacher_val else 0.0,
+        "test_score": test["score"],
         "kept_test": ci["kept"],
         "kept_test_ci95": ci["ci95"],
         "n_test": ci["n"],
-        "macro_f1": val["macro_f1"],
     }, {"validation": val, "test": test}
 
 
@@ -77,7 +74,7 @@ def substitution_curve(state: RunState) -> None:
     n = arch.num_blocks(teacher)
     teacher_cost = state.cost(teacher)
     first, teacher_metrics = _row(state, 0, None, teacher, _point(state, teacher, teacher_cost), None)
-    rows, teacher_val = [first], first["accuracy"]
+    rows, teacher_val, metric = [first], first["score"], teacher_metrics["validation"]["metric"]
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
     chosen, remaining, logs = None, list(range(n)), {}
@@ -100,7 +97,7 @@ def substitution_curve(state: RunState) -> None:
         )
         rows.append(row)
         state.log(
-            f"step {k}: block {block} -> kept {row['kept']:.4f} (val {row['accuracy']:.4f}, test {row['test_accuracy']:.4f},"
+            f"step {k}: block {block} -> kept {row['kept']:.4f} ({metric} val {row['score']:.4f}, test {row['test_score']:.4f},"
             f" kept on test {row['kept_test']:.4f} [{row['kept_test_ci95'][0]:.3f}, {row['kept_test_ci95'][1]:.3f}]), "
             f"params -{row['params_cut']:.1%}, GMACs -{row['gmacs_cut']:.1%}"
         )
@@ -110,7 +107,8 @@ def substitution_curve(state: RunState) -> None:
         reached = cfg.target_gmacs_cut is not None and row["gmacs_cut"] >= cfg.target_gmacs_cut
         if reached or (not ok and not cfg.full_curve):
             break
-    result = {"rows": rows, "teacher_validation_accuracy": teacher_val, "order": order, "distill_log": logs}
+    result = {"rows": rows, "metric": metric, "teacher_validation_score": teacher_val, "order": order}
+    result["distill_log"] = logs
     result["chosen_step"] = chosen[0] if chosen else None
     write_text(state.path("curve.csv"), _csv(rows))
     _check_stop_rule(state, result)
@@ -130,7 +128,7 @@ def _check_stop_rule(state: RunState, result: dict) -> None:
         why = f"no step reached --target-gmacs-cut {cfg.target_gmacs_cut} (max {max(r['gmacs_cut'] for r in rows):.3f})"
     else:
         best = max(r["kept"] for r in rows[1:])
-        why = f"no step keeps >= {cfg.min_kept} of the teacher's accuracy (best {best:.4f})"
+        why = f"no step keeps >= {cfg.min_kept} of the teacher's {result['metric']} (best {best:.4f})"
     raise StopRuleUnsatisfied(f"{why}; the curve is in {state.path('curve.csv')}; relax the stop rule and --resume")
 
 

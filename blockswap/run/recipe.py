@@ -66,7 +66,7 @@ def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) 
     state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log)
     source = state.read("teacher.json")["source"] if state.path("teacher.json").is_file() else cfg.run.teacher
     if source is not None:
-        state.teacher = stages.load_teacher(source, len(data.label_names))
+        state.teacher = stages.load_teacher(source, len(data.label_names), data.task)
     accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
     if accelerator.is_main_process:
         create_run_dir(out, cfg)

@@ -7,25 +7,30 @@ from __future__ import annotations
 
 import time
 
-import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
 from .. import arch, deploy, distill, export, importance
 from ..data import load_source
 from ..errors import RunError
-from ..evaluate import evaluate, paired_bootstrap
+from ..evaluate import evaluate, kept_interval
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
 from ..vocab import prune_and_measure
 from .state import RunState
 
 
-def load_teacher(source: str, num_labels: int) -> PreTrainedModel:
+def load_teacher(source: str, num_labels: int, task: str = "classification") -> PreTrainedModel:
     """A frozen, evaluation-mode classifier from a folder or hub id; refuses non-classifiers."""
     model = export.load_classifier(source)
     if model.config.num_labels < num_labels:
         raise RunError(f"the teacher's head has {model.config.num_labels} labels but the data has {num_labels}")
+    if (task == "token") != arch.is_token_model(model):
+        head = "a token classifier" if arch.is_token_model(model) else "a sequence classifier"
+        raise RunError(f"the data is a {task} task but the teacher is {head}; give a matching teacher or --task")
+    if (num_labels == 1) != (model.config.num_labels == 1):
+        task, head = ("regression", "a classifier") if num_labels == 1 else ("classification", "a regression head")
+        raise RunError(f"the data is a {task} task but the teacher has {head}; give a matching teacher or --task")
     model.requires_grad_(False)
     return model
 
@@ -46,9 +51,9 @@ def teacher(state: RunState) -> None:
         )
         state.save_model(model, "teacher")
         metrics["source"] = str(state.path("teacher"))
-        state.teacher = load_teacher(metrics["source"], len(state.data.label_names))
-    val, test = metrics["validation"]["accuracy"], metrics["test"]["accuracy"]
-    state.log(f"teacher: validation accuracy {val:.4f}, test {test:.4f}")
+        state.teacher = load_teacher(metrics["source"], len(state.data.label_names), state.data.task)
+    val, test, metric = metrics["validation"]["score"], metrics["test"]["score"], metrics["test"]["metric"]
+    state.log(f"teacher: validation {metric} {val:.4f}, test {test:.4f}")
     state.write("teacher.json", metrics)
 
 
@@ -95,11 +100,11 @@ def recovery(state: RunState) -> None:
     chosen = before["rows"][before["chosen_step"]]
     val = state.evaluate_point(student, "validation")
     state.log(
-        f"recovery: {budget['steps']} steps, validation accuracy {chosen['accuracy']:.4f} -> {val['accuracy']:.4f}"
+        f"recovery: {budget['steps']} steps, validation {val['metric']} {chosen['score']:.4f} -> {val['score']:.4f}"
     )
     state.write("recovery.json", {
-        **budget, "validation_before": chosen["accuracy"], "validation_after": val["accuracy"],
-        "kept_validation_after": val["accuracy"] / before["teacher_validation_accuracy"],
+        **budget, "metric": val["metric"], "validation_before": chosen["score"], "validation_after": val["score"],
+        "kept_validation_after": val["score"] / before["teacher_validation_score"],
     })  # fmt: skip
 
 
@@ -118,7 +123,7 @@ def evaluation(state: RunState) -> None:
         "student": {"test": evaluate(student, state.data.loader("test")), **student_cost.as_dict()},
     }
     t_test, s_test = result["teacher"]["test"], result["student"]["test"]
-    ci = paired_bootstrap(torch.tensor(t_test["correct"]), torch.tensor(s_test["correct"]))
+    ci = kept_interval(t_test, s_test)
     result["kept"], result["kept_ci95"], result["n_test"] = ci["kept"], ci["ci95"], ci["n"]
     result["student_source"] = str(student_dir(state))
     result.update(student_cost.cut(teacher_cost))
@@ -135,8 +140,8 @@ def prune_vocab(state: RunState) -> None:
     if state.accelerator.is_main_process:
         export.save(pruned, state.path("model_vocab"), tokenizer=tokenizer)
     state.log(
-        f"vocabulary {stats['vocab_before']} -> {stats['vocab_after']} tokens: test accuracy "
-        f"{stats['test_accuracy_before']:.4f} -> {stats['test_accuracy_after']:.4f}"
+        f"vocabulary {stats['vocab_before']} -> {stats['vocab_after']} tokens: test {stats['metric']} "
+        f"{stats['test_score_before']:.4f} -> {stats['test_score_after']:.4f}"
     )
     state.write("vocab.json", stats)
 
@@ -160,17 +165,18 @@ def onnx_export(state: RunState) -> None:
 
 
 def summary(state: RunState) -> None:
-    """summary.json: teacher accuracy, chosen step, its accuracy, kept, cuts, speed-up, stage times."""
+    """summary.json: the task's main metric for teacher and chosen student, kept, cuts, speed-up, stage times."""
     teacher_metrics, curve, ev = state.read("teacher.json"), state.read("curve.json"), state.read("evaluation.json")
     chosen = curve["rows"][curve["chosen_step"]]
     state.write(
         "summary.json",
         {
-            "teacher_test_accuracy": ev["teacher"]["test"]["accuracy"],
-            "teacher_validation_accuracy": teacher_metrics["validation"]["accuracy"],
+            "metric": ev["teacher"]["test"]["metric"],
+            "teacher_test_score": ev["teacher"]["test"]["score"],
+            "teacher_validation_score": teacher_metrics["validation"]["score"],
             "chosen_step": curve["chosen_step"],
             "chosen_blocks": chosen["substituted"],
-            "student_test_accuracy": ev["student"]["test"]["accuracy"],
+            "student_test_score": ev["student"]["test"]["score"],
             "kept_test": ev["kept"],
             "kept_test_ci95": ev["kept_ci95"],
             "n_test": ev["n_test"],

@@ -65,7 +65,8 @@ class RunState:
         """The teacher's fp32 test metrics from teacher.json, with per-example results (re-evaluated for a
         teacher.json written by a blockswap that did not record them)."""
         test = self.read("teacher.json")["test"]
-        return test if "correct" in test else evaluate(self.teacher, self.data.loader("test"))
+        per_example = "correct" in test or "preds" in test
+        return test if per_example and "score" in test else evaluate(self.teacher, self.data.loader("test"))
 
     def cost(self, model: PreTrainedModel, latency_batches: tuple[int, ...] = (1,)) -> measure.Cost:
         """Parameters, GMACs and latency at the run's measurement sequence length."""
