@@ -339,3 +339,64 @@ def test_run_on_token_classification_end_to_end(tmp_path, capsys, tagged_jsonl):
     assert main(["predict", "--model", str(out / "model"), "--input", str(texts)]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["words"] == ["the", "good", "movie"] and len(row["tags"]) == 3
+
+
+# --- hub layouts (datasets.load_dataset replaced by local DatasetDicts of the same shape) --------------------
+
+
+def _fake_hub(monkeypatch, dsd):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: dsd)
+
+
+def test_glue_style_pairs_and_regression_from_the_hub(monkeypatch):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    pairs = Features({"sentence1": Value("string"), "sentence2": Value("string"),
+                      "label": ClassLabel(names=["not_equivalent", "equivalent"]), "idx": Value("int32")})  # fmt: skip
+    rows = lambda n, label: {"sentence1": [f"a {i}" for i in range(n)], "sentence2": [f"b {i}" for i in range(n)],  # noqa: E731
+                             "label": [label(i) for i in range(n)], "idx": list(range(n))}  # fmt: skip
+    mrpc = DatasetDict(
+        train=Dataset.from_dict(rows(40, lambda i: i % 2), features=pairs),
+        validation=Dataset.from_dict(rows(10, lambda i: i % 2), features=pairs),
+        test=Dataset.from_dict(rows(10, lambda i: -1), features=pairs),  # GLUE hides test labels
+    )
+    _fake_hub(monkeypatch, mrpc)
+    dsd = load_source(DataConfig(dataset="glue", dataset_config="mrpc"))
+    assert dsd["train"].column_names == ["text", "text_pair", "label"]
+    assert len(dsd["test"]) == 10 and set(dsd["test"]["label"]) <= {0, 1}, "hidden test labels: validation is the test"
+    scores = Features({"sentence1": Value("string"), "sentence2": Value("string"), "label": Value("float32")})
+    stsb = DatasetDict(
+        train=Dataset.from_dict(
+            {k: v for k, v in rows(50, lambda i: (i % 11) / 2.2).items() if k != "idx"}, features=scores
+        ),
+        validation=Dataset.from_dict(
+            {k: v for k, v in rows(10, lambda i: i / 2.5).items() if k != "idx"}, features=scores
+        ),
+    )
+    _fake_hub(monkeypatch, stsb)
+    dsd = load_source(DataConfig(dataset="glue", dataset_config="stsb"))
+    assert dsd["train"].features["label"].dtype == "float32" and "text_pair" in dsd["test"].column_names
+
+
+def test_conll_style_tagging_from_the_hub(monkeypatch):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    feats = Features(
+        {"id": Value("string"), "tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=names))}
+    )
+    make = lambda n: Dataset.from_dict(  # noqa: E731
+        {
+            "id": [str(i) for i in range(n)],
+            "tokens": [["Ann", "lives", "in", "Oslo"]] * n,
+            "ner_tags": [[1, 0, 0, 3]] * n,
+        },
+        features=feats,
+    )
+    _fake_hub(monkeypatch, DatasetDict(train=make(20), validation=make(5), test=make(5)))
+    dsd = load_source(DataConfig(dataset="conll2003"))
+    assert dsd["train"].features["label"].feature.names == names
+    assert dsd["test"][0] == {"tokens": ["Ann", "lives", "in", "Oslo"], "label": [1, 0, 0, 3]}
+    assert [len(dsd[k]) for k in ("train", "validation", "test")] == [20, 5, 5]
