@@ -85,7 +85,8 @@ class _Bundle(nn.Module):
         self.subs = nn.ModuleList(substitutes.values())
 
     def forward(self, inputs: list[torch.Tensor], masks: list) -> list[torch.Tensor]:
-        return [sub(x, m) for sub, x, m in zip(self.subs, inputs, masks, strict=True)]
+        outs = [sub(x, m) for sub, x, m in zip(self.subs, inputs, masks, strict=True)]
+        return [o[0] if isinstance(o, tuple) else o for o in outs]  # MPNet / DeBERTa blocks return (hidden, None)
 
 
 def _check(loss: torch.Tensor, what: str, step: int) -> None:

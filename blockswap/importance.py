@@ -138,7 +138,7 @@ def scale(
             x = args[0] if args else kwargs["hidden_states"]
             out = output[0] if isinstance(output, tuple) else output
             new = x + s[i] * (out - x)
-            return (new,) if isinstance(output, tuple) else new
+            return (new, *output[1:]) if isinstance(output, tuple) else new  # keep (hidden, attention) shape
 
         return hook
 

@@ -400,3 +400,39 @@ def test_conll_style_tagging_from_the_hub(monkeypatch):
     assert dsd["train"].features["label"].feature.names == names
     assert dsd["test"][0] == {"tokens": ["Ann", "lives", "in", "Oslo"], "label": [1, 0, 0, 3]}
     assert [len(dsd[k]) for k in ("train", "validation", "test")] == [20, 5, 5]
+
+
+# --- newer encoders through the whole run ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["mpnet", "deberta-v2", "modernbert", "ernie"])
+def test_run_end_to_end_on_newer_and_unlisted_encoders(family, tmp_path, capsys, tiny_csv):
+    import torch
+
+    from blockswap import arch, export
+
+    from .conftest import padded_batch, tiny_config
+
+    teacher_dir = tmp_path / "teacher"
+    tok = tiny_tokenizer(teacher_dir)
+    torch.manual_seed(0)
+    model = arch.model_from_config(tiny_config(family, vocab_size=len(tok)))
+    model.config.id2label, model.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+    model.save_pretrained(teacher_dir)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main(argv) == 0, capsys.readouterr().err
+    for name in ARTIFACTS:
+        assert (out / name).exists(), name
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["rows"][-1]["substituted"] == [0, 1, 2] and curve["rows"][-1]["gmacs_cut"] > 0
+    student = export.load(out / "model")
+    ids, mask = padded_batch(seq=6)
+    ids = ids.clamp(max=len(tok) - 1)
+    from transformers import AutoModelForSequenceClassification
+
+    remote = AutoModelForSequenceClassification.from_pretrained(out / "model", trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            student(input_ids=ids, attention_mask=mask).logits, remote(input_ids=ids, attention_mask=mask).logits
+        )
