@@ -18,6 +18,9 @@ BASELINES: dict[str, str] = {
     "than blockswap got (no block-wise phase), so not a fair comparison; 'distil' is the equal-budget one",
     "distil": "DistilBERT-style: the least important blocks dropped at the nearest GMACs cut, every remaining weight "
     "trained by KD for the substitution path's whole budget (block-wise + end-to-end steps x batch)",
+    "thesis": "the seed thesis's procedure: the same blocks replaced by the same substitute shape, randomly "
+    "initialised, the whole model trained on label cross-entropy only (no teacher) for the substitution path's "
+    "whole budget",
 }
 
 

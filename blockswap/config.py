@@ -198,8 +198,14 @@ class RunConfig:
     )
     rerank: bool = _help("re-rank importance on the current student before each step", default=False)
     baselines: tuple[str, ...] = _help(
-        "baselines to run beside the curve: magnitude, random, drop, distil (equal budget, slow) (or 'none')",
+        "baselines to run beside the curve: magnitude, random, drop, distil and thesis (equal budget, slow) "
+        "(or 'none')",
         default=("magnitude", "random", "drop"),
+    )
+    baseline_points: str = _help(
+        "curve steps the equal-budget baselines (distil, thesis) train a student for: all, or key (the step "
+        "nearest a 50 %% GMACs cut and the last step)",
+        default="all",
     )
     seed: int = _help("random seed of training", default=0)
     arch: str | None = _help("built-in architecture of the teacher, for --dry-run without downloads", default=None)
@@ -231,6 +237,8 @@ class RunConfig:
         _positive("run", latency_repeats=self.latency_repeats)
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.baseline_points not in ("all", "key"):
+            raise ConfigError(f"--baseline-points must be all or key, got {self.baseline_points!r}")
         if self.export not in ("none", "onnx"):
             raise ConfigError(f"--export must be none or onnx, got {self.export!r}")
         object.__setattr__(self, "baselines", _names(self.baselines, "run.baselines"))

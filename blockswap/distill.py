@@ -19,7 +19,7 @@ from .arch import capture_blocks, forward_inputs
 from .compact import CompactBlock
 from .config import DistillConfig
 from .errors import TrainingDiverged
-from .losses import distillation_loss, masked_mse
+from .losses import distillation_loss, masked_mse, task_loss
 from .train import adamw, full_precision
 
 
@@ -163,6 +163,25 @@ def _param_groups(student: PreTrainedModel, cfg: DistillConfig) -> list[dict]:
     return groups
 
 
+def _kd_step(student, s_model, t_model, b: dict, subs: list[int], cfg: DistillConfig, accelerator):
+    """One batch's distillation loss: the teacher's logits and block outputs against the student's."""
+    with torch.no_grad(), accelerator.autocast(), capture_blocks(t_model) as t_rec:
+        t_logits = t_model(**forward_inputs(t_model, b)).logits.float()
+    with capture_blocks(s_model, detach=False) as s_rec:
+        s_logits = student(**forward_inputs(s_model, b)).logits
+    return distillation_loss(
+        student_logits=s_logits,
+        teacher_logits=t_logits,
+        labels=b["labels"],
+        student_hidden=[s_rec[i]["output"].float() for i in subs],
+        teacher_hidden=[t_rec[i]["output"].float() for i in subs],
+        mask=b["attention_mask"],
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+    )
+
+
 def end_to_end(
     student: PreTrainedModel,
     teacher: PreTrainedModel,
@@ -173,9 +192,11 @@ def end_to_end(
     accelerator: Accelerator,
     desc: str = "end-to-end distillation",
     match_all_blocks: bool = False,
+    labels_only: bool = False,
 ) -> list[dict[str, float]]:
     """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs (every block's
-    output with ``match_all_blocks``).
+    output with ``match_all_blocks``). With ``labels_only``: the task's own loss on the labels, no teacher
+    at all (the seed thesis's procedure).
 
     Substitutes train at ``lr_substitute``; kept original weights at ``lr_kept`` (or frozen).
     Returns the loss parts of every 10th step.
@@ -203,21 +224,11 @@ def end_to_end(
     bar = tqdm(range(steps), desc=desc, disable=None if accelerator.is_main_process else True)
     for step in bar:
         b = {k: v.to(device) for k, v in next(batches).items()}
-        with torch.no_grad(), accelerator.autocast(), capture_blocks(t_model) as t_rec:
-            t_logits = t_model(**forward_inputs(t_model, b)).logits.float()
-        with capture_blocks(s_model, detach=False) as s_rec:
-            s_logits = student(**forward_inputs(s_model, b)).logits
-        loss, parts = distillation_loss(
-            student_logits=s_logits,
-            teacher_logits=t_logits,
-            labels=b["labels"],
-            student_hidden=[s_rec[i]["output"].float() for i in subs],
-            teacher_hidden=[t_rec[i]["output"].float() for i in subs],
-            mask=b["attention_mask"],
-            temperature=cfg.temperature,
-            alpha=cfg.alpha,
-            beta=cfg.beta,
-        )
+        if labels_only:
+            loss = task_loss(student(**forward_inputs(s_model, b)).logits, b["labels"])
+            parts = {"ce": loss.item(), "total": loss.item()}
+        else:
+            loss, parts = _kd_step(student, s_model, t_model, b, subs, cfg, accelerator)
         _check(loss, "end-to-end", step)
         accelerator.backward(loss)
         opt.step()

@@ -101,6 +101,14 @@ def _metric(curve: dict) -> str:
     return curve.get("metric", "accuracy")
 
 
+def _base_cell(b: dict | None) -> str:
+    """A baseline's kept on validation, and on test with its interval where it has one."""
+    if b is None:
+        return ""
+    test = f"; test {_kept_ci(b['kept_test'], b.get('kept_test_ci95'))}" if "kept_test" in b else ""
+    return f"{b['kept']:.4f}{test}"
+
+
 def _kept_ci(kept: float | None, ci: list[float] | None) -> str:
     return "" if kept is None else f"{kept:.4f} {_interval(ci)}"
 
@@ -123,11 +131,13 @@ def _curve_table(curve: dict) -> list[str]:
 
 def _baseline_table(curve: dict, base: dict) -> list[str]:
     names = list(base.get("descriptions", {}))
-    lines = ["| step | params cut | substitution kept | " + " | ".join(f"{n} kept" for n in names) + " |"]
-    lines.append("|---:|---:|---:|" + "---:|" * len(names))
-    for i, r in enumerate(curve["rows"][1:]):
-        cells = [f"{base[n][i]['kept']:.4f}" if i < len(base[n]) else "" for n in names]
-        lines.append(f"| {r['step']} | {_pct(r['params_cut'])} | {r['kept']:.4f} | " + " | ".join(cells) + " |")
+    lines = ["| step | GMACs cut | params cut | substitution kept | " + " | ".join(f"{n} kept" for n in names) + " |"]
+    lines.append("|---:|---:|---:|---:|" + "---:|" * len(names))
+    by_step = {n: {b["step"]: b for b in base[n]} for n in names}  # budgeted baselines may cover key steps only
+    for r in curve["rows"][1:]:
+        cells = [_base_cell(by_step[n].get(r["step"])) for n in names]
+        cut = f"{_pct(r['gmacs_cut'])} | {_pct(r['params_cut'])}"
+        lines.append(f"| {r['step']} | {cut} | {_base_cell(r)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -157,6 +167,11 @@ def render(run_dir: str | Path) -> Path:
         md += [f"Order (least important first): {imp['order']}"]
     if base:
         md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base)
+        md += [
+            "",
+            "Each cell: kept on validation; test: kept on the test split with its 95 % paired interval (the "
+            "budgeted baselines' own cuts are in baselines.json: `distil` drops whole blocks at the nearest GMACs cut).",
+        ]
         md += [""] + [f"- `{name}`: {text}" for name, text in base.get("descriptions", {}).items()]
     md += ["", "Plots: " + ", ".join(plots)]
     out = run_dir / "report.md"

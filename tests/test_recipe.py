@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from blockswap import errors
+from blockswap import arch, errors
 from blockswap.cli import main
+from blockswap.compact import CompactBlock
 from blockswap.run import RECIPE
 
 from .test_pipeline import FAST
@@ -180,3 +181,36 @@ def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_pa
         assert b["train_seconds"] > 0 and b["kept_test_ci95"][0] <= b["kept_test"] <= b["kept_test_ci95"][1]
         assert len(b["dropped"]) in (1, 2)  # never every block; the count whose GMACs cut is nearest
     assert [len(b["dropped"]) for b in base] == sorted(len(b["dropped"]) for b in base)
+
+
+def test_the_thesis_baseline_gets_the_same_budget_labels_only_and_random_substitutes(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    from blockswap import distill
+
+    calls = []
+    original = distill.end_to_end
+
+    def spy(student, teacher, loader, cfg, **kw):
+        if kw.get("labels_only"):
+            subs = [b for b in arch.blocks(student) if isinstance(b, CompactBlock)]
+            calls.append(
+                {"steps": kw["steps"], "frozen": cfg.freeze_kept, "up_norm": [b.up.weight.norm().item() for b in subs]}
+            )
+        return original(student, teacher, loader, cfg, **kw)
+
+    monkeypatch.setattr(distill, "end_to_end", spy)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, "--baselines", "thesis", "--baseline-points", "key"]) == 0, capsys.readouterr().err
+    curve = json.loads((out / "curve.json").read_text())
+    base = json.loads((out / "baselines.json").read_text())["thesis"]
+    rows = {r["step"]: r for r in curve["rows"]}
+    near_half = min(curve["rows"][1:], key=lambda r: abs(r["gmacs_cut"] - 0.5))["step"]
+    assert [b["step"] for b in base] == sorted({near_half, 3})  # key points: ~50 % GMACs cut and every block
+    for b, call in zip(base, calls, strict=True):
+        r = rows[b["step"]]
+        assert (b["train_steps"], b["train_batch"]) == (r["train_steps"], r["train_batch"]) == (call["steps"], 16)
+        assert b["substituted"] == r["substituted"] and b["gmacs_cut"] == r["gmacs_cut"] and not call["frozen"]
+        assert all(n > 0 for n in call["up_norm"]), "random substitutes, not the zero-contribution start"
+    assert "thesis kept" in (out / "report.md").read_text()

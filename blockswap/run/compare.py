@@ -11,8 +11,11 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import torch
+
 from .. import arch, baselines, distill, measure
 from ..evaluate import kept_interval
+from ..substitute import substitute
 from .state import RunState
 
 
@@ -63,6 +66,44 @@ def _dropped(teacher, blocks: list[int]):
     return student.requires_grad_(True)
 
 
+def key_rows(rows: list[dict]) -> list[dict]:
+    """The curve steps nearest a 50 % GMACs cut and the last step (the suite's comparison points)."""
+    near = min(rows, key=lambda r: abs(r["gmacs_cut"] - 0.5))
+    return [near] if near is rows[-1] else [near, rows[-1]]
+
+
+def _budget_rows(state: RunState, rows: list[dict]) -> list[dict]:
+    return rows if state.cfg.run.baseline_points == "all" else key_rows(rows)
+
+
+def _budgeted(state, r, student, teacher_val, teacher_test, seconds: float, **extra) -> dict:
+    """A budgeted baseline's row: kept on validation and on test (paired interval), its budget beside it."""
+    test = state.evaluate_point(student, "test")
+    ci = kept_interval(teacher_test, test, seed=r["step"])
+    return _row(
+        state, r, student, teacher_val, train_steps=r["train_steps"], train_batch=state.cfg.distill.batch_size,
+        train_seconds=seconds, test_score=test["score"], kept_test=ci["kept"], kept_test_ci95=ci["ci95"], **extra,
+    )  # fmt: skip
+
+
+def _thesis(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
+    """The seed thesis's procedure at the curve's points: the same blocks and substitute shape, random
+    initialisation, every weight trained on the task's labels only for the substitution path's budget."""
+    teacher, cfg = state.teacher, state.cfg
+    ce = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
+    teacher_test, out = state.teacher_test(), []
+    for r in _budget_rows(state, rows):
+        torch.manual_seed(cfg.run.seed + 3000 + r["step"])
+        student, started = substitute(teacher, r["substituted"], cfg.compact).requires_grad_(True), time.perf_counter()
+        distill.end_to_end(
+            student, teacher, state.train_loader(cfg.run.seed + 3000 + r["step"]), ce, steps=r["train_steps"],
+            accelerator=state.accelerator, desc=f"thesis procedure, blocks {r['substituted']}", labels_only=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        out.append(_budgeted(state, r, student, teacher_val, teacher_test, seconds, gmacs_cut=r["gmacs_cut"]))
+    return out
+
+
 def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
     """DistilBERT-style: drop the least important blocks (the run's importance order), train every remaining
     weight by KD for the optimiser steps x batch the substitution path spent to reach each curve point,
@@ -73,9 +114,8 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
     cuts = {k: measure.cut(teacher_macs, measure.count_macs(_dropped(teacher, order[:k]), seq_len=seq)["macs"])
             for k in range(1, arch.num_blocks(teacher))}  # fmt: skip
     kd = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
-    teacher_test = state.teacher_test()
-    out = []
-    for r in rows:
+    teacher_test, out = state.teacher_test(), []
+    for r in _budget_rows(state, rows):
         k = min(cuts, key=lambda k: abs(cuts[k] - r["gmacs_cut"]))
         student, started = _dropped(teacher, order[:k]), time.perf_counter()
         distill.end_to_end(
@@ -83,12 +123,10 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
             accelerator=state.accelerator, desc=f"distil without blocks {sorted(order[:k])}",
         )  # fmt: skip
         seconds = time.perf_counter() - started
-        test = state.evaluate_point(student, "test")
-        ci = kept_interval(teacher_test, test, seed=r["step"])
-        out.append(_row(
-            state, r, student, teacher_val, dropped=sorted(order[:k]), gmacs_cut=cuts[k], train_steps=r["train_steps"],
-            params_cut=measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"]),
-            train_batch=cfg.distill.batch_size, train_seconds=seconds, kept_test=ci["kept"], kept_test_ci95=ci["ci95"],
+        params_cut = measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"])
+        out.append(_budgeted(
+            state, r, student, teacher_val, teacher_test, seconds, dropped=sorted(order[:k]), gmacs_cut=cuts[k],
+            params_cut=params_cut,
         ))  # fmt: skip
     return out
 
@@ -98,6 +136,7 @@ RUNNERS: dict[str, Callable[[RunState, list[dict], float], list[dict]]] = {
     "random": _pruning(lambda state, s: baselines.random_prune(state.teacher, s, seed=state.cfg.run.seed)),
     "drop": _drop,
     "distil": _distil,
+    "thesis": _thesis,
 }
 
 

@@ -1,0 +1,126 @@
+"""The comparison a sceptic asks for: blockswap vs the equal-budget baselines, several seeds and datasets.
+
+    .venv/bin/python benchmarks/suite.py [--datasets snippets,amazon,nyt,tweets] [--seeds 0,1,2]
+        [--root runs/suite] [--json benchmarks/results/suite.json] [-- extra `blockswap run` flags]
+
+For every dataset and seed it runs the default recipe (`blockswap run --seed S --dataset D`) with the
+equal-budget baselines `distil` (DistilBERT-style layer dropping + KD) and `thesis` (the seed thesis's
+procedure) at the key points: the curve step nearest a 50 % GMACs cut and the last step (every block
+substituted). A finished run folder is reused, an interrupted one resumed. It writes, per dataset and
+point, the mean and standard deviation over seeds of `kept` on the test split for each method, and per
+run the paired 95 % intervals, so "blockswap is above the baseline" can be checked against the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from blockswap.run.compare import key_rows  # noqa: E402
+
+METHODS = ("blockswap", "distil", "thesis")
+
+
+def run_one(folder: Path, dataset: str, seed: int, extra: list[str]) -> float:
+    """Run (or resume) one `blockswap run`; returns its wall seconds (0 when it was already complete)."""
+    if (folder / "summary.json").is_file():
+        return 0.0
+    cmd = [sys.executable, "-m", "blockswap.cli", "run", "--out", str(folder), "--dataset", dataset]
+    cmd += ["--seed", str(seed), "--baselines", "distil,thesis", "--baseline-points", "key", *extra]
+    if folder.exists():
+        cmd.append("--resume")
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - started
+
+
+def points(folder: Path) -> dict[str, dict]:
+    """``{"half": ..., "every": ...}``: each method's cut, kept (validation) and kept on test with its interval."""
+    curve = json.loads((folder / "curve.json").read_text())
+    base = json.loads((folder / "baselines.json").read_text())
+    keys = key_rows(curve["rows"][1:])
+    out = {}
+    for name, r in zip(("half", "every") if len(keys) == 2 else ("every",), keys, strict=True):
+        entry = {"step": r["step"], "blockswap": _cell(r)}
+        for method in ("distil", "thesis"):
+            match = next((b for b in base.get(method, []) if b["step"] == r["step"]), None)
+            if match is not None:
+                entry[method] = _cell(match)
+        out[name] = entry
+    return out
+
+
+def _cell(r: dict) -> dict:
+    keys = ("gmacs_cut", "params_cut", "kept", "kept_test", "kept_test_ci95", "train_steps", "train_seconds")
+    return {k: r[k] for k in keys if k in r}
+
+
+def aggregate(runs: dict[str, dict[int, dict]]) -> dict:
+    """Mean and sd over seeds of kept on test, per dataset, point and method; and how often blockswap's
+    interval lies wholly above each baseline's point estimate."""
+    summary = {}
+    for dataset, by_seed in runs.items():
+        summary[dataset] = {}
+        for point in ("half", "every"):
+            cells = [p[point] for p in by_seed.values() if point in p]
+            if not cells:
+                continue
+            row = {"seeds": len(cells)}
+            for method in METHODS:
+                kept = [c[method]["kept_test"] for c in cells if method in c and "kept_test" in c[method]]
+                cuts = [c[method]["gmacs_cut"] for c in cells if method in c]
+                if kept:
+                    row[method] = {
+                        "kept_test_mean": statistics.fmean(kept),
+                        "kept_test_sd": statistics.stdev(kept) if len(kept) > 1 else 0.0,
+                        "gmacs_cut_mean": statistics.fmean(cuts),
+                    }
+            for method in ("distil", "thesis"):
+                pairs = [(c["blockswap"], c[method]) for c in cells if method in c]
+                row[f"blockswap_clearly_above_{method}"] = sum(
+                    b["kept_test_ci95"][0] > m["kept_test"] for b, m in pairs
+                )  # runs where blockswap's lower bound is above the baseline's estimate
+            summary[dataset][point] = row
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="snippets,amazon,nyt,tweets")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--root", default=str(ROOT / "runs" / "suite"), help="one run folder per dataset and seed")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
+    parser.add_argument("extra", nargs="*", help="extra flags for `blockswap run` (after --)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs: dict[str, dict[int, dict]] = {}
+    seconds: dict[str, float] = {}
+    for dataset in args.datasets.split(","):
+        name = Path(dataset).stem  # a packaged name, or a file's stem
+        runs[name] = {}
+        for seed in seeds:
+            folder = Path(args.root) / f"{name}-s{seed}"
+            seconds[folder.name] = run_one(folder, dataset, seed, args.extra)
+            runs[name][seed] = points(folder)
+    result = {
+        "command": " ".join(["benchmarks/suite.py", *sys.argv[1:]]),
+        "summary": aggregate(runs),
+        "runs": runs,
+        "wall_seconds_this_invocation": seconds,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""benchmarks/suite.py on the tiny config: two seeds, equal-budget baselines at the key points, resumable."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_pipeline import FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_suite_runs_on_the_tiny_config(tmp_path, tiny_csv, tiny_teacher_dir):
+    out = tmp_path / "suite.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--datasets", str(tiny_csv), "--seeds", "0,1"]
+    cmd += ["--root", str(tmp_path / "runs"), "--json", str(out), "--", "--teacher", str(tiny_teacher_dir), *FAST]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    every = result["summary"]["reviews"]["every"]
+    assert every["seeds"] == 2
+    for method in ("blockswap", "distil", "thesis"):
+        assert 0 <= every[method]["kept_test_mean"] and every[method]["kept_test_sd"] >= 0
+    assert set(result["runs"]["reviews"]) == {"0", "1"}
+    for run in result["runs"]["reviews"].values():
+        cell = run["every"]
+        # equal budgets at the matched point
+        assert cell["blockswap"]["train_steps"] == cell["distil"]["train_steps"] == cell["thesis"]["train_steps"]
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert set(json.loads(out.read_text())["wall_seconds_this_invocation"].values()) == {0.0}, (
+        "finished runs are reused"
+    )
