@@ -141,6 +141,20 @@ def _baseline_table(curve: dict, base: dict) -> list[str]:
     return lines
 
 
+def _upgrade(curve: dict, summary: dict | None, ev: dict | None) -> None:
+    """Read a run written before tasks had a named main metric (accuracy keys) as accuracy scores."""
+    for r in curve["rows"]:
+        r.setdefault("score", r.get("accuracy"))
+        r.setdefault("test_score", r.get("test_accuracy"))
+    if summary is not None and "metric" not in summary:
+        summary.update(metric="accuracy", teacher_test_score=summary.get("teacher_test_accuracy"))
+        summary["student_test_score"] = summary.get("student_test_accuracy")
+    for side in (ev or {}).values():
+        if isinstance(side, dict) and "test" in side:
+            side["test"].setdefault("metric", "accuracy")
+            side["test"].setdefault("score", side["test"].get("accuracy"))
+
+
 def render(run_dir: str | Path) -> Path:
     """Write ``report.md`` (and plots) for a run folder; returns the report path."""
     run_dir = Path(run_dir)
@@ -148,6 +162,7 @@ def render(run_dir: str | Path) -> Path:
     if curve is None:
         raise FileNotFoundError(f"{run_dir} has no curve.json; run `blockswap run` first")
     summary, ev = _load(run_dir, "summary.json"), _load(run_dir, "evaluation.json")
+    _upgrade(curve, summary, ev)
     imp, base, teacher = (
         _load(run_dir, "importance.json"),
         _load(run_dir, "baselines.json"),
