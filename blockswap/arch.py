@@ -442,7 +442,8 @@ def head_logits(model: PreTrainedModel, hidden: torch.Tensor, batch: dict[str, t
     mask or normalise after the last block (ModernBERT, unlisted models) are reached by running the
     model with its last block's output replaced by ``hidden``; ``batch`` supplies the inputs.
     """
-    head = "forward" if is_token_model(model) else spec_for(model).head
+    classifier = type(model).__name__.endswith("ForSequenceClassification")
+    head = spec_for(model).head if classifier else "forward"  # token classifiers, sentence encoders
     if head == "pooler":
         return model.classifier(model.dropout(model.bert.pooler(hidden)))
     if head == "pre_classifier":

@@ -78,8 +78,9 @@ class DataConfig:
     )
     task: str = _help(
         "classification, regression (one float label per text: Pearson/Spearman, KD by squared error), token "
-        "(a tag per word: NER-style, entity F1) or auto (token with tokens + tags/ner_tags columns, regression "
-        "when the labels are non-integer numbers)",
+        "(a tag per word: NER-style, entity F1), embedding (compress a sentence-transformers teacher: its "
+        "embeddings are the target, labels only feed a probe) or auto (token with tokens + tags/ner_tags "
+        "columns, regression when the labels are non-integer numbers)",
         default="auto",
     )
     max_length: int = _help("tokeniser truncation length", default=64)
@@ -92,8 +93,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive("data", max_length=self.max_length, max_train_examples=self.max_train_examples)
         _positive("data", max_eval_examples=self.max_eval_examples)
-        if self.task not in ("auto", "classification", "regression", "token"):
-            raise ConfigError(f"data.task {self.task!r} unknown; use auto, classification, regression or token")
+        if self.task not in ("auto", "classification", "regression", "token", "embedding"):
+            raise ConfigError(
+                f"data.task {self.task!r} unknown; use auto, classification, regression, token or embedding"
+            )
         for name in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 raise ConfigError(f"data.{name} must be in (0, 0.5), got {getattr(self, name)}")

@@ -21,6 +21,10 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict
     Regression, ``logits`` (N, 1) and float ``labels``: Pearson (main), Spearman, MSE and per-example
     ``preds`` / ``labels`` (paired comparisons between models resample them).
     """
+    if labels.is_floating_point() and labels.dim() == 2:  # embeddings against the teacher's
+        from .embed import embedding_metrics
+
+        return embedding_metrics(logits, labels)
     if num_labels == 1:
         return regression_metrics(logits[:, 0].double(), labels.double())
     preds = logits.argmax(-1)
@@ -174,6 +178,9 @@ def kept_interval(teacher: dict, student: dict, *, samples: int = 2000, seed: in
         return _bootstrap(
             lambda idx: f1_of_counts(t[idx]), lambda idx: f1_of_counts(s[idx]), len(t), samples=samples, seed=seed
         )
+    if "recall_per_text" in teacher:  # embeddings: per-text neighbour recall (the teacher's is 1 everywhere)
+        t, s = torch.tensor(teacher["recall_per_text"]), torch.tensor(student["recall_per_text"])
+        return _bootstrap(lambda idx: t[idx].mean(-1), lambda idx: s[idx].mean(-1), len(t), samples=samples, seed=seed)
     if "correct" in teacher:
         return paired_bootstrap(
             torch.tensor(teacher["correct"]), torch.tensor(student["correct"]), samples=samples, seed=seed

@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from . import arch
+from . import arch, embed
 from .compact import compact_from_meta
+from .embed import SentenceEncoder
 from .errors import ModelLoadError
 from .files import atomic_dir
-from .substitute import META_KEY
+from .substitute import META_KEY, record
 
 _REMOTE_TEMPLATE = """
 
@@ -52,7 +53,9 @@ class Blockswap{suffix}(_BaseModel):
 
 
 def _suffix(model: PreTrainedModel) -> str:
-    return "ForTokenClassification" if arch.is_token_model(model) else "ForSequenceClassification"
+    if arch.is_token_model(model):
+        return "ForTokenClassification"
+    return "ForSequenceClassification" if type(model).__name__.endswith("ForSequenceClassification") else "Model"
 
 
 def _remote_code(model: PreTrainedModel, model_type: str) -> str:
@@ -66,27 +69,42 @@ def _remote_code(model: PreTrainedModel, model_type: str) -> str:
 
 
 def save(model: PreTrainedModel, directory: str | os.PathLike, tokenizer=None) -> Path:
-    """Save ``model`` (and ``tokenizer``) to ``directory`` atomically; returns the folder."""
+    """Save ``model`` (and ``tokenizer``) to ``directory`` atomically; returns the folder.
+
+    A sentence encoder is saved as a sentence-transformers folder whose transformer carries the remote code.
+    """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        meta = getattr(model.config, META_KEY, None)
-        if meta and meta.get("substituted"):
-            model_type = f"blockswap_{meta['base_model_type']}"
-            cfg_path = tmp / "config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["model_type"] = model_type
-            suffix = _suffix(model)
-            cfg["architectures"] = [f"Blockswap{suffix}"]
-            cfg["auto_map"] = {
-                "AutoConfig": "modeling_blockswap.BlockswapConfig",
-                f"AutoModel{suffix}": f"modeling_blockswap.Blockswap{suffix}",
-            }
-            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-            (tmp / "modeling_blockswap.py").write_text(_remote_code(model, model_type))
+        if isinstance(model, SentenceEncoder):
+            embed.save(model, tmp, _write_transformer)
+        else:
+            _write_transformer(model, tmp, tokenizer)
     return directory
+
+
+def _write_transformer(model: PreTrainedModel, tmp: Path, tokenizer=None) -> None:
+    """config.json + model.safetensors (+ tokenizer); for a substituted model the remote code and auto_map."""
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    meta = getattr(model.config, META_KEY, None)
+    if not meta or not meta.get("substituted"):
+        return
+    model_type = f"blockswap_{meta['base_model_type']}"
+    cfg_path = tmp / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model_type"] = model_type
+    suffix = _suffix(model)
+    cfg["architectures"] = [f"Blockswap{suffix}"]
+    cfg["auto_map"] = {
+        "AutoConfig": "modeling_blockswap.BlockswapConfig",
+        ("AutoModel" if suffix == "Model" else f"AutoModel{suffix}"): f"modeling_blockswap.Blockswap{suffix}",
+    }
+    prefix = f"{model.base_model_prefix}."
+    if suffix == "Model" and meta["block_path"].startswith(prefix):  # a bare encoder: paths from itself
+        cfg[META_KEY] = {**meta, "block_path": meta["block_path"].removeprefix(prefix)}
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (tmp / "modeling_blockswap.py").write_text(_remote_code(model, model_type))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -131,6 +149,8 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
         raise ModelLoadError(f"{directory} is not a saved model folder (no config.json)")
     cfg = json.loads(cfg_path.read_text())
     meta = cfg.get(META_KEY)
+    if embed.is_sentence_transformers_folder(directory):
+        return _load_sentence_encoder(directory, cfg, meta)
     head = arch.head_kind(cfg.get("architectures"))
     if not meta or not meta.get("substituted"):
         return arch.HEADS[head].from_pretrained(directory)
@@ -150,6 +170,21 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
         )
     model.eval()
     return model
+
+
+def _load_sentence_encoder(directory: Path, cfg: dict, meta: dict | None) -> SentenceEncoder:
+    """A sentence-transformers folder; a substituted one is rebuilt from its original config + substitutes."""
+    if not meta or not meta.get("substituted"):
+        return embed.load_teacher(directory)
+    base = {k: v for k, v in cfg.items() if k not in ("auto_map", "architectures", META_KEY)}
+    base["model_type"] = meta["base_model_type"]
+
+    def put(model: SentenceEncoder) -> None:
+        for i in meta["substituted"]:
+            arch.put_block(model, i, compact_from_meta(meta))
+        record(model)
+
+    return embed.load(directory, base, put)
 
 
 def load_model(name_or_dir: str, *, head: str | None = None, **kwargs) -> PreTrainedModel:

@@ -20,6 +20,7 @@ from .data import load_source
 from .tagging import IGNORE, tokenize_words
 
 EVAL_BATCH_SIZE = 64
+EXTRA_COLUMNS = ("class_label",)  # carried through batches beside the model inputs (the embedding task's probe)
 
 
 def label_names(dsd: DatasetDict) -> list[str]:
@@ -60,9 +61,12 @@ def collate(tokenizer):
 
     def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
         values = [r["labels"] for r in rows]  # float for regression, integer class ids, or a tag id per token
-        feats = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
-        batch = tokenizer.pad(feats, return_tensors="pt")
-        if isinstance(values[0], list):  # token tags: padded with IGNORE on the tokenizer's padding side
+        extra = {k: torch.tensor([r[k] for r in rows]) for k in rows[0] if k in EXTRA_COLUMNS}
+        feats = [{k: v for k, v in r.items() if k != "labels" and k not in EXTRA_COLUMNS} for r in rows]
+        batch = {**tokenizer.pad(feats, return_tensors="pt"), **extra}
+        if isinstance(values[0], list) and values[0] and isinstance(values[0][0], float):  # embedding targets (B, D)
+            labels = torch.tensor(values, dtype=torch.float32)
+        elif isinstance(values[0], list):  # token tags: padded with IGNORE on the tokenizer's padding side
             width = batch["input_ids"].shape[1]
             labels = torch.full((len(values), width), IGNORE, dtype=torch.long)
             for i, row in enumerate(values):
@@ -70,7 +74,6 @@ def collate(tokenizer):
                 labels[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
         else:
             labels = torch.tensor(values, dtype=torch.float32 if isinstance(values[0], float) else torch.long)
-        batch = {k: v for k, v in batch.items()}
         batch["labels"] = labels
         return batch
 
@@ -125,6 +128,30 @@ class TaskData:
 
     def loader(self, split: str, *, shuffle: bool = False, batch_size: int = EVAL_BATCH_SIZE, seed: int = 0):
         return loader(self.splits[split], self.tokenizer, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+@torch.no_grad()
+def prepare_embedding(cfg: DataConfig, teacher, *, log: Callable[[str], None] = print) -> TaskData:
+    """The embedding task: texts tokenised with the teacher's own tokenizer; each text's ``labels`` are the
+    teacher's embedding of it (fp32), its class label (if any) kept as ``class_label`` for the probe."""
+    tokenizer = teacher.st[0].tokenizer
+    dsd = load_source(cfg, log=log)
+    names = label_names(dsd) if "label" in dsd["train"].column_names else []
+    splits = tokenize(dsd, tokenizer, cfg.max_length).rename_column("labels", "class_label")
+    out = {}
+    for name, ds in splits.items():
+        ds = ds.add_column("labels", [[0.0]] * len(ds))  # placeholder so the loader's batches carry labels
+        embeddings = [None] * len(ds)
+        order = np.argsort([len(x) for x in ds["input_ids"]], kind="stable").tolist()  # the loader's order
+        done = 0
+        for batch in loader(ds, tokenizer, batch_size=EVAL_BATCH_SIZE, shuffle=False):
+            emb = teacher(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+            for row in emb.logits.float().tolist():
+                embeddings[order[done]] = row
+                done += 1
+        log(f"teacher embeddings of the {name} split: {len(ds)} texts")
+        out[name] = ds.remove_columns("labels").add_column("labels", embeddings)
+    return TaskData(tokenizer, DatasetDict(out), names, "embedding")
 
 
 def prepare(cfg: DataConfig, tokenizer, *, log: Callable[[str], None] = print) -> TaskData:

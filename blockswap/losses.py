@@ -17,9 +17,27 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean() * t * t
 
 
+def is_embedding_target(labels: torch.Tensor) -> bool:
+    """Float labels ``(B, D)``: a teacher's embeddings (the embedding task), not classes, scores or tags."""
+    return labels.is_floating_point() and labels.dim() == 2
+
+
+def embedding_loss(student: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Squared error plus (1 - cosine) between embeddings ``(B, D)``: matches direction and scale."""
+    per_text = (
+        (student.float() - target.float()).pow(2).mean(-1)
+        + 1
+        - F.cosine_similarity(student.float(), target.float(), dim=-1)
+    )
+    return per_text.sum() if reduction == "sum" else per_text.mean()
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """The task's own loss: cross-entropy for classifiers ``(B, C)`` with integer labels, squared error for
-    regression heads ``(B, 1)`` with float labels (Hugging Face's ``num_labels == 1`` convention)."""
+    regression heads ``(B, 1)`` with float labels (Hugging Face's ``num_labels == 1`` convention), per-token
+    cross-entropy for ``(B, S, C)``, :func:`embedding_loss` against teacher embeddings ``(B, D)``."""
+    if is_embedding_target(labels):
+        return embedding_loss(logits, labels, reduction)
     if logits.dim() == 3:  # token classification (B, S, C): positions labelled -100 are not words' first pieces
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction=reduction)
     if logits.shape[-1] == 1:
@@ -77,7 +95,10 @@ def distillation_loss(
     Logits (B, C); labels (B,); hidden lists of (B, S, H), paired; mask (B, S). For a regression head
     (C = 1) the KL is the squared error to the teacher's output and the CE the squared error to the labels.
     """
-    kl = kd_logits(student_logits, teacher_logits, temperature, mask)
+    if is_embedding_target(labels):  # the teacher's output is the target itself
+        kl = embedding_loss(student_logits, teacher_logits)
+    else:
+        kl = kd_logits(student_logits, teacher_logits, temperature, mask)
     ce = task_loss(student_logits, labels)
     if student_hidden:
         mse = torch.stack([masked_mse(s, t, mask) for s, t in zip(student_hidden, teacher_hidden, strict=True)]).mean()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from .. import export, report
+from .. import embed, export, report
 from ..config import Config
-from ..errors import RunError
-from ..loaders import prepare
+from ..errors import ConfigError, RunError
+from ..loaders import prepare, prepare_embedding
 from ..train import default_base_model, make_accelerator
 from . import stages
 from .compare import baselines_stage
@@ -54,19 +54,33 @@ RECIPE: tuple[Stage, ...] = (
 # fmt: on
 
 
+def _check_embedding_options(cfg: Config) -> None:
+    """What the embedding task does not offer, refused before anything loads."""
+    if cfg.run.prune_vocab or cfg.run.export != "none":
+        raise ConfigError("--prune-vocab and --export onnx cover classifiers; drop them for --task embedding")
+    if "thesis" in cfg.run.baselines:
+        raise ConfigError("the thesis baseline trains on labels, which the embedding task does not use; drop it")
+
+
 def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) -> RunState:
     """Validate the folder, load data and teacher; only then create the folder (a failed start leaves none)."""
     accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
     check_run_dir(out, resume=resume, config=cfg)
     log(f"training precision: {'fp32' if precision == 'no' else precision} (teacher and final evaluation fp32)")
     set_seed(cfg.run.seed)
-    data = prepare(
-        cfg.data, export.load_tokenizer(cfg.run.teacher or cfg.finetune.model or default_base_model()), log=log
-    )
-    state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log)
-    source = state.read("teacher.json")["source"] if state.path("teacher.json").is_file() else cfg.run.teacher
-    if source is not None:
-        state.teacher = stages.load_teacher(source, len(data.label_names), data.task)
+    if cfg.data.task == "embedding":  # the teacher is used as it is: its embeddings are the data's targets
+        _check_embedding_options(cfg)
+        teacher = embed.load_teacher(cfg.run.teacher or embed.default_teacher())
+        data = prepare_embedding(cfg.data, teacher, log=log)
+        state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log, teacher=teacher)
+    else:
+        data = prepare(
+            cfg.data, export.load_tokenizer(cfg.run.teacher or cfg.finetune.model or default_base_model()), log=log
+        )
+        state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log)
+        source = state.read("teacher.json")["source"] if state.path("teacher.json").is_file() else cfg.run.teacher
+        if source is not None:
+            state.teacher = stages.load_teacher(source, len(data.label_names), data.task)
     accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
     if accelerator.is_main_process:
         create_run_dir(out, cfg)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 
+import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
-from .. import arch, deploy, distill, export, importance
+from .. import arch, deploy, distill, embed, export, importance
 from ..data import load_source
 from ..errors import RunError
 from ..evaluate import evaluate, kept_interval
@@ -39,8 +40,9 @@ def teacher(state: RunState) -> None:
     """teacher.json: the given teacher's fp32 metrics, or fine-tune one into RUN/teacher."""
     cfg = state.cfg
     if state.teacher is not None:
+        default = embed.default_teacher() if state.data.task == "embedding" else None
         metrics = {
-            "source": cfg.run.teacher,
+            "source": cfg.run.teacher or default,
             "validation": evaluate(state.teacher, state.data.loader("validation")),
             "test": evaluate(state.teacher, state.data.loader("test")),
         }
@@ -127,7 +129,28 @@ def evaluation(state: RunState) -> None:
     result["kept"], result["kept_ci95"], result["n_test"] = ci["kept"], ci["ci95"], ci["n"]
     result["student_source"] = str(student_dir(state))
     result.update(student_cost.cut(teacher_cost))
+    if state.data.task == "embedding" and state.data.label_names:
+        result["probe"] = {name: _probe(state, m) for name, m in (("teacher", state.teacher), ("student", student))}
+        state.log(f"probe accuracy: teacher {result['probe']['teacher']:.4f}, student {result['probe']['student']:.4f}")
     state.write("evaluation.json", result)
+
+
+PROBE_TRAIN_TEXTS = 2000
+
+
+@torch.no_grad()
+def _probe(state: RunState, model) -> float:
+    """Test accuracy of a logistic-regression probe on ``model``'s embeddings of (up to 2,000) training texts."""
+    parts = {}
+    for split in ("train", "test"):
+        x, y = [], []
+        for batch in state.data.loader(split, shuffle=split == "train", seed=state.cfg.run.seed):  # a random subset
+            x.append(model(**arch.forward_inputs(model, batch)).logits.float())
+            y.append(batch["class_label"])
+            if split == "train" and sum(len(t) for t in y) >= PROBE_TRAIN_TEXTS:
+                break
+        parts[split] = torch.cat(x), torch.cat(y)
+    return embed.probe_accuracy(*parts["train"], *parts["test"], seed=state.cfg.run.seed)
 
 
 def prune_vocab(state: RunState) -> None:

