@@ -25,7 +25,24 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
         made.append(_importance_plot(plt, run_dir, imp))
     if base:
         made.append(_baselines_plot(plt, run_dir, curve["rows"], base))
+    if curve["rows"][0].get("test_metrics"):
+        made.append(_metrics_plot(plt, run_dir, curve["rows"]))
     return made
+
+
+def _metrics_plot(plt, run_dir: Path, rows: list[dict]) -> str:
+    """Every test metric of the task (mean cosine, Spearman, precision, macro-F1, ...) against the GMACs cut."""
+    names = list(rows[0]["test_metrics"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        ax.plot([r["gmacs_cut"] * 100 for r in rows], [r["test_metrics"].get(name) for r in rows], "o-")
+        ax.set_xlabel("GMACs cut (%)")
+        ax.set_title(f"test {name}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "metrics.png", dpi=110)
+    plt.close(fig)
+    return "metrics.png"
 
 
 def _curve_plot(plt, run_dir: Path, rows: list[dict], metric: str) -> str:
@@ -129,6 +146,20 @@ def _curve_table(curve: dict) -> list[str]:
     return lines
 
 
+def _metrics_table(curve: dict) -> list[str]:
+    """The task's other test metrics per step (plotted in metrics.png)."""
+    rows = curve["rows"]
+    names = list(rows[0].get("test_metrics") or {})
+    if not names:
+        return []
+    lines = ["Other test metrics per step (`metrics.png`):", "", "| step | GMACs cut | " + " | ".join(names) + " |"]
+    lines.append("|---:|---:|" + "---:|" * len(names))
+    for r in rows:
+        cells = [f"{r['test_metrics'].get(n, float('nan')):.4f}" for n in names]
+        lines.append(f"| {r['step']} | {_pct(r['gmacs_cut'])} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _baseline_table(curve: dict, base: dict) -> list[str]:
     names = list(base.get("descriptions", {}))
     lines = ["| step | GMACs cut | params cut | substitution kept | " + " | ".join(f"{n} kept" for n in names) + " |"]
@@ -171,6 +202,7 @@ def render(run_dir: str | Path) -> Path:
     plots = _plots(run_dir, curve, imp, base)
     md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher)
     md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
+    md += _metrics_table(curve)
     md += [f"`kept (val)` = validation {_metric(curve)} / the teacher's (the stop rule uses it); `kept (test)` = the same on "
            "the test split with a 95 % paired-bootstrap interval (teacher and student resampled on the same "
            "sentences); where two points' intervals overlap, their difference is within noise. Cuts are fractions "

@@ -77,6 +77,7 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     ev = json.loads((out / "evaluation.json").read_text())
     assert set(ev["probe"]) == {"teacher", "student"} and 0 <= ev["probe"]["student"] <= 1
     assert 0 < ev["student"]["test"]["mean_cosine"] <= 1
+    assert "mean_cosine" in (out / "report.md").read_text() and (out / "metrics.png").is_file()
     assert (out / "model" / "modules.json").is_file() and (out / "model" / "modeling_blockswap.py").is_file()
 
     from blockswap import export

@@ -21,7 +21,7 @@ FAST = [
 ARTIFACTS = [
     "run.json", "config.yaml", "teacher.json", "importance.json", "blockwise.json", "substitutes.safetensors",
     "curve.json", "curve.csv", "evaluation.json", "baselines.json", "summary.json", "report.md", "curve.png",
-    "importance.png", "baselines.png", "timings.json",
+    "importance.png", "baselines.png", "metrics.png", "timings.json",
 ]  # fmt: skip
 
 

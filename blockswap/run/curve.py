@@ -36,7 +36,11 @@ def _row(state: RunState, step: int, block: int | None, model, cost: dict, teach
         "kept_test": ci["kept"],
         "kept_test_ci95": ci["ci95"],
         "n_test": ci["n"],
+        "test_metrics": {k: v for k, v in test.items() if isinstance(v, float) and k not in _NOT_METRICS},
     }, {"validation": val, "test": test}
+
+
+_NOT_METRICS = ("score", "seconds", "examples_per_s")  # the main metric has its own column; timings are not metrics
 
 
 def _next_block(state: RunState, student, remaining: list[int], order: list[int]) -> int:
