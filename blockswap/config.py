@@ -201,9 +201,9 @@ class RunConfig:
     )
     rerank: bool = _help("re-rank importance on the current student before each step", default=False)
     baselines: tuple[str, ...] = _help(
-        "baselines to run beside the curve: magnitude, random, drop, distil and thesis (equal budget, slow) "
-        "(or 'none')",
-        default=("magnitude", "random", "drop"),
+        "baselines to run beside the curve: magnitude, random, drop (short budget), distil and thesis (equal "
+        "budget, slow; benchmarks/suite.py runs them) (or 'none')",
+        default=("magnitude", "random"),
     )
     baseline_points: str = _help(
         "curve steps the equal-budget baselines (distil, thesis) train a student for: all, or key (the step "

@@ -28,6 +28,7 @@ ARTIFACTS = [
 def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--baselines", "magnitude,random,drop"]
     assert main(argv) == 0, capsys.readouterr().err
     for name in ARTIFACTS:
         assert (out / name).exists(), name
