@@ -7,6 +7,7 @@ and what a block returns. Everything else in blockswap asks this module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ REFUSED: dict[str, str] = {
 }
 
 _DISCOVERED: dict[tuple[type, int], ArchSpec] = {}
+_EPS_ATTRS = ("layer_norm_eps", "norm_eps", "layer_norm_epsilon")  # where unlisted configs keep their LayerNorm eps
 
 
 def supported_families() -> str:
@@ -166,7 +168,7 @@ def discover(model: PreTrainedModel) -> ArchSpec:
         handle.remove()
     if not seen or not isinstance(seen[0][0] if isinstance(seen[0], tuple) else seen[0], torch.Tensor):
         raise UnsupportedModelError(f"model type {model_type!r}: its blocks do not return hidden states; {how}")
-    eps_attr = next((a for a in ("layer_norm_eps", "norm_eps", "layer_norm_epsilon") if hasattr(model.config, a)), "")
+    eps_attr = next((a for a in _EPS_ATTRS if hasattr(model.config, a)), "")
     return ArchSpec(
         found[0],
         emb_path,
@@ -199,7 +201,7 @@ def layer_norm_eps(config: PretrainedConfig) -> float:
     if config.model_type in ARCHITECTURES:
         attr = ARCHITECTURES[config.model_type].eps_attr
     else:
-        attr = next((a for a in ("layer_norm_eps", "norm_eps", "layer_norm_epsilon") if hasattr(config, a)), "")
+        attr = next((a for a in _EPS_ATTRS if hasattr(config, a)), "")
     return float(getattr(config, attr)) if attr else 1e-12
 
 
@@ -311,9 +313,14 @@ def classifier_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def forward_inputs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch keys ``model.forward`` accepts: token_type_ids only where it takes them (not DistilBERT, MPNet, ModernBERT)."""
     inputs = classifier_inputs(batch)
-    if "token_type_ids" not in inspect.signature(model.forward).parameters:
+    if not _takes_token_types(type(model)):
         inputs.pop("token_type_ids", None)
     return inputs
+
+
+@functools.cache
+def _takes_token_types(cls: type) -> bool:  # once per class: forward_inputs runs on every training step
+    return "token_type_ids" in inspect.signature(cls.forward).parameters
 
 
 class IdentityBlock(nn.Module):

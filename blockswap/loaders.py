@@ -141,14 +141,11 @@ def prepare_embedding(cfg: DataConfig, teacher, *, log: Callable[[str], None] = 
     out = {}
     for name, ds in splits.items():
         ds = ds.add_column("labels", [[0.0]] * len(ds))  # placeholder so the loader's batches carry labels
-        embeddings = [None] * len(ds)
-        order = np.argsort([len(x) for x in ds["input_ids"]], kind="stable").tolist()  # the loader's order
-        done = 0
-        for batch in loader(ds, tokenizer, batch_size=EVAL_BATCH_SIZE, shuffle=False):
+        embeddings = []
+        in_order = DataLoader(ds.with_format(None), batch_size=EVAL_BATCH_SIZE, collate_fn=collate(tokenizer))
+        for batch in in_order:
             emb = teacher(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-            for row in emb.logits.float().tolist():
-                embeddings[order[done]] = row
-                done += 1
+            embeddings += emb.logits.float().tolist()
         log(f"teacher embeddings of the {name} split: {len(ds)} texts")
         out[name] = ds.remove_columns("labels").add_column("labels", embeddings)
     return TaskData(tokenizer, DatasetDict(out), names, "embedding")

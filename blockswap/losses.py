@@ -95,11 +95,11 @@ def distillation_loss(
     Logits (B, C); labels (B,); hidden lists of (B, S, H), paired; mask (B, S). For a regression head
     (C = 1) the KL is the squared error to the teacher's output and the CE the squared error to the labels.
     """
-    if is_embedding_target(labels):  # the teacher's output is the target itself
-        kl = embedding_loss(student_logits, teacher_logits)
+    if is_embedding_target(labels):  # the labels are the teacher's output: one term, not two
+        kl = ce = embedding_loss(student_logits, teacher_logits)
     else:
         kl = kd_logits(student_logits, teacher_logits, temperature, mask)
-    ce = task_loss(student_logits, labels)
+        ce = task_loss(student_logits, labels)
     if student_hidden:
         mse = torch.stack([masked_mse(s, t, mask) for s, t in zip(student_hidden, teacher_hidden, strict=True)]).mean()
     else:

@@ -47,23 +47,24 @@ def measure_table(result: dict) -> str:
     return "\n".join(lines + ["", note])
 
 
+# Columns of `evaluate`'s table for tasks other than classification: (header, metrics key).
+_COLUMNS = {
+    "pearson": [("Pearson", "pearson"), ("Spearman", "spearman"), ("MSE", "mse")],
+    "f1": [("entity F1", "f1"), ("precision", "precision"), ("recall", "recall"), ("word accuracy", "word_accuracy")],
+}
+
+
 def metrics_table(m: dict) -> str:
-    if m["metric"] == "pearson":
-        return "\n".join([
-            "| dataset | split | n | Pearson | Spearman | MSE | examples/s |",
-            "|---|---|---:|---:|---:|---:|---:|",
-            f"| {m['dataset']} | {m['split']} | {m['n']} | {m['pearson']:.4f} | {m['spearman']:.4f} | {m['mse']:.4f} | "
-            f"{m['examples_per_s']:.1f} |",
-        ])  # fmt: skip
-    if m["metric"] == "f1":
-        return "\n".join([
-            "| dataset | split | sentences | entity F1 | precision | recall | word accuracy | examples/s |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-            f"| {m['dataset']} | {m['split']} | {m['n']} | {m['f1']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} | "
-            f"{m['word_accuracy']:.4f} | {m['examples_per_s']:.1f} |",
-            "",
-            "tags: " + ", ".join(m["label_names"]),
-        ])  # fmt: skip
+    if m["metric"] in _COLUMNS:
+        cols = _COLUMNS[m["metric"]]
+        lines = [
+            "| dataset | split | n | " + " | ".join(h for h, _ in cols) + " | examples/s |",
+            "|---|---|---:|" + "---:|" * (len(cols) + 1),
+            f"| {m['dataset']} | {m['split']} | {m['n']} | "
+            + " | ".join(f"{m[k]:.4f}" for _, k in cols)
+            + f" | {m['examples_per_s']:.1f} |",
+        ]
+        return "\n".join(lines + (["", "tags: " + ", ".join(m["label_names"])] if m["metric"] == "f1" else []))
     lines = [
         "| dataset | split | n | accuracy | macro-F1 | loss | examples/s |",
         "|---|---|---:|---:|---:|---:|---:|",

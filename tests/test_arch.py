@@ -9,32 +9,16 @@ from blockswap.compact import CompactBlock
 from blockswap.errors import UnsupportedModelError
 from blockswap.substitute import drop_blocks, substitute
 
-from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch
+from .conftest import IDENTITY_COMPACT, TINY_COMPACT, padded_batch, tiny_model
 
 # Encoders that follow the usual block(hidden_states, attention_mask, ...) convention but have no table entry.
 UNLISTED = ["ernie", "megatron-bert"]
 
 
-def _tiny(model_type: str, **extra):
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(
-        model_type,
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=2,
-        **extra,
-    )
-    return arch.model_from_config(cfg).eval()
-
-
 @pytest.mark.parametrize("model_type", UNLISTED)
 def test_discovery_finds_blocks_of_an_unlisted_encoder(model_type, tmp_path):
     assert model_type not in arch.ARCHITECTURES
-    teacher = _tiny(model_type)
+    teacher = tiny_model(model_type)  # conftest's tiny config works for any BERT-shaped type
     spec = arch.spec_for(teacher)
     assert spec.head == "forward" and arch.num_blocks(teacher) == 3
     assert arch.block_path(teacher).endswith("encoder.layer")
