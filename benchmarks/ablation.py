@@ -1,6 +1,6 @@
 """What each part of the recipe buys: block-wise epochs, curve steps, recovery epochs, kept-block LR, hidden-state weight.
 
-    .venv/bin/python benchmarks/ablation.py RUN_DIR [--work DIR] [--variants a,b] [--json FILE]
+    .venv/bin/python benchmarks/ablation.py RUN_DIR [--work DIR] [--variants "a;b"] [--json FILE]
 
 RUN_DIR is a finished `blockswap run` (its fine-tuned teacher, data config, importance order and curve).
 Every variant builds the students at the run's two key points -- the curve step nearest a 50 % GMACs cut
@@ -95,7 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--work", default=None, help="cache of block-wise substitutes (default RUN_DIR/ablation)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="semicolon-separated variant names")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
@@ -117,7 +117,7 @@ def main() -> int:
     )
     result["points"] = {r["step"]: {"substituted": r["substituted"], "gmacs_cut": r["gmacs_cut"]} for r in keys}
     variants = result.setdefault("variants", {})
-    for name in [v for v in args.variants.split(",") if v]:
+    for name in [v for v in args.variants.split(";") if v]:
         if name in variants:
             continue
         source, rec_epochs, overrides = VARIANTS[name]
