@@ -34,7 +34,7 @@ def run_one(folder: Path, dataset: str, seed: int, extra: list[str]) -> float:
     if (folder / "summary.json").is_file():
         return 0.0
     cmd = [sys.executable, "-m", "blockswap.cli", "run", "--out", str(folder), "--dataset", dataset]
-    cmd += ["--seed", str(seed), "--baselines", "distil,thesis", "--baseline-points", "key", *extra]
+    cmd += ["--seed", str(seed), "--baselines", "distil,thesis", "--baseline-points", "key", "--recover-last", *extra]
     if folder.exists():
         cmd.append("--resume")
     started = time.perf_counter()
@@ -43,13 +43,27 @@ def run_one(folder: Path, dataset: str, seed: int, extra: list[str]) -> float:
 
 
 def points(folder: Path) -> dict[str, dict]:
-    """``{"half": ..., "every": ...}``: each method's cut, kept (validation) and kept on test with its interval."""
+    """``{"half": ..., "every": ...}``: each method's cut, kept (validation) and kept on test with its interval.
+
+    Where the run's recovery stage trained a point's student, ``blockswap`` is the recovered student (its
+    budget includes recovery, as the baselines' does) and ``blockswap_curve`` the curve's student before it.
+    """
     curve = json.loads((folder / "curve.json").read_text())
     base = json.loads((folder / "baselines.json").read_text())
+    rec_file = folder / "recovery.json"
+    recovered = json.loads(rec_file.read_text()).get("students", {}) if rec_file.is_file() else {}
     keys = key_rows(curve["rows"][1:])
     out = {}
     for name, r in zip(("half", "every") if len(keys) == 2 else ("every",), keys, strict=True):
         entry = {"step": r["step"], "blockswap": _cell(r)}
+        if str(r["step"]) in recovered:
+            rec = recovered[str(r["step"])]
+            entry["blockswap_curve"] = entry["blockswap"]
+            entry["blockswap"] = {
+                **_cell(r), "kept": rec["kept_validation_after"], "kept_test": rec["kept_test"],
+                "kept_test_ci95": rec["kept_test_ci95"], "train_steps": r["train_steps"] + rec["steps"],
+                "train_seconds": r["train_seconds"] + rec["seconds"],
+            }  # fmt: skip
         for method in ("distil", "thesis"):
             match = next((b for b in base.get(method, []) if b["step"] == r["step"]), None)
             if match is not None:

@@ -174,6 +174,11 @@ class DistillConfig:
     )
     recovery_lr: float = _help("learning rate of every weight during recovery", default=5e-5)
     recovery_beta: float = _help("recovery: weight of hidden-state MSE at every block's output", default=1.0)
+    recover_last: bool = _help(
+        "recovery also trains the last curve step's student (RUN/model_last_recovered), so both of the suite's "
+        "points compare after recovery",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _positive("distill", batch_size=self.batch_size, blockwise_lr=self.blockwise_lr, temperature=self.temperature)
@@ -206,9 +211,9 @@ class RunConfig:
         default=("magnitude", "random"),
     )
     baseline_points: str = _help(
-        "curve steps the equal-budget baselines (distil, thesis) train a student for: all, or key (the step "
-        "nearest a 50 %% GMACs cut and the last step)",
-        default="all",
+        "curve steps the baselines are measured at (the cumulative 'drop' always takes every step): all, or key "
+        "(the step nearest a 50 %% GMACs cut and the last step)",
+        default="key",
     )
     seed: int = _help("random seed of training", default=0)
     arch: str | None = _help("built-in architecture of the teacher, for --dry-run without downloads", default=None)

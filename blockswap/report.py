@@ -14,7 +14,7 @@ def _load(run_dir: Path, name: str):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> list[str]:
+def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None, recovered: dict) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,7 @@ def _plots(run_dir: Path, curve: dict, imp: dict | None, base: dict | None) -> l
     if imp:
         made.append(_importance_plot(plt, run_dir, imp))
     if base:
-        made.append(_baselines_plot(plt, run_dir, curve["rows"], base))
+        made.append(_baselines_plot(plt, run_dir, curve["rows"], base, recovered))
     if curve["rows"][0].get("test_metrics"):
         made.append(_metrics_plot(plt, run_dir, curve["rows"]))
     return made
@@ -85,11 +85,14 @@ def _importance_plot(plt, run_dir: Path, imp: dict) -> str:
     return "importance.png"
 
 
-def _baselines_plot(plt, run_dir: Path, rows: list[dict], base: dict) -> str:
+def _baselines_plot(plt, run_dir: Path, rows: list[dict], base: dict, recovered: dict) -> str:
     """Kept vs GMACs cut (baselines that cut GMACs) and vs parameters cut (all of them)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    rec = [(rows[int(step)], r["kept_validation_after"]) for step, r in recovered.items()]
     for ax, key, label in ((axes[0], "gmacs_cut", "GMACs cut"), (axes[1], "params_cut", "parameters cut")):
         ax.plot([r[key] * 100 for r in rows], [r["kept"] * 100 for r in rows], "o-", label="block substitution")
+        if rec:
+            ax.plot([r[key] * 100 for r, _ in rec], [k * 100 for _, k in rec], "*", ms=12, label="+ recovery")
         for name in base.get("descriptions", {}):
             points = [r for r in base[name] if key in r]
             if points:
@@ -160,15 +163,36 @@ def _metrics_table(curve: dict) -> list[str]:
     return lines + [""]
 
 
-def _baseline_table(curve: dict, base: dict) -> list[str]:
+def _baseline_table(curve: dict, base: dict, recovered: dict) -> list[str]:
     names = list(base.get("descriptions", {}))
     lines = ["| step | GMACs cut | params cut | substitution kept | " + " | ".join(f"{n} kept" for n in names) + " |"]
     lines.append("|---:|---:|---:|---:|" + "---:|" * len(names))
-    by_step = {n: {b["step"]: b for b in base[n]} for n in names}  # budgeted baselines may cover key steps only
+    by_step = {n: {b["step"]: b for b in base[n]} for n in names}  # baselines may cover the key steps only
     for r in curve["rows"][1:]:
         cells = [_base_cell(by_step[n].get(r["step"])) for n in names]
+        if not any(cells) and base.get("descriptions"):
+            continue
+        rec = recovered.get(str(r["step"]))
+        ours = (
+            _base_cell(r) if rec is None else _base_cell({**rec, "kept": rec["kept_validation_after"]}) + " (recovered)"
+        )
         cut = f"{_pct(r['gmacs_cut'])} | {_pct(r['params_cut'])}"
-        lines.append(f"| {r['step']} | {cut} | {_base_cell(r)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['step']} | {cut} | {ours} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _recovery_table(curve: dict, recovered: dict) -> list[str]:
+    lines = ["", "## Recovery", "", "Every weight of the student trained end to end by KD after the curve "
+             "(`--recovery-epochs`); the equal-budget baselines at these steps get the same extra steps.", "",
+             f"| step | GMACs cut | steps x batch | seconds | val {_metric(curve)} before -> after | kept (test) before "
+             "| kept (test) after [95 % CI] |", "|---:|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+    for step, r in recovered.items():
+        row = curve["rows"][int(step)]
+        lines.append(
+            f"| {step} | {_pct(row['gmacs_cut'])} | {r['steps']} x {r['batch_size']} | {r['seconds']:.0f} | "
+            f"{r['validation_before']:.4f} -> {r['validation_after']:.4f} | {r['kept_test_before']:.4f} | "
+            f"{_kept_ci(r['kept_test'], r['kept_test_ci95'])} |"
+        )
     return lines
 
 
@@ -199,7 +223,8 @@ def render(run_dir: str | Path) -> Path:
         _load(run_dir, "baselines.json"),
         _load(run_dir, "teacher.json"),
     )
-    plots = _plots(run_dir, curve, imp, base)
+    recovered = (_load(run_dir, "recovery.json") or {}).get("students", {})  # older runs: a flat dict, not shown
+    plots = _plots(run_dir, curve, imp, base, recovered)
     md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher)
     md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
     md += _metrics_table(curve)
@@ -207,13 +232,15 @@ def render(run_dir: str | Path) -> Path:
            "the test split with a 95 % paired-bootstrap interval (teacher and student resampled on the same "
            "sentences); where two points' intervals overlap, their difference is within noise. Cuts are fractions "
            "of the teacher."]  # fmt: skip
+    if recovered:
+        md += _recovery_table(curve, recovered)
     if ev:
         md += _evaluation_lines(ev)
     if imp:
         md += ["", "## Block importance", "", "![importance](importance.png)", ""]
         md += [f"Order (least important first): {imp['order']}"]
     if base:
-        md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base)
+        md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base, recovered)
         md += [
             "",
             "Each cell: kept on validation; test: kept on the test split with its 95 % paired interval (the "
@@ -226,12 +253,18 @@ def render(run_dir: str | Path) -> Path:
     return out
 
 
+def _recovered(summary: dict) -> str:
+    steps = summary.get("recovery_steps", 0)
+    return f", after {steps} steps of recovery" if steps else ""
+
+
 def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
     md = []
     if summary:
         md += [
             f"- teacher test {summary['metric']}: **{summary['teacher_test_score']:.4f}**",
-            f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}): test {summary['metric']} "
+            f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}"
+            f"{_recovered(summary)}): test {summary['metric']} "
             f"**{summary['student_test_score']:.4f}**, kept **{summary['kept_test']:.4f}** "
             f"(95 % paired-bootstrap interval {_interval(summary.get('kept_test_ci95'))} "
             f"over {summary.get('n_test')} test sentences)",

@@ -66,9 +66,8 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     folder = tiny_sentence_transformer(tmp_path)
     out = tmp_path / "run"
     argv = ["run", "--task", "embedding", "--teacher", str(folder), "--dataset", str(tiny_csv), "--out", str(out)]
-    assert main([*argv, *FAST, "--baselines", "magnitude,distil", "--baseline-points", "key"]) == 0, (
-        capsys.readouterr().err
-    )
+    extra = ["--baselines", "magnitude,distil", "--baseline-points", "key", "--recovery-epochs", "1"]
+    assert main([*argv, *FAST, *extra]) == 0, capsys.readouterr().err
     for name in ARTIFACTS:
         if name not in ("baselines.png",):
             assert (out / name).exists(), name
@@ -79,10 +78,12 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     assert 0 < ev["student"]["test"]["mean_cosine"] <= 1
     assert "mean_cosine" in (out / "report.md").read_text() and (out / "metrics.png").is_file()
     assert (out / "model" / "modules.json").is_file() and (out / "model" / "modeling_blockswap.py").is_file()
+    assert ev["student_source"].endswith("model_recovered"), "recovery trains the embedding student too"
+    assert (out / "model_recovered" / "modules.json").is_file()
 
     from blockswap import export
 
-    student = export.load(out / "model")
+    student = export.load(out / "model_recovered")
     assert student.config.blockswap["substituted"] == [0, 1, 2]
     texts = ["good movie", "the plot was dull", "fun and smart"]
     batch = student.st[0].tokenizer(texts, padding=True, return_tensors="pt")
@@ -93,7 +94,7 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
         import json, sys
         sys.modules["blockswap"] = None
         from sentence_transformers import SentenceTransformer
-        m = SentenceTransformer({str(out / "model")!r}, device="cpu", trust_remote_code=True)
+        m = SentenceTransformer({str(out / "model_recovered")!r}, device="cpu", trust_remote_code=True)
         print(json.dumps(m.encode({texts!r}).tolist()))
         """
     )

@@ -156,8 +156,10 @@ def test_recovery_trains_every_weight_of_the_chosen_student(tmp_path, capsys, ti
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
     assert main([*argv, "--baselines", "none", "--recovery-epochs", "1", "--max-blocks", "1"]) == 0
-    rec = json.loads((out / "recovery.json").read_text())
-    assert rec["steps"] == 6 and rec["examples"] == 96  # 96 training rows in batches of 16: one epoch
+    rec = json.loads((out / "recovery.json").read_text())["students"]
+    assert list(rec) == ["1"] and rec["1"]["folder"] == "model_recovered"
+    assert rec["1"]["steps"] == 6 and rec["1"]["examples"] == 96  # 96 training rows in batches of 16: one epoch
+    assert rec["1"]["kept_test_ci95"][0] <= rec["1"]["kept_test"] <= rec["1"]["kept_test_ci95"][1]
     chosen, recovered = export.load(out / "model"), export.load(out / "model_recovered")
     kept = [i for i in range(3) if i not in chosen.config.blockswap["substituted"]]
     for i in kept:  # kept blocks were frozen in the curve; recovery trains them
@@ -165,12 +167,44 @@ def test_recovery_trains_every_weight_of_the_chosen_student(tmp_path, capsys, ti
         b = next(arch.blocks(recovered)[i].parameters())
         assert not torch.equal(a, b)
     assert json.loads((out / "evaluation.json").read_text())["student_source"].endswith("model_recovered")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recovery_steps"] == 6 and summary["kept_validation"] == rec["1"]["kept_validation_after"]
+    assert "## Recovery" in (out / "report.md").read_text()
+
+
+def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    from blockswap.run import curve as curve_mod
+
+    original = curve_mod._row
+
+    def step_one_only(state, step, *args):  # make step 1 the chosen one and the curve go on to step 3
+        row, metrics = original(state, step, *args)
+        row["kept"] = 1.0 if step <= 1 else 0.5
+        return row, metrics
+
+    monkeypatch.setattr(curve_mod, "_row", step_one_only)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--recover-last", "--baselines", "distil,thesis"]
+    assert main([*argv, "--baseline-points", "all"]) == 0, capsys.readouterr().err
+    rec = json.loads((out / "recovery.json").read_text())["students"]
+    assert {k: v["folder"] for k, v in rec.items()} == {"1": "model_recovered", "3": "model_last_recovered"}
+    assert (out / "model_last_recovered").is_dir() and rec["1"]["steps"] == rec["3"]["steps"] == 3
+    curve = json.loads((out / "curve.json").read_text())
+    base = json.loads((out / "baselines.json").read_text())
+    for name in ("distil", "thesis"):
+        for r, b in zip(curve["rows"][1:], base[name], strict=True):
+            extra = rec[str(r["step"])]["steps"] if str(r["step"]) in rec else 0
+            assert b["train_steps"] == r["train_steps"] + extra, (name, r["step"])
+    assert "(recovered)" in (out / "report.md").read_text()
 
 
 def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
-    assert main([*argv, "--baselines", "distil"]) == 0, capsys.readouterr().err
+    assert main([*argv, "--baselines", "distil", "--baseline-points", "all"]) == 0, capsys.readouterr().err
     curve = json.loads((out / "curve.json").read_text())
     blockwise = json.loads((out / "blockwise.json").read_text())["budget"]
     base = json.loads((out / "baselines.json").read_text())["distil"]

@@ -16,6 +16,7 @@ import torch
 from .. import arch, baselines, distill, measure
 from ..evaluate import kept_interval
 from ..substitute import substitute
+from .stages import recovered_steps
 from .state import RunState
 
 
@@ -29,7 +30,7 @@ def _row(state: RunState, r: dict, model, teacher_val: float, **extra) -> dict:
 def _pruning(prune: Callable) -> Callable:
     def run(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
         out = []
-        for r in rows:
+        for r in _points(state, rows):
             sparsity = baselines.sparsity_for_cut(state.teacher, r["params_cut"])
             out.append(_row(state, r, prune(state, sparsity), teacher_val, sparsity=sparsity))
         return out
@@ -72,8 +73,14 @@ def key_rows(rows: list[dict]) -> list[dict]:
     return [near] if near is rows[-1] else [near, rows[-1]]
 
 
-def _budget_rows(state: RunState, rows: list[dict]) -> list[dict]:
+def _points(state: RunState, rows: list[dict]) -> list[dict]:
     return rows if state.cfg.run.baseline_points == "all" else key_rows(rows)
+
+
+def budget_steps(state: RunState, r: dict) -> int:
+    """Optimiser steps the substitution path spent on curve row ``r``'s student: block-wise + the curve's
+    end-to-end steps up to it + its recovery, when the recovery stage trained it."""
+    return r["train_steps"] + recovered_steps(state).get(r["step"], 0)
 
 
 def _budgeted(state, r, student, teacher_val, teacher_test, seconds: float, **extra) -> dict:
@@ -81,7 +88,7 @@ def _budgeted(state, r, student, teacher_val, teacher_test, seconds: float, **ex
     test = state.evaluate_point(student, "test")
     ci = kept_interval(teacher_test, test, seed=r["step"])
     return _row(
-        state, r, student, teacher_val, train_steps=r["train_steps"], train_batch=state.cfg.distill.batch_size,
+        state, r, student, teacher_val, train_steps=budget_steps(state, r), train_batch=state.cfg.distill.batch_size,
         train_seconds=seconds, test_score=test["score"], kept_test=ci["kept"], kept_test_ci95=ci["ci95"], **extra,
     )  # fmt: skip
 
@@ -92,11 +99,11 @@ def _thesis(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
     teacher, cfg = state.teacher, state.cfg
     ce = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
     teacher_test, out = state.teacher_test(), []
-    for r in _budget_rows(state, rows):
+    for r in _points(state, rows):
         torch.manual_seed(cfg.run.seed + 3000 + r["step"])
         student, started = substitute(teacher, r["substituted"], cfg.compact).requires_grad_(True), time.perf_counter()
         distill.end_to_end(
-            student, teacher, state.train_loader(cfg.run.seed + 3000 + r["step"]), ce, steps=r["train_steps"],
+            student, teacher, state.train_loader(cfg.run.seed + 3000 + r["step"]), ce, steps=budget_steps(state, r),
             accelerator=state.accelerator, desc=f"thesis procedure, blocks {r['substituted']}", labels_only=True,
         )  # fmt: skip
         seconds = time.perf_counter() - started
@@ -115,11 +122,11 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
             for k in range(1, arch.num_blocks(teacher))}  # fmt: skip
     kd = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
     teacher_test, out = state.teacher_test(), []
-    for r in _budget_rows(state, rows):
+    for r in _points(state, rows):
         k = min(cuts, key=lambda k: abs(cuts[k] - r["gmacs_cut"]))
         student, started = _dropped(teacher, order[:k]), time.perf_counter()
         distill.end_to_end(
-            student, teacher, state.train_loader(cfg.run.seed + 2000 + r["step"]), kd, steps=r["train_steps"],
+            student, teacher, state.train_loader(cfg.run.seed + 2000 + r["step"]), kd, steps=budget_steps(state, r),
             accelerator=state.accelerator, desc=f"distil without blocks {sorted(order[:k])}",
         )  # fmt: skip
         seconds = time.perf_counter() - started

@@ -36,11 +36,16 @@ def _row(state: RunState, step: int, block: int | None, model, cost: dict, teach
         "kept_test": ci["kept"],
         "kept_test_ci95": ci["ci95"],
         "n_test": ci["n"],
-        "test_metrics": {k: v for k, v in test.items() if isinstance(v, float) and k not in _NOT_METRICS},
+        "test_metrics": other_metrics(test),
     }, {"validation": val, "test": test}
 
 
 _NOT_METRICS = ("score", "seconds", "examples_per_s")  # the main metric has its own column; timings are not metrics
+
+
+def other_metrics(metrics: dict) -> dict[str, float]:
+    """The task's other metrics of an evaluation (macro-F1, Spearman, entity precision, ...)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, float) and k not in _NOT_METRICS}
 
 
 def _next_block(state: RunState, student, remaining: list[int], order: list[int]) -> int:

@@ -18,6 +18,7 @@ from ..evaluate import evaluate, kept_interval
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
 from ..vocab import prune_and_measure
+from .curve import other_metrics
 from .state import RunState
 
 
@@ -87,27 +88,48 @@ def blockwise(state: RunState) -> None:
 
 
 def recovery(state: RunState) -> None:
-    """recovery.json + RUN/model_recovered: the chosen student distilled end to end with every weight trainable.
+    """recovery.json + RUN/model_recovered (+ RUN/model_last_recovered with ``recover_last``): the chosen
+    (and last) curve student distilled end to end with every weight trainable.
 
     KL(T) + alpha CE + recovery_beta MSE at every block's output, AdamW at recovery_lr with warm-up and
-    linear decay over recovery_epochs: the budget a DistilBERT-style student would get.
+    linear decay over recovery_epochs: the budget a DistilBERT-style student would get. Each student's
+    entry (keyed by its curve step) has its budget, validation before/after and kept on test with its
+    paired interval; the equal-budget baselines add its steps to theirs.
     """
-    student = export.load(state.path("model"))
-    budget = distill.recover(
-        student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
-        accelerator=state.accelerator,
-    )  # fmt: skip
-    state.save_model(student, "model_recovered")
-    before = state.read("curve.json")
-    chosen = before["rows"][before["chosen_step"]]
-    val = state.evaluate_point(student, "validation")
-    state.log(
-        f"recovery: {budget['steps']} steps, validation {val['metric']} {chosen['score']:.4f} -> {val['score']:.4f}"
-    )
-    state.write("recovery.json", {
-        **budget, "metric": val["metric"], "validation_before": chosen["score"], "validation_after": val["score"],
-        "kept_validation_after": val["score"] / before["teacher_validation_score"],
-    })  # fmt: skip
+    curve, teacher_test = state.read("curve.json"), state.teacher_test()
+    jobs = [("model", "model_recovered", curve["chosen_step"])]
+    if state.cfg.distill.recover_last and state.path("model_last").is_dir():
+        jobs.append(("model_last", "model_last_recovered", curve["rows"][-1]["step"]))
+    students = {}
+    for source, target, step in jobs:
+        set_seed(state.cfg.run.seed)
+        student = export.load(state.path(source))
+        budget = distill.recover(
+            student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
+            accelerator=state.accelerator,
+        )  # fmt: skip
+        state.save_model(student, target)
+        row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))
+        ci = kept_interval(teacher_test, test, seed=step)
+        state.log(
+            f"recovery of step {step}: {budget['steps']} steps, validation {val['metric']} {row['score']:.4f} -> "
+            f"{val['score']:.4f}, kept on test {row['kept_test']:.4f} -> {ci['kept']:.4f} "
+            f"[{ci['ci95'][0]:.3f}, {ci['ci95'][1]:.3f}]"
+        )
+        students[str(step)] = {
+            "folder": target, "substituted": row["substituted"], **budget, "validation_before": row["score"],
+            "validation_after": val["score"], "kept_validation_after": val["score"] / curve["teacher_validation_score"],
+            "test_score_before": row["test_score"], "kept_test_before": row["kept_test"], "test_score": test["score"],
+            "kept_test": ci["kept"], "kept_test_ci95": ci["ci95"], "test_metrics": other_metrics(test),
+        }  # fmt: skip
+    state.write("recovery.json", {"metric": teacher_test["metric"], "students": students})
+
+
+def recovered_steps(state: RunState) -> dict[int, int]:
+    """Recovery optimiser steps spent per curve step (empty without a recovery stage)."""
+    if not state.path("recovery.json").is_file():
+        return {}
+    return {int(step): s["steps"] for step, s in state.read("recovery.json").get("students", {}).items()}
 
 
 def student_dir(state: RunState):
@@ -191,6 +213,12 @@ def summary(state: RunState) -> None:
     """summary.json: the task's main metric for teacher and chosen student, kept, cuts, speed-up, stage times."""
     teacher_metrics, curve, ev = state.read("teacher.json"), state.read("curve.json"), state.read("evaluation.json")
     chosen = curve["rows"][curve["chosen_step"]]
+    recovered = recovered_steps(state).get(curve["chosen_step"], 0)
+    kept_val = (
+        state.read("recovery.json")["students"][str(curve["chosen_step"])]["kept_validation_after"]
+        if recovered
+        else chosen["kept"]
+    )
     state.write(
         "summary.json",
         {
@@ -203,7 +231,8 @@ def summary(state: RunState) -> None:
             "kept_test": ev["kept"],
             "kept_test_ci95": ev["kept_ci95"],
             "n_test": ev["n_test"],
-            "kept_validation": chosen["kept"],
+            "kept_validation": kept_val,
+            "recovery_steps": recovered,
             "params_cut": ev["params_cut"],
             "gmacs_cut": ev["gmacs_cut"],
             "speedup_b1": ev["speedup_b1"],
