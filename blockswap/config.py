@@ -174,6 +174,11 @@ class DistillConfig:
     )
     recovery_lr: float = _help("learning rate of every weight during recovery", default=5e-5)
     recovery_beta: float = _help("recovery: weight of hidden-state MSE at every block's output", default=1.0)
+    similarity_weight: float = _help(
+        "embedding task: weight of the in-batch similarity KL (teacher vs student softmax over each text's cosine "
+        "similarities to the batch, temperature 0.05) beside squared error + (1 - cosine)",
+        default=0.0,
+    )
     recover_last: bool = _help(
         "recovery also trains the last curve step's student (RUN/model_last_recovered), so both of the suite's "
         "points compare after recovery",
@@ -184,7 +189,8 @@ class DistillConfig:
         _positive("distill", batch_size=self.batch_size, blockwise_lr=self.blockwise_lr, temperature=self.temperature)
         _positive("distill", lr_substitute=self.lr_substitute, lr_kept=self.lr_kept)
         _positive("distill", recovery_lr=self.recovery_lr)
-        for name in ("blockwise_epochs", "e2e_steps", "alpha", "beta", "recovery_epochs", "recovery_beta"):
+        for name in ("blockwise_epochs", "e2e_steps", "alpha", "beta", "recovery_epochs", "recovery_beta",
+                     "similarity_weight"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
         if self.substitute_init not in ("linear", "random"):

@@ -179,6 +179,7 @@ def _kd_step(student, s_model, t_model, b: dict, subs: list[int], cfg: DistillCo
         temperature=cfg.temperature,
         alpha=cfg.alpha,
         beta=cfg.beta,
+        similarity=cfg.similarity_weight,
     )
 
 

@@ -32,6 +32,25 @@ def embedding_loss(student: torch.Tensor, target: torch.Tensor, reduction: str =
     return per_text.sum() if reduction == "sum" else per_text.mean()
 
 
+def similarity_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """In-batch similarity structure: for each text, KL(teacher || student) between the softmax over the
+    cosine similarities to the batch's other texts (temperature ``temperature``), averaged over texts.
+
+    Zero when the student's similarities equal the teacher's; blind to a common rotation of all embeddings.
+    """
+    n = student.shape[0]
+    if n < 2:
+        return student.new_zeros(())
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def log_p(x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x.float(), dim=-1)
+        return F.log_softmax((x @ x.T)[off].view(n, n - 1) / temperature, dim=-1)
+
+    log_s, log_t = log_p(student), log_p(teacher)
+    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """The task's own loss: cross-entropy for classifiers ``(B, C)`` with integer labels, squared error for
     regression heads ``(B, 1)`` with float labels (Hugging Face's ``num_labels == 1`` convention), per-token
@@ -89,14 +108,19 @@ def distillation_loss(
     temperature: float,
     alpha: float,
     beta: float,
+    similarity: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """KL(T) + alpha * CE(labels) + beta * mean hidden-state MSE at the given block boundaries.
 
     Logits (B, C); labels (B,); hidden lists of (B, S, H), paired; mask (B, S). For a regression head
     (C = 1) the KL is the squared error to the teacher's output and the CE the squared error to the labels.
+    For embeddings (B, D) the output term is :func:`embedding_loss` plus ``similarity`` times
+    :func:`similarity_kl`.
     """
     if is_embedding_target(labels):  # the labels are the teacher's output: one term, not two
         kl = ce = embedding_loss(student_logits, teacher_logits)
+        if similarity:
+            kl = ce = kl + similarity * similarity_kl(student_logits, teacher_logits)
     else:
         kl = kd_logits(student_logits, teacher_logits, temperature, mask)
         ce = task_loss(student_logits, labels)

@@ -10,7 +10,7 @@ import torch
 
 from blockswap import embed
 from blockswap.cli import main
-from blockswap.losses import embedding_loss, task_loss
+from blockswap.losses import distillation_loss, embedding_loss, similarity_kl, task_loss
 
 from .conftest import tiny_config, tiny_tokenizer
 from .test_pipeline import ARTIFACTS, FAST
@@ -60,6 +60,29 @@ def test_embedding_loss_and_recall_by_hand():
     # teacher's nearest: 0->1, 1->0, 2->3, 3->2; student's nearest: 0->2, 1->3, 2->0, 3->1
     assert r.tolist() == [0.0, 0.0, 0.0, 0.0]
     assert embed.recall_at_k(teacher, teacher, k=2).tolist() == [1.0] * 4
+
+
+def test_in_batch_similarity_kl_by_hand():
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    rotation = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    assert similarity_kl(teacher @ rotation, teacher).item() == pytest.approx(0.0, abs=1e-6), "only the structure"
+    assert similarity_kl(teacher[:1], teacher[:1]).item() == 0.0
+    student = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # texts 1 and 2 swapped
+    c = 2**-0.5  # cos 45 degrees
+
+    # text 0: teacher sims to (1, 2) = (0, c), student's = (c, 0); text 1: (0, c) vs (c, c); text 2: (c, c) vs (0, c)
+    def p(a, b):
+        return torch.softmax(torch.tensor([a, b]) / 0.05, 0)
+
+    def kl(pt, ps):
+        return (pt * (pt.log() - ps.log())).sum().item()
+
+    want = (kl(p(0, c), p(c, 0)) + kl(p(0, c), p(c, c)) + kl(p(c, c), p(0, c))) / 3
+    assert similarity_kl(student, teacher).item() == pytest.approx(want, rel=1e-4)
+    kw = {"student_hidden": [], "teacher_hidden": [], "mask": None, "temperature": 2.0, "alpha": 0.5, "beta": 1.0}
+    plain, _ = distillation_loss(student_logits=student, teacher_logits=teacher, labels=teacher, **kw)
+    with_sim, _ = distillation_loss(student_logits=student, teacher_logits=teacher, labels=teacher, similarity=2, **kw)
+    assert with_sim.item() == pytest.approx(plain.item() + 1.5 * 2 * want, rel=1e-4)  # (1 + alpha) x the term
 
 
 def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys, tiny_csv):
