@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[float | str, float, dict]] = {
     "bw1 + recovery 0.5": (1.0, 0.5, {}),
     "bw2 + recovery 1": (2.0, 1.0, {}),
     "bw1 + recovery 1, no hidden-state term": (1.0, 1.0, {"recovery_beta": 0.0}),
-    "bw1 + recovery 1, kept blocks frozen": (1.0, 1.0, {"freeze_kept": True}),
+    "bw1 + recovery 1, kept blocks frozen": (1.0, 1.0, {"recovery_freeze_kept": True}),
     "curve + recovery 1": ("curve", 1.0, {}),
     "bw1 + recovery 2": (1.0, 2.0, {}),
 }
@@ -70,19 +70,13 @@ def _substitutes(teacher, data, cfg, accelerator, epochs: float, work: Path) -> 
 
 
 def _recover(student, teacher, data, cfg, accelerator, epochs: float, overrides: dict) -> dict:
-    """Recovery with every weight trainable (or, with freeze_kept, the substitutes and head only)."""
+    """Recovery as the run's stage does it, with the variant's settings."""
     if epochs <= 0:
         return {"steps": 0, "seconds": 0.0}
     dcfg = dataclasses.replace(cfg.distill, recovery_epochs=epochs, **overrides)
     loader = data.loader("train", shuffle=True, batch_size=dcfg.batch_size, seed=cfg.run.seed + 1000)
-    if not dcfg.freeze_kept:
-        budget = distill.recover(student, teacher, loader, dcfg, accelerator=accelerator)
-        return {"steps": budget["steps"], "seconds": budget["seconds"]}
-    steps, started = distill.steps_for(epochs, loader), time.perf_counter()
-    rcfg = dataclasses.replace(dcfg, lr_substitute=dcfg.recovery_lr, beta=dcfg.recovery_beta)
-    student.requires_grad_(True)
-    distill.end_to_end(student, teacher, loader, rcfg, steps=steps, accelerator=accelerator, match_all_blocks=True)
-    return {"steps": steps, "seconds": time.perf_counter() - started}
+    budget = distill.recover(student, teacher, loader, dcfg, accelerator=accelerator)
+    return {"steps": budget["steps"], "seconds": budget["seconds"]}
 
 
 def _point(student, data, teacher_test: dict) -> dict:

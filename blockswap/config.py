@@ -174,6 +174,10 @@ class DistillConfig:
     )
     recovery_lr: float = _help("learning rate of every weight during recovery", default=5e-5)
     recovery_beta: float = _help("recovery: weight of hidden-state MSE at every block's output", default=1.0)
+    recovery_freeze_kept: bool = _help(
+        "recovery trains the substitutes only; the original weights (kept blocks, embeddings, head) stay frozen",
+        default=False,
+    )
     similarity_weight: float = _help(
         "embedding task: weight of the in-batch similarity KL (teacher vs student softmax over each text's cosine "
         "similarities to the batch, temperature 0.05) beside squared error + (1 - cosine)",

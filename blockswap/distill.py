@@ -247,15 +247,17 @@ def end_to_end(
 def recover(
     student: PreTrainedModel, teacher: PreTrainedModel, loader, cfg: DistillConfig, *, accelerator: Accelerator
 ) -> dict:
-    """Recovery: ``cfg.recovery_epochs`` of end-to-end KD with every weight of ``student`` trainable (in place).
+    """Recovery: ``cfg.recovery_epochs`` of end-to-end KD with every weight of ``student`` trainable (in place;
+    with ``recovery_freeze_kept`` only the substitutes train, the original weights stay as they are).
 
     KL(T) + alpha CE + ``recovery_beta`` MSE at every block's output, AdamW at ``recovery_lr`` with
     warm-up and linear decay. Returns the budget spent (steps, batch, examples, seconds) and the loss log.
     """
     steps = steps_for(cfg.recovery_epochs, loader)
     rcfg = dataclasses.replace(
-        cfg, freeze_kept=False, lr_kept=cfg.recovery_lr, lr_substitute=cfg.recovery_lr, beta=cfg.recovery_beta
-    )
+        cfg, freeze_kept=cfg.recovery_freeze_kept, lr_kept=cfg.recovery_lr, lr_substitute=cfg.recovery_lr,
+        beta=cfg.recovery_beta,
+    )  # fmt: skip
     student.requires_grad_(True)
     started = time.perf_counter()
     log = end_to_end(

@@ -172,6 +172,20 @@ def test_recovery_trains_every_weight_of_the_chosen_student(tmp_path, capsys, ti
     assert "## Recovery" in (out / "report.md").read_text()
 
 
+def test_recovery_leaves_the_original_weights_when_frozen(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    from blockswap import export
+
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    extra = ["--baselines", "none", "--recovery-epochs", "1", "--recovery-freeze-kept", "--max-blocks", "1"]
+    assert main([*argv, *extra]) == 0
+    chosen, recovered = export.load(out / "model"), export.load(out / "model_recovered")
+    (sub,) = chosen.config.blockswap["substituted"]
+    before, after = chosen.state_dict(), recovered.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(f"layer.{sub}." in k for k in moved), sorted(moved)[:5]  # the substitute only
+
+
 def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
     tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
 ):
