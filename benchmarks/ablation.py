@@ -40,13 +40,18 @@ VARIANTS: dict[str, tuple[float | str, float, dict]] = {
     "curve (run's recipe), no recovery": ("curve", 0.0, {}),
     "bw2, no curve, no recovery": (2.0, 0.0, {}),
     "bw1, no curve, no recovery": (1.0, 0.0, {}),
-    "bw1 + recovery 1": (1.0, 1.0, {}),
-    "bw1 + recovery 0.5": (1.0, 0.5, {}),
     "bw2 + recovery 1": (2.0, 1.0, {}),
-    "bw1 + recovery 1, no hidden-state term": (1.0, 1.0, {"recovery_beta": 0.0}),
-    "bw1 + recovery 1, kept blocks frozen": (1.0, 1.0, {"recovery_freeze_kept": True}),
+    "bw1 + recovery 1": (1.0, 1.0, {}),
+    "bw2 + recovery 1, no hidden-state term": (2.0, 1.0, {"recovery_beta": 0.0}),
+    "bw2 + recovery 1, substitutes only": (2.0, 1.0, {"recovery_freeze_kept": True}),
+    "bw1 + recovery 1, substitutes only": (1.0, 1.0, {"recovery_freeze_kept": True}),
+    "bw1 + recovery 0.5, substitutes only": (1.0, 0.5, {"recovery_freeze_kept": True}),
+    "bw1 + recovery 1, substitutes only, no hidden-state term": (
+        1.0,
+        1.0,
+        {"recovery_freeze_kept": True, "recovery_beta": 0.0},
+    ),
     "curve + recovery 1": ("curve", 1.0, {}),
-    "bw1 + recovery 2": (1.0, 2.0, {}),
 }
 
 
