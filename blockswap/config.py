@@ -157,7 +157,11 @@ class DistillConfig:
         "epochs of block-wise hidden-state distillation (all substitutes at once)", default=2.0
     )
     blockwise_lr: float = _help("learning rate of block-wise distillation", default=2e-3)
-    e2e_steps: int = _help("end-to-end distillation steps after each substitution", default=30)
+    e2e_steps: int = _help(
+        "end-to-end distillation steps after each substitution (default 0: in benchmarks/ablation.py 30 steps per "
+        "swap bought nothing over the block-wise substitutes as they are; recovery trains the chosen student)",
+        default=0,
+    )
     temperature: float = _help("softmax temperature of the logit KL", default=2.0)
     alpha: float = _help("weight of label cross-entropy", default=0.5)
     beta: float = _help("weight of hidden-state MSE at substituted block boundaries", default=1.0)

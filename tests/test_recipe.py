@@ -53,7 +53,7 @@ def _approx(values):
 def test_tiny_run_reproduces_the_pinned_numbers(tmp_path, tiny_csv, tiny_teacher_dir):
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
-    assert main([*argv, "--seed", "3", "--baselines", "magnitude,random,drop"]) == 0
+    assert main([*argv, "--seed", "3", "--baselines", "magnitude,random,drop", "--baseline-points", "all"]) == 0
 
     def read(name):
         return json.loads((out / name).read_text())

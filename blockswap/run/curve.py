@@ -20,8 +20,10 @@ CSV_KEYS += ["test_score", "kept_test", "kept_test_low", "kept_test_high", "late
 
 def _row(state: RunState, step: int, block: int | None, model, cost: dict, teacher: dict | None) -> dict:
     """One curve point; ``teacher`` (its validation and test metrics) None means this is the teacher's own row."""
-    val = state.evaluate_point(model, "validation")
-    test = state.evaluate_point(model, "test")
+    if teacher is None:  # the teacher's own row
+        val, test = state.teacher_point("validation"), state.teacher_point("test")
+    else:
+        val, test = state.evaluate_point(model, "validation"), state.evaluate_point(model, "test")
     teacher = teacher or {"validation": val, "test": test}
     teacher_val = teacher["validation"]["score"]
     ci = kept_interval(teacher["test"], test, seed=step)

@@ -61,6 +61,15 @@ class RunState:
         with self.accelerator.autocast():
             return evaluate(model, self.data.loader(split))
 
+    def teacher_point(self, split: str) -> dict:
+        """The teacher as a curve point: teacher.json's fp32 metrics when training runs in fp32 (they are the
+        same numbers; two evaluations saved), else evaluated in the training precision like every point."""
+        if self.accelerator.mixed_precision == "no":
+            metrics = self.teacher_test() if split == "test" else self.read("teacher.json")[split]
+            if "score" in metrics:
+                return metrics
+        return self.evaluate_point(self.teacher, split)
+
     def teacher_test(self) -> dict:
         """The teacher's fp32 test metrics from teacher.json, with per-example results (re-evaluated for a
         teacher.json written by a blockswap that did not record them)."""
