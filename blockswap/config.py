@@ -173,8 +173,9 @@ class DistillConfig:
     )
     freeze_embeddings: bool = _help("freeze the embeddings during end-to-end distillation", default=False)
     recovery_epochs: float = _help(
-        "after the curve: epochs of end-to-end KD of the chosen student with every weight trainable (0: off)",
-        default=0.0,
+        "after the curve: epochs of end-to-end KD of the chosen student with every weight trainable (0: off; "
+        "benchmarks/ablation.py: 1 epoch lifted kept on test from 0.985 to 0.991 at -46.8 %% GMACs)",
+        default=1.0,
     )
     recovery_lr: float = _help("learning rate of every weight during recovery", default=5e-5)
     recovery_beta: float = _help("recovery: weight of hidden-state MSE at every block's output", default=1.0)
