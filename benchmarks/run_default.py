@@ -51,8 +51,9 @@ def main() -> int:
             result[name.removesuffix(".json")] = json.loads(p.read_text())
     if (out / "curve.json").is_file():
         result["curve"] = json.loads((out / "curve.json").read_text())["rows"]
-    if (out / "baselines.json").is_file():
-        result["baselines"] = json.loads((out / "baselines.json").read_text())
+    for name in ("baselines", "recovery"):
+        if (out / f"{name}.json").is_file():
+            result[name] = json.loads((out / f"{name}.json").read_text())
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("wall_seconds", "peak_rss_mb", "returncode")}))
