@@ -90,13 +90,34 @@ def _point(student, data, teacher_test: dict) -> dict:
     return {"validation": val["score"], "test": test["score"], "kept_test": ci["kept"], "kept_test_ci95": ci["ci95"]}
 
 
+def table(result: dict) -> str:
+    """The ablation as a markdown table: kept on test [95 % CI] and validation accuracy per key point."""
+    steps = list(result["points"])
+    head = " | ".join(f"step {s} (GMACs -{result['points'][s]['gmacs_cut']:.1%}): kept test [CI], val" for s in steps)
+    lines = [f"| variant | steps x 32 | {head} |", "|---|---:|" + "---|" * len(steps)]
+    for name, row in result["variants"].items():
+        cells = []
+        for s in steps:
+            p = row["points"][str(s)]
+            cells.append(
+                f"{p['kept_test']:.3f} [{p['kept_test_ci95'][0]:.3f}, {p['kept_test_ci95'][1]:.3f}], {p['validation']:.4f}"
+            )
+        budget = "/".join(str(row["points"][str(s)]["train_steps"]) for s in steps)
+        lines.append(f"| {name} | {budget} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--work", default=None, help="cache of block-wise substitutes (default RUN_DIR/ablation)")
     parser.add_argument("--variants", default=";".join(VARIANTS), help="semicolon-separated variant names")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
+    parser.add_argument("--table", action="store_true", help="print the --json file as a markdown table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.json).read_text())))
+        return 0
     transformers.utils.logging.disable_progress_bar()
     run = Path(args.run_dir)
     work = Path(args.work or run / "ablation")
