@@ -6,7 +6,8 @@
 For every dataset and seed it runs the default recipe (`blockswap run --seed S --dataset D`) with the
 equal-budget baselines `distil` (DistilBERT-style layer dropping + KD) and `thesis` (the seed thesis's
 procedure) at the key points: the curve step nearest a 50 % GMACs cut and the last step (every block
-substituted). A finished run folder is reused, an interrupted one resumed. It writes, per dataset and
+substituted); `--recover-last` gives the last step's student the same recovery as the chosen one, and
+each baseline gets the recovery steps of the point it is compared at. A finished run folder is reused, an interrupted one resumed. It writes, per dataset and
 point, the mean and standard deviation over seeds of `kept` on the test split for each method, and per
 run the paired 95 % intervals, so "blockswap is above the baseline" can be checked against the noise.
 """
@@ -102,6 +103,7 @@ def aggregate(runs: dict[str, dict[int, dict]]) -> dict:
                 row[f"blockswap_clearly_above_{method}"] = sum(
                     b["kept_test_ci95"][0] > m["kept_test"] for b, m in pairs
                 )  # runs where blockswap's lower bound is above the baseline's estimate
+                row[f"runs_with_{method}"] = len(pairs)
             summary[dataset][point] = row
     return summary
 
