@@ -218,7 +218,8 @@ def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
 def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
-    assert main([*argv, "--baselines", "distil", "--baseline-points", "all"]) == 0, capsys.readouterr().err
+    extra = ["--baselines", "distil", "--baseline-points", "all", "--recovery-epochs", "0"]  # recovery: test above
+    assert main([*argv, *extra]) == 0, capsys.readouterr().err
     curve = json.loads((out / "curve.json").read_text())
     blockwise = json.loads((out / "blockwise.json").read_text())["budget"]
     base = json.loads((out / "baselines.json").read_text())["distil"]
@@ -250,7 +251,8 @@ def test_the_thesis_baseline_gets_the_same_budget_labels_only_and_random_substit
     monkeypatch.setattr(distill, "end_to_end", spy)
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
-    assert main([*argv, "--baselines", "thesis", "--baseline-points", "key"]) == 0, capsys.readouterr().err
+    extra = ["--baselines", "thesis", "--baseline-points", "key", "--recovery-epochs", "0"]  # recovery: test above
+    assert main([*argv, *extra]) == 0, capsys.readouterr().err
     curve = json.loads((out / "curve.json").read_text())
     base = json.loads((out / "baselines.json").read_text())["thesis"]
     rows = {r["step"]: r for r in curve["rows"]}
