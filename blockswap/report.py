@@ -182,8 +182,8 @@ def _baseline_table(curve: dict, base: dict, recovered: dict) -> list[str]:
 
 
 def _recovery_table(curve: dict, recovered: dict) -> list[str]:
-    lines = ["", "## Recovery", "", "Every weight of the student trained end to end by KD after the curve "
-             "(`--recovery-epochs`); the equal-budget baselines at these steps get the same extra steps.", "",
+    lines = ["", "## Recovery", "", "The student trained end to end by KD after the curve (`--recovery-epochs`; every weight "
+             "unless `--recovery-freeze-kept`); the equal-budget baselines at these steps get the same extra steps.", "",
              f"| step | GMACs cut | steps x batch | seconds | val {_metric(curve)} before -> after | kept (test) before "
              "| kept (test) after [95 % CI] |", "|---:|---:|---:|---:|---|---:|---:|"]  # fmt: skip
     for step, r in recovered.items():

@@ -89,7 +89,8 @@ def blockwise(state: RunState) -> None:
 
 def recovery(state: RunState) -> None:
     """recovery.json + RUN/model_recovered (+ RUN/model_last_recovered with ``recover_last``): the chosen
-    (and last) curve student distilled end to end with every weight trainable.
+    (and last) curve student distilled end to end with every weight trainable (the substitutes only with
+    ``recovery_freeze_kept``).
 
     KL(T) + alpha CE + recovery_beta MSE at every block's output, AdamW at recovery_lr with warm-up and
     linear decay over recovery_epochs: the budget a DistilBERT-style student would get. Each student's
