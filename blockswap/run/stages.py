@@ -214,12 +214,9 @@ def summary(state: RunState) -> None:
     """summary.json: the task's main metric for teacher and chosen student, kept, cuts, speed-up, stage times."""
     teacher_metrics, curve, ev = state.read("teacher.json"), state.read("curve.json"), state.read("evaluation.json")
     chosen = curve["rows"][curve["chosen_step"]]
-    recovered = recovered_steps(state).get(curve["chosen_step"], 0)
-    kept_val = (
-        state.read("recovery.json")["students"][str(curve["chosen_step"])]["kept_validation_after"]
-        if recovered
-        else chosen["kept"]
-    )
+    rec_file = state.path("recovery.json")
+    rec = (state.read("recovery.json").get("students", {}) if rec_file.is_file() else {}).get(str(chosen["step"]))
+    recovered, kept_val = (rec["steps"], rec["kept_validation_after"]) if rec else (0, chosen["kept"])
     state.write(
         "summary.json",
         {
