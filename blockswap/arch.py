@@ -347,6 +347,24 @@ def identity_block(model: PreTrainedModel) -> IdentityBlock:
     return IdentityBlock(returns_tuple(model))
 
 
+@torch.no_grad()
+def block_masks(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[int, object]:
+    """The attention mask each block of ``model`` receives for ``batch`` (in whatever format the encoder
+    builds it: per-layer sliding windows included), from one forward with every block replaced by an
+    identity, so only the embeddings, the mask code and the head run."""
+    layers = blocks(model)
+    originals = list(layers)
+    try:
+        for i in range(len(originals)):
+            put_block(model, i, identity_block(model))
+        with capture_blocks(model) as rec:
+            model(**forward_inputs(model, batch))
+        return {i: rec[i]["mask"] for i in range(len(originals))}
+    finally:
+        for i, block in enumerate(originals):
+            layers[i] = block
+
+
 def head_logits(model: PreTrainedModel, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The classifier head applied to final-block hidden states ``(B, S, H)`` -> logits ``(B, C)``.
 

@@ -193,13 +193,19 @@ class DistillConfig:
         "points compare after recovery",
         default=False,
     )
+    teacher_cache_gb: float = _help(
+        "memory (GiB) for the frozen teacher's outputs on the training texts (fp16 hidden states, logits), reused "
+        "by block-wise epochs after the first, recovery and the equal-budget baselines instead of re-running the "
+        "teacher; texts beyond it are recomputed (0: off)",
+        default=2.0,
+    )
 
     def __post_init__(self) -> None:
         _positive("distill", batch_size=self.batch_size, blockwise_lr=self.blockwise_lr, temperature=self.temperature)
         _positive("distill", lr_substitute=self.lr_substitute, lr_kept=self.lr_kept)
         _positive("distill", recovery_lr=self.recovery_lr)
         for name in ("blockwise_epochs", "e2e_steps", "alpha", "beta", "recovery_epochs", "recovery_beta",
-                     "similarity_weight"):  # fmt: skip
+                     "similarity_weight", "teacher_cache_gb"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
         if self.substitute_init not in ("linear", "random"):

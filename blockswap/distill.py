@@ -20,6 +20,7 @@ from .compact import CompactBlock
 from .config import DistillConfig
 from .errors import TrainingDiverged
 from .losses import distillation_loss, masked_mse, task_loss
+from .teacher_cache import TeacherCache
 from .train import adamw, full_precision
 
 
@@ -101,11 +102,12 @@ def blockwise(
     cfg: DistillConfig,
     *,
     accelerator: Accelerator,
+    cache: TeacherCache | None = None,
 ) -> dict[int, list[float]]:
     """Train every substitute at once on masked MSE to its block's output (teacher-forced inputs).
 
-    One teacher forward per batch captures all block inputs/outputs; nothing is stored beyond the
-    batch. Returns per-block mean MSE in each quarter of training (first and last entries compare).
+    One teacher forward per batch captures all block inputs/outputs (from ``cache`` once the texts have
+    been seen). Returns per-block mean MSE in each quarter of training (first and last entries compare).
     """
     teacher.eval()
     modules = _Bundle(substitutes)
@@ -122,11 +124,10 @@ def blockwise(
     device = accelerator.device
     for step in range(total):
         b = {k: v.to(device) for k, v in next(batches).items()}
-        with torch.no_grad(), accelerator.autocast(), capture_blocks(teacher) as rec:
-            teacher(**forward_inputs(teacher, b))
-        preds = modules([rec[i]["input"] for i in substitutes], [rec[i]["mask"] for i in substitutes])
+        inputs, outputs, _, masks = teacher_outputs(teacher, b, accelerator, cache, masks=True)
+        preds = modules([inputs[i] for i in substitutes], [masks[i] for i in substitutes])
         losses = [
-            masked_mse(p.float(), rec[i]["output"].float(), b["attention_mask"])
+            masked_mse(p.float(), outputs[i].float(), b["attention_mask"])
             for p, i in zip(preds, substitutes, strict=True)
         ]
         loss = torch.stack(losses).sum()
@@ -163,18 +164,43 @@ def _param_groups(student: PreTrainedModel, cfg: DistillConfig) -> list[dict]:
     return groups
 
 
-def _kd_step(student, s_model, t_model, b: dict, subs: list[int], cfg: DistillConfig, accelerator):
+def teacher_outputs(teacher, b: dict, accelerator, cache: TeacherCache | None, *, masks: bool = False):
+    """``(inputs, outputs, logits, masks)`` of the frozen teacher on batch ``b``: each block's input and output
+    ``(B, S, H)``, the logits, and (with ``masks``) each block's attention mask, else None.
+
+    Served from ``cache`` when every text of ``b`` is in it (the masks then come from a forward through
+    identity blocks); otherwise the teacher runs and its outputs go into the cache.
+    """
+    got = cache.get(b) if cache is not None else None
+    if got is not None:
+        hidden, logits = got
+        if masks:
+            with accelerator.autocast():
+                return hidden[:-1], hidden[1:], logits, arch.block_masks(teacher, b)
+        return hidden[:-1], hidden[1:], logits, None
+    with torch.no_grad(), accelerator.autocast(), capture_blocks(teacher) as rec:
+        logits = teacher(**forward_inputs(teacher, b)).logits
+    n = len(rec)
+    inputs, outputs = [rec[i]["input"] for i in range(n)], [rec[i]["output"] for i in range(n)]
+    if cache is not None and cache.enabled:
+        if all(torch.equal(inputs[i + 1], outputs[i]) for i in range(n - 1)):  # one residual stream
+            cache.put(b, [inputs[0], *outputs], logits)
+        else:  # an encoder that transforms between blocks: its block inputs cannot be rebuilt from outputs
+            cache.enabled = False
+    return inputs, outputs, logits, ([rec[i]["mask"] for i in range(n)] if masks else None)
+
+
+def _kd_step(student, s_model, t_model, b: dict, subs: list[int], cfg: DistillConfig, accelerator, cache=None):
     """One batch's distillation loss: the teacher's logits and block outputs against the student's."""
-    with torch.no_grad(), accelerator.autocast(), capture_blocks(t_model) as t_rec:
-        t_logits = t_model(**forward_inputs(t_model, b)).logits.float()
+    _, t_out, t_logits, _ = teacher_outputs(t_model, b, accelerator, cache)
     with capture_blocks(s_model, detach=False) as s_rec:
         s_logits = student(**forward_inputs(s_model, b)).logits
     return distillation_loss(
         student_logits=s_logits,
-        teacher_logits=t_logits,
+        teacher_logits=t_logits.float(),
         labels=b["labels"],
         student_hidden=[s_rec[i]["output"].float() for i in subs],
-        teacher_hidden=[t_rec[i]["output"].float() for i in subs],
+        teacher_hidden=[t_out[i].float() for i in subs],
         mask=b["attention_mask"],
         temperature=cfg.temperature,
         alpha=cfg.alpha,
@@ -194,6 +220,7 @@ def end_to_end(
     desc: str = "end-to-end distillation",
     match_all_blocks: bool = False,
     labels_only: bool = False,
+    cache: TeacherCache | None = None,
 ) -> list[dict[str, float]]:
     """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs (every block's
     output with ``match_all_blocks``). With ``labels_only``: the task's own loss on the labels, no teacher
@@ -229,7 +256,7 @@ def end_to_end(
             loss = task_loss(student(**forward_inputs(s_model, b)).logits, b["labels"])
             parts = {"ce": loss.item(), "total": loss.item()}
         else:
-            loss, parts = _kd_step(student, s_model, t_model, b, subs, cfg, accelerator)
+            loss, parts = _kd_step(student, s_model, t_model, b, subs, cfg, accelerator, cache)
         _check(loss, "end-to-end", step)
         accelerator.backward(loss)
         opt.step()
@@ -245,7 +272,13 @@ def end_to_end(
 
 
 def recover(
-    student: PreTrainedModel, teacher: PreTrainedModel, loader, cfg: DistillConfig, *, accelerator: Accelerator
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    loader,
+    cfg: DistillConfig,
+    *,
+    accelerator: Accelerator,
+    cache: TeacherCache | None = None,
 ) -> dict:
     """Recovery: ``cfg.recovery_epochs`` of end-to-end KD with every weight of ``student`` trainable (in place;
     with ``recovery_freeze_kept`` only the substitutes train, the original weights stay as they are).
@@ -261,8 +294,9 @@ def recover(
     student.requires_grad_(True)
     started = time.perf_counter()
     log = end_to_end(
-        student, teacher, loader, rcfg, steps=steps, accelerator=accelerator, desc="recovery", match_all_blocks=True
-    )
+        student, teacher, loader, rcfg, steps=steps, accelerator=accelerator, desc="recovery", match_all_blocks=True,
+        cache=cache,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     return {
         "steps": steps,

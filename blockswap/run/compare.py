@@ -52,6 +52,7 @@ def _drop(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
         distill.end_to_end(
             dropped, teacher, state.train_loader(state.cfg.run.seed + r["step"]), drop_cfg,
             steps=state.cfg.distill.e2e_steps, accelerator=state.accelerator, desc=f"drop {r['substituted']}",
+            cache=state.teacher_cache,
         )  # fmt: skip
         row = _row(state, r, dropped, teacher_val)
         row["params_cut"] = measure.cut(teacher_params, measure.count_params(dropped)["total"])
@@ -128,6 +129,7 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
         distill.end_to_end(
             student, teacher, state.train_loader(cfg.run.seed + 2000 + r["step"]), kd, steps=budget_steps(state, r),
             accelerator=state.accelerator, desc=f"distil without blocks {sorted(order[:k])}",
+            cache=state.teacher_cache,
         )  # fmt: skip
         seconds = time.perf_counter() - started
         params_cut = measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"])

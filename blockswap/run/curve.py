@@ -98,6 +98,7 @@ def substitution_curve(state: RunState) -> None:
         logs[k] = distill.end_to_end(
             student, teacher, state.train_loader(cfg.seed + k), state.cfg.distill, steps=state.cfg.distill.e2e_steps,
             accelerator=state.accelerator, desc=f"step {k}: distil with block {block} swapped",
+            cache=state.teacher_cache,
         )  # fmt: skip
         budget["steps"] += state.cfg.distill.e2e_steps
         budget["seconds"] += time.perf_counter() - started

@@ -80,11 +80,21 @@ def blockwise(state: RunState) -> None:
     if cfg.distill.substitute_init == "linear":
         distill.init_linear(state.teacher, subs, state.first_batches("train", 20, batch_size=64, seed=2))
     loader = state.train_loader(cfg.run.seed)
-    history = distill.blockwise(state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator)
+    history = distill.blockwise(
+        state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator, cache=state.teacher_cache
+    )
     save_substitutes(subs, state.path("substitutes.safetensors"))
     budget = {"steps": distill.steps_for(cfg.distill.blockwise_epochs, loader), "batch_size": cfg.distill.batch_size}
     budget["seconds"] = time.perf_counter() - started
-    state.write("blockwise.json", {"mse_by_quarter": {str(k): v for k, v in history.items()}, "budget": budget})
+    c = state.teacher_cache
+    cache = {"texts": len(c.rows), "mib": round(c.bytes / 2**20, 1), "batches_served": c.hits, "enabled": c.enabled}
+    state.log(
+        f"teacher cache: {cache['texts']} texts, {cache['mib']} MiB, {c.hits} of {c.hits + c.misses} batches served"
+    )
+    state.write(
+        "blockwise.json",
+        {"mse_by_quarter": {str(k): v for k, v in history.items()}, "budget": budget, "teacher_cache": cache},
+    )
 
 
 def recovery(state: RunState) -> None:
@@ -107,7 +117,7 @@ def recovery(state: RunState) -> None:
         student = export.load(state.path(source))
         budget = distill.recover(
             student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
-            accelerator=state.accelerator,
+            accelerator=state.accelerator, cache=state.teacher_cache,
         )  # fmt: skip
         state.save_model(student, target)
         row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))

@@ -17,6 +17,7 @@ from ..config import Config, dump_config
 from ..errors import RunError
 from ..evaluate import evaluate
 from ..loaders import TaskData
+from ..teacher_cache import TeacherCache
 
 RUN_MARKER = "run.json"
 
@@ -33,6 +34,14 @@ class RunState:
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, kept across --resume
     started: float = field(default_factory=time.perf_counter)
+    _cache: TeacherCache | None = None
+
+    @property
+    def teacher_cache(self) -> TeacherCache:
+        """The teacher's outputs on the training texts, shared by every stage of this invocation."""
+        if self._cache is None:
+            self._cache = TeacherCache(int(self.cfg.distill.teacher_cache_gb * 2**30))
+        return self._cache
 
     def path(self, name: str) -> Path:
         return self.out / name
