@@ -105,7 +105,9 @@ def test_the_teacher_cache_serves_the_end_to_end_phases_without_moving_the_numbe
         argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
         assert main([*argv, "--blockwise-epochs", "1", "--baselines", "none", "--teacher-cache-gb", gb]) == 0
         logs[gb] = json.loads((out / "curve.json").read_text())["distill_log"]
-        logs[gb]["recovery"] = json.loads((out / "recovery.json").read_text())["students"]["3"]["log"]
+        recovered = json.loads((out / "recovery.json").read_text())["students"]["3"]
+        logs[gb]["recovery"] = recovered["log"]
+        assert recovered["teacher_cache_batches"] == (6 if gb == "1" else 0)
     cache = json.loads((out / "blockwise.json").read_text())["teacher_cache"]
     assert cache["enabled"] and cache["texts"] == 96 and cache["batches_served"] == 0  # one epoch: all misses
     assert sum(served) == 3 * 2 + 6  # every end-to-end step after block-wise: 3 swaps x 2 steps, recovery 6

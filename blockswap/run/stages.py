@@ -114,11 +114,12 @@ def recovery(state: RunState) -> None:
     students = {}
     for source, target, step in jobs:
         set_seed(state.cfg.run.seed)
-        student = export.load(state.path(source))
+        student, served = export.load(state.path(source)), state.teacher_cache.hits
         budget = distill.recover(
             student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
             accelerator=state.accelerator, cache=state.teacher_cache,
         )  # fmt: skip
+        budget["teacher_cache_batches"] = state.teacher_cache.hits - served  # batches with no teacher forward
         state.save_model(student, target)
         row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))
         ci = kept_interval(teacher_test, test, seed=step)
