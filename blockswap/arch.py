@@ -347,22 +347,28 @@ def identity_block(model: PreTrainedModel) -> IdentityBlock:
     return IdentityBlock(returns_tuple(model))
 
 
-@torch.no_grad()
-def block_masks(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[int, object]:
-    """The attention mask each block of ``model`` receives for ``batch`` (in whatever format the encoder
-    builds it: per-layer sliding windows included), from one forward with every block replaced by an
-    identity, so only the embeddings, the mask code and the head run."""
+@contextlib.contextmanager
+def identity_blocks(model: PreTrainedModel) -> Iterator[None]:
+    """Every block of ``model`` replaced by an identity inside the context (restored on exit): a forward then
+    runs only the embeddings, the mask code and the head."""
     layers = blocks(model)
     originals = list(layers)
     try:
         for i in range(len(originals)):
             put_block(model, i, identity_block(model))
-        with capture_blocks(model) as rec:
-            model(**forward_inputs(model, batch))
-        return {i: rec[i]["mask"] for i in range(len(originals))}
+        yield
     finally:
         for i, block in enumerate(originals):
             layers[i] = block
+
+
+@torch.no_grad()
+def block_masks(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[int, object]:
+    """The attention mask each block of ``model`` receives for ``batch`` (in whatever format the encoder
+    builds it: per-layer sliding windows included), from one forward through identity blocks."""
+    with identity_blocks(model), capture_blocks(model) as rec:
+        model(**forward_inputs(model, batch))
+    return {i: rec[i]["mask"] for i in range(len(rec))}
 
 
 def head_logits(model: PreTrainedModel, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -381,11 +387,14 @@ def head_logits(model: PreTrainedModel, hidden: torch.Tensor, batch: dict[str, t
         return model.classifier(model.dropout(pooled))
     if head == "context_pooler":
         return model.classifier(model.dropout(model.pooler(hidden)))
-    if head == "forward":
-        last = blocks(model)[-1]
-        handle = last.register_forward_hook(lambda m, a, out: (hidden, *out[1:]) if isinstance(out, tuple) else hidden)
-        try:
-            return model(**forward_inputs(model, batch)).logits
-        finally:
-            handle.remove()
+    if head == "forward":  # through identity blocks (the last one returning ``hidden``): the blocks never run
+        with identity_blocks(model):
+            last = blocks(model)[-1]
+            hook = last.register_forward_hook(
+                lambda m, a, out: (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+            )
+            try:
+                return model(**forward_inputs(model, batch)).logits
+            finally:
+                hook.remove()
     return model.classifier(hidden)  # RoBERTa / ELECTRA / MPNet heads take the sequence and pool the first token
