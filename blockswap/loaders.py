@@ -141,13 +141,18 @@ def prepare_embedding(cfg: DataConfig, teacher, *, log: Callable[[str], None] = 
     out = {}
     for name, ds in splits.items():
         ds = ds.add_column("labels", [[0.0]] * len(ds))  # placeholder so the loader's batches carry labels
-        embeddings = []
-        in_order = DataLoader(ds.with_format(None), batch_size=EVAL_BATCH_SIZE, collate_fn=collate(tokenizer))
-        for batch in in_order:
+        order = np.argsort(np.array([len(x) for x in ds["input_ids"]]), kind="stable")  # by length: little padding
+        by_length = DataLoader(
+            ds.select(order.tolist()).with_format(None), batch_size=EVAL_BATCH_SIZE, collate_fn=collate(tokenizer)
+        )
+        parts = []
+        for batch in by_length:
             emb = teacher(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-            embeddings += emb.logits.float().tolist()
+            parts.append(emb.logits.float())
+        embeddings = torch.empty(len(ds), parts[0].shape[-1]) if parts else torch.empty(0, 0)
+        embeddings[torch.from_numpy(order)] = torch.cat(parts) if parts else embeddings
         log(f"teacher embeddings of the {name} split: {len(ds)} texts")
-        out[name] = ds.remove_columns("labels").add_column("labels", embeddings)
+        out[name] = ds.remove_columns("labels").add_column("labels", embeddings.tolist())
     return TaskData(tokenizer, DatasetDict(out), names, "embedding")
 
 

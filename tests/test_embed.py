@@ -48,6 +48,24 @@ def test_the_wrapper_gives_sentence_transformers_own_embeddings(tmp_path, poolin
     assert torch.allclose(got.norm(dim=-1), torch.ones(3)) == normalize
 
 
+def test_each_texts_target_is_the_teachers_embedding_of_that_text(tmp_path, tiny_csv):
+    """The targets are computed in length order (little padding) and put back in each split's own order."""
+    from blockswap.config import DataConfig
+    from blockswap.loaders import prepare_embedding
+
+    folder = tiny_sentence_transformer(tmp_path)
+    teacher = embed.load_teacher(folder)
+    data = prepare_embedding(DataConfig(dataset=str(tiny_csv)), teacher, log=lambda _: None)
+    for split in ("train", "test"):
+        ids = [list(x) for x in data.splits[split]["input_ids"]]
+        assert len({len(x) for x in ids}) > 1  # mixed lengths: the reordering matters
+        with torch.no_grad():  # each text alone, unpadded
+            want = torch.cat(
+                [teacher(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x))).logits for x in ids]
+            )
+        torch.testing.assert_close(torch.tensor(data.splits[split]["labels"]), want, atol=1e-5, rtol=1e-5)
+
+
 def test_embedding_loss_and_recall_by_hand():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     assert embedding_loss(a, a).item() == 0.0
