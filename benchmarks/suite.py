@@ -6,9 +6,9 @@
 For every dataset and seed it runs the default recipe (`blockswap run --seed S --dataset D`) with the
 equal-budget baselines `distil` (DistilBERT-style layer dropping + KD) and `thesis` (the seed thesis's
 procedure) at the key points: the curve step nearest a 50 % GMACs cut and the last step (every block
-substituted); `--recover-last` gives the last step's student the same recovery as the chosen one, and
-each baseline gets the recovery steps of the point it is compared at. A finished run folder is reused, an interrupted one resumed. It writes, per dataset and
-point, the mean and standard deviation over seeds of `kept` on the test split for each method, and per
+substituted); `--recover-key` gives both points' students the same recovery as the chosen one (whatever step
+the stop rule chose), and each baseline gets the recovery steps of the point it is compared at. A finished
+run folder is reused, an interrupted one resumed. It writes, per dataset and point, the mean and standard deviation over seeds of `kept` on the test split for each method, and per
 run the paired 95 % intervals, so "blockswap is above the baseline" can be checked against the noise.
 """
 
@@ -35,7 +35,7 @@ def run_one(folder: Path, dataset: str, seed: int, extra: list[str]) -> float:
     if (folder / "summary.json").is_file():
         return 0.0
     cmd = [sys.executable, "-m", "blockswap.cli", "run", "--out", str(folder), "--dataset", dataset]
-    cmd += ["--seed", str(seed), "--baselines", "distil,thesis", "--baseline-points", "key", "--recover-last", *extra]
+    cmd += ["--seed", str(seed), "--baselines", "distil,thesis", "--baseline-points", "key", "--recover-key", *extra]
     if folder.exists():
         cmd.append("--resume")
     started = time.perf_counter()

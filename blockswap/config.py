@@ -193,6 +193,11 @@ class DistillConfig:
         "points compare after recovery",
         default=False,
     )
+    recover_key: bool = _help(
+        "recovery also trains the students at the suite's key points, whatever the stop rule chose: the curve step "
+        "nearest a 50 % GMACs cut (RUN/model_step<k>_recovered unless it is the chosen one) and the last step",
+        default=False,
+    )
     teacher_cache_gb: float = _help(
         "memory (GiB) for the frozen teacher's outputs on the training texts (fp16 hidden states, logits), reused "
         "by block-wise epochs after the first, recovery and the equal-budget baselines instead of re-running the "

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from blockswap import arch, errors
+from blockswap import arch, errors, export
 from blockswap.cli import main
 from blockswap.compact import CompactBlock
 from blockswap.run import RECIPE
+from blockswap.run.curve import key_rows
 
 from .test_pipeline import FAST
 
@@ -258,6 +259,38 @@ def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
             extra = rec[str(r["step"])]["steps"] if str(r["step"]) in rec else 0
             assert b["train_steps"] == r["train_steps"] + extra, (name, r["step"])
     assert "(recovered)" in (out / "report.md").read_text()
+
+
+def test_recover_key_recovers_the_key_points_whatever_the_stop_rule_chose(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    """The suite compares at the step nearest a 50 % GMACs cut and the last step; with the stop rule choosing
+    step 1, both are still recovered (step 2 from RUN/model_step2) and their baselines get those steps."""
+    from blockswap.run import curve as curve_mod
+
+    original = curve_mod._row
+
+    def step_one_only(state, step, *args):
+        row, metrics = original(state, step, *args)
+        row["kept"] = 1.0 if step <= 1 else 0.5
+        return row, metrics
+
+    monkeypatch.setattr(curve_mod, "_row", step_one_only)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--recover-key", "--baselines", "distil"]
+    assert main(argv) == 0, capsys.readouterr().err
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["chosen_step"] == 1 and [r["step"] for r in key_rows(curve["rows"][1:])] == [2, 3]
+    rec = json.loads((out / "recovery.json").read_text())["students"]
+    folders = {"1": "model_recovered", "2": "model_step2_recovered", "3": "model_last_recovered"}
+    assert {k: v["folder"] for k, v in rec.items()} == folders
+    assert all((out / f).is_dir() for f in folders.values()) and (out / "model_step2").is_dir()
+    assert export.load(out / "model_step2").config.blockswap["substituted"] == curve["rows"][2]["substituted"]
+    base = json.loads((out / "baselines.json").read_text())["distil"]
+    assert [b["step"] for b in base] == [2, 3]
+    for b in base:
+        assert b["train_steps"] == curve["rows"][b["step"]]["train_steps"] + rec[str(b["step"])]["steps"]
 
 
 def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_path, capsys, tiny_csv, tiny_teacher_dir):

@@ -16,6 +16,7 @@ import torch
 from .. import arch, baselines, distill, measure
 from ..evaluate import kept_interval
 from ..substitute import substitute
+from .curve import key_rows
 from .stages import recovered_steps
 from .state import RunState
 
@@ -66,12 +67,6 @@ def _dropped(teacher, blocks: list[int]):
     for i in blocks:
         arch.put_block(student, i, arch.identity_block(student))
     return student.requires_grad_(True)
-
-
-def key_rows(rows: list[dict]) -> list[dict]:
-    """The curve steps nearest a 50 % GMACs cut and the last step (the suite's comparison points)."""
-    near = min(rows, key=lambda r: abs(r["gmacs_cut"] - 0.5))
-    return [near] if near is rows[-1] else [near, rows[-1]]
 
 
 def _points(state: RunState, rows: list[dict]) -> list[dict]:

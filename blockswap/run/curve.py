@@ -60,6 +60,12 @@ def _next_block(state: RunState, student, remaining: list[int], order: list[int]
     return importance.rank(student, batches, cheap, candidates=remaining)["order"][0]
 
 
+def key_rows(rows: list[dict]) -> list[dict]:
+    """The curve steps nearest a 50 % GMACs cut and the last step (the suite's comparison points)."""
+    near = min(rows, key=lambda r: abs(r["gmacs_cut"] - 0.5))
+    return [near] if near is rows[-1] else [near, rows[-1]]
+
+
 def _point(state: RunState, model, teacher_cost) -> dict:
     c = state.cost(model)
     cut = c.cut(teacher_cost)
@@ -76,7 +82,8 @@ def substitution_curve(state: RunState) -> None:
     """curve.json / curve.csv and RUN/model: for k = 1..K swap, distil end to end, evaluate, measure.
 
     The chosen model (RUN/model) is the last step satisfying the stop rule; when that is not the
-    curve's last step, the last step's student is saved too (RUN/model_last). Raises StopRuleUnsatisfied (after
+    curve's last step, the last step's student is saved too (RUN/model_last), and with ``recover_key`` the
+    student nearest a 50 % GMACs cut (RUN/model_step<k>) when it is neither. Raises StopRuleUnsatisfied (after
     writing curve.csv and curve.unsatisfied.json) if no step does.
     """
     cfg, teacher = state.cfg.run, state.teacher
@@ -88,7 +95,7 @@ def substitution_curve(state: RunState) -> None:
     rows, teacher_val, metric = [first], first["score"], teacher_metrics["validation"]["metric"]
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
-    chosen, remaining, logs = None, list(range(n)), {}
+    chosen, remaining, logs, half = None, list(range(n)), {}, None
     budget = dict(state.read("blockwise.json").get("budget") or {"steps": 0, "seconds": 0.0})
     for k in range(1, min(n, cfg.max_blocks or n) + 1):
         block = _next_block(state, student, remaining, order)
@@ -116,6 +123,8 @@ def substitution_curve(state: RunState) -> None:
         ok = row["kept"] >= cfg.min_kept
         if ok:
             chosen = (k, copy.deepcopy(student))
+        if state.cfg.distill.recover_key and (half is None or abs(row["gmacs_cut"] - 0.5) < half[0]):
+            half = (abs(row["gmacs_cut"] - 0.5), k, copy.deepcopy(student))  # the key point, whatever is chosen
         reached = cfg.target_gmacs_cut is not None and row["gmacs_cut"] >= cfg.target_gmacs_cut
         if reached or (not ok and not cfg.full_curve):
             break
@@ -127,6 +136,8 @@ def substitution_curve(state: RunState) -> None:
     state.save_model(chosen[1], "model")
     if chosen[0] != rows[-1]["step"]:  # the most compressed student too: to deploy or benchmark it
         state.save_model(student, "model_last")
+    if half is not None and half[1] not in (chosen[0], rows[-1]["step"]):
+        state.save_model(half[2], f"model_step{half[1]}")
     state.write("curve.json", result)
 
 

@@ -18,7 +18,7 @@ from ..evaluate import evaluate, kept_interval
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
 from ..vocab import prune_and_measure
-from .curve import other_metrics
+from .curve import key_rows, other_metrics
 from .state import RunState
 
 
@@ -98,19 +98,22 @@ def blockwise(state: RunState) -> None:
 
 
 def recovery(state: RunState) -> None:
-    """recovery.json + RUN/model_recovered (+ RUN/model_last_recovered with ``recover_last``): the chosen
-    (and last) curve student distilled end to end with every weight trainable (the substitutes only with
-    ``recovery_freeze_kept``).
+    """recovery.json + RUN/model_recovered (+ RUN/model_last_recovered with ``recover_last``; + the key points'
+    students with ``recover_key``): the chosen (last, key) curve students distilled end to end with every
+    weight trainable (the substitutes only with ``recovery_freeze_kept``).
 
     KL(T) + alpha CE + recovery_beta MSE at every block's output, AdamW at recovery_lr with warm-up and
     linear decay over recovery_epochs: the budget a DistilBERT-style student would get. Each student's
     entry (keyed by its curve step) has its budget, validation before/after and kept on test with its
     paired interval; the equal-budget baselines add its steps to theirs.
     """
-    curve, teacher_test = state.read("curve.json"), state.teacher_test()
+    curve, teacher_test, cfg = state.read("curve.json"), state.teacher_test(), state.cfg.distill
     jobs = [("model", "model_recovered", curve["chosen_step"])]
-    if state.cfg.distill.recover_last and state.path("model_last").is_dir():
+    if (cfg.recover_last or cfg.recover_key) and state.path("model_last").is_dir():
         jobs.append(("model_last", "model_last_recovered", curve["rows"][-1]["step"]))
+    for r in key_rows(curve["rows"][1:]) if cfg.recover_key else ():
+        if r["step"] not in {step for *_, step in jobs}:  # saved by the curve as RUN/model_step<k>
+            jobs.append((f"model_step{r['step']}", f"model_step{r['step']}_recovered", r["step"]))
     students = {}
     for source, target, step in jobs:
         set_seed(state.cfg.run.seed)
