@@ -1,8 +1,8 @@
-import pytest
 import torch
 from accelerate import Accelerator
 
-from blockswap import arch, distill
+from blockswap import distill
+from blockswap.compact import CompactBlock, CompactSpec
 from blockswap.config import DistillConfig
 from blockswap.teacher_cache import TeacherCache
 
@@ -108,14 +108,13 @@ def test_fp16_overflow_is_not_cached():
     assert not cache.rows
 
 
-@pytest.mark.parametrize("epochs", [2])
-def test_blockwise_second_epoch_is_served_from_the_cache_and_trains_like_without_it(epochs):
-    teacher = tiny_model("bert", layers=3)
+def test_blockwise_second_epoch_is_served_from_the_cache_and_trains_like_without_it():
+    teacher, epochs = tiny_model("bert", layers=3), 2
     batches = labelled_batches(4)
     results = {}
     for name, cache in (("cached", TeacherCache(2**30)), ("plain", None)):
         torch.manual_seed(0)
-        subs = {i: arch_compact(teacher) for i in range(3)}
+        subs = {i: CompactBlock(32, CompactSpec(hidden=8, layers=1, heads=2, ffn=16)) for i in range(3)}
         cfg = DistillConfig(blockwise_epochs=epochs, blockwise_lr=3e-3)
         history = distill.blockwise(teacher, subs, batches, cfg, accelerator=Accelerator(cpu=True), cache=cache)
         results[name] = (history, subs, cache)
@@ -144,9 +143,3 @@ def test_recovery_reads_the_teacher_from_the_cache():
     budget = distill.recover(student, teacher, batches, cfg, accelerator=Accelerator(cpu=True), cache=cache)
     handle.remove()
     assert budget["steps"] == 6 and cache.hits == 6 and not calls  # the teacher never ran
-
-
-def arch_compact(teacher):
-    from blockswap.compact import CompactBlock, CompactSpec
-
-    return CompactBlock(arch.hidden_size(teacher.config), CompactSpec(hidden=8, layers=1, heads=2, ffn=16))
