@@ -232,19 +232,24 @@ def test_recovery_leaves_the_original_weights_when_frozen(tmp_path, capsys, tiny
     assert moved and all(f"layer.{sub}." in k for k in moved), sorted(moved)[:5]  # the substitute only
 
 
-def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
-    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
-):
+def _stop_rule_chooses_step_one(monkeypatch) -> None:
+    """Make step 1 the only step that satisfies the stop rule; the (full) curve goes on to step 3."""
     from blockswap.run import curve as curve_mod
 
     original = curve_mod._row
 
-    def step_one_only(state, step, *args):  # make step 1 the chosen one and the curve go on to step 3
+    def step_one_only(state, step, *args):
         row, metrics = original(state, step, *args)
         row["kept"] = 1.0 if step <= 1 else 0.5
         return row, metrics
 
     monkeypatch.setattr(curve_mod, "_row", step_one_only)
+
+
+def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    _stop_rule_chooses_step_one(monkeypatch)
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
     argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--recover-last", "--baselines", "distil,thesis"]
@@ -266,16 +271,7 @@ def test_recover_key_recovers_the_key_points_whatever_the_stop_rule_chose(
 ):
     """The suite compares at the step nearest a 50 % GMACs cut and the last step; with the stop rule choosing
     step 1, both are still recovered (step 2 from RUN/model_step2) and their baselines get those steps."""
-    from blockswap.run import curve as curve_mod
-
-    original = curve_mod._row
-
-    def step_one_only(state, step, *args):
-        row, metrics = original(state, step, *args)
-        row["kept"] = 1.0 if step <= 1 else 0.5
-        return row, metrics
-
-    monkeypatch.setattr(curve_mod, "_row", step_one_only)
+    _stop_rule_chooses_step_one(monkeypatch)
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
     argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--recover-key", "--baselines", "distil"]
