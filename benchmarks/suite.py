@@ -117,23 +117,26 @@ def main() -> int:
     parser.add_argument("extra", nargs="*", help="extra flags for `blockswap run` (after --)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs: dict[str, dict[int, dict]] = {}
+    datasets = args.datasets.split(",")
+    out = Path(args.json)
+    # notes written by hand into an earlier result (how a run was made) survive a re-run
+    notes = json.loads(out.read_text()).get("notes") if out.is_file() else None
+    runs: dict[str, dict[int, dict]] = {Path(d).stem: {} for d in datasets}  # a packaged name, or a file's stem
     seconds: dict[str, float] = {}
-    for dataset in args.datasets.split(","):
-        name = Path(dataset).stem  # a packaged name, or a file's stem
-        runs[name] = {}
-        for seed in seeds:
-            folder = Path(args.root) / f"{name}-s{seed}"
+    for seed in seeds:  # seed-major: an interrupted suite has whole seeds over every dataset
+        for dataset in datasets:
+            folder = Path(args.root) / f"{Path(dataset).stem}-s{seed}"
             seconds[folder.name] = run_one(folder, dataset, seed, args.extra)
-            runs[name][seed] = points(folder)
-    result = {
-        "command": " ".join(["benchmarks/suite.py", *sys.argv[1:]]),
-        "summary": aggregate(runs),
-        "runs": runs,
-        "wall_seconds_this_invocation": seconds,
-    }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            runs[Path(dataset).stem][seed] = points(folder)
+            result = {
+                "command": " ".join(["benchmarks/suite.py", *sys.argv[1:]]),
+                "summary": aggregate({name: by_seed for name, by_seed in runs.items() if by_seed}),
+                "runs": runs,
+                "wall_seconds_this_invocation": seconds,
+                **({"notes": notes} if notes else {}),
+            }
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")  # after every run: a stopped suite keeps its results
     print(json.dumps(result["summary"], indent=2))
     return 0
 
