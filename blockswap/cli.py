@@ -91,8 +91,14 @@ def _add_fetch(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    x = sub.add_parser("export", help="ONNX export (+ dynamic int8) of a classifier folder, parity-checked")
-    x.add_argument("model", help="classifier folder (a run's model/ or teacher/, or any saved classifier)")
+    x = sub.add_parser(
+        "export", help="ONNX export (+ dynamic int8) of a classifier or sentence-embedding folder, parity-checked"
+    )
+    x.add_argument(
+        "model",
+        help="classifier folder (a run's model/ or teacher/, or any saved classifier) or sentence-transformers folder "
+        "(an embedding run's model/: the graph outputs the pooled, normalised embedding)",
+    )
     x.add_argument("--onnx", required=True, help="output folder for model.onnx, tokenizer, config, metadata")
     x.add_argument("--quantize", choices=["none", "int8"], default="int8", help="also write model.int8.onnx")
     add_config_flags(x, {"data": ""})

@@ -10,7 +10,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
-from . import arch, deploy, export, files, measure
+from . import arch, deploy, embed, export, files, measure
 from .compact import CompactSpec
 from .config import Config
 from .data import load_source
@@ -103,6 +103,11 @@ def evaluate_command(
 ):
     """Metrics of a classifier (PyTorch or ONNX folder) on a split of ``cfg.data``; returns (metrics, path or None)."""
     model, tokenizer = open_classifier(model_name, int8=int8)
+    if is_embedding_model(model):
+        raise ConfigError(
+            f"{model_name} is a sentence-embedding model: `evaluate` scores classifiers; an embedding student is "
+            "measured against its teacher by `blockswap run --task embedding`, and `predict` writes its embeddings"
+        )
     data = prepare(cfg.data, tokenizer)
     if len(data.label_names) > model.config.num_labels:
         raise DataError(
@@ -119,14 +124,20 @@ def evaluate_command(
 
 
 def open_classifier(folder: str, *, int8: bool = False, threads: int | None = None):
-    """A PyTorch classifier or, for an ONNX folder, an ``OnnxClassifier``; plus its tokenizer."""
+    """A PyTorch classifier (or sentence-transformers model) or, for an ONNX folder, an ``OnnxClassifier``; plus
+    its tokenizer."""
     if deploy.is_onnx_folder(folder):
         model = deploy.OnnxClassifier.load(folder, int8=int8, threads=threads)
     else:
         if int8:
             raise ConfigError(f"--int8 needs an ONNX folder; {folder} has no {deploy.ONNX_FILE}")
-        model = export.load_classifier(folder)
+        model = export.load(folder) if embed.is_sentence_transformers_folder(folder) else export.load_classifier(folder)
     return model, export.load_tokenizer(folder)
+
+
+def is_embedding_model(model) -> bool:
+    """A sentence-embedding model, in PyTorch or exported to ONNX."""
+    return isinstance(model, embed.SentenceEncoder) or getattr(model, "is_embedding", False)
 
 
 def predict_command(
@@ -138,15 +149,23 @@ def predict_command(
     int8: bool,
     progress=None,
 ):
-    """One dict per text (or ``(text, text_pair)`` pair), in input order: label, its probability, every label's."""
+    """One dict per text (or ``(text, text_pair)`` pair), in input order: label, its probability, every label's
+    (a regressor's value; a tagger's tags; a sentence-embedding model's embedding)."""
     model, tokenizer = open_classifier(folder, int8=int8)
     forward = logits_fn(model)
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    if is_embedding_model(model):
+        if pairs:
+            raise ConfigError("a sentence-embedding model embeds single texts; drop --text-pair-column")
+        limit = model.st.max_seq_length if isinstance(model, embed.SentenceEncoder) else model.max_seq_length
+        max_length = min(max_length, limit or max_length)  # what SentenceTransformer.encode truncates to
+        return _predict_embeddings(forward, tokenizer, texts, batch_size=batch_size, max_length=max_length,
+                                   progress=progress)  # fmt: skip
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if isinstance(model, torch.nn.Module) and arch.is_token_model(model):
         return _predict_tags(
             model, tokenizer, texts, names, batch_size=batch_size, max_length=max_length, progress=progress
         )
-    pairs = bool(texts) and isinstance(texts[0], tuple)
     order = sorted(range(len(texts)), key=lambda i: len("".join(texts[i])))  # similar lengths share a batch
     probs = [None] * len(texts)
     with torch.inference_mode():
@@ -181,6 +200,22 @@ def predict_command(
     return rows
 
 
+def _predict_embeddings(forward, tokenizer, texts, *, batch_size: int, max_length: int, progress=None) -> list[dict]:
+    """Each text's embedding (pooled and normalised as the model declares), in input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+    vectors = [None] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt")  # fmt: skip
+            for i, v in zip(idx, forward(dict(batch)).tolist(), strict=True):
+                vectors[i] = v
+            if progress is not None:
+                progress(len(idx))
+    return [{"index": i, "text": t, "embedding": v} for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
+
+
 def _predict_tags(model, tokenizer, texts, names, *, batch_size: int, max_length: int, progress=None) -> list[dict]:
     """Token classification: each text split on whitespace into words, one tag per word (its first sub-token's)."""
     if texts and isinstance(texts[0], tuple):
@@ -211,9 +246,10 @@ def _predict_tags(model, tokenizer, texts, names, *, batch_size: int, max_length
 
 
 def export_command(cfg: Config, folder: str, out: Path, *, int8: bool) -> dict:
-    """ONNX export of a classifier folder, parity-checked and evaluated on the configured dataset's test split."""
+    """ONNX export of a classifier or sentence-transformers folder, parity-checked and evaluated on the configured
+    dataset's test split."""
     deploy.require_onnx()
-    model = export.load_classifier(folder)
+    model = export.load(folder) if embed.is_sentence_transformers_folder(folder) else export.load_classifier(folder)
     dsd = load_source(cfg.data)
     return deploy.export_checked(
         model, export.load_tokenizer(folder), out, dsd=dsd, max_length=cfg.data.max_length, int8=int8

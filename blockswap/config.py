@@ -259,6 +259,13 @@ class RunConfig:
         "'onnx': export teacher and chosen student to RUN/onnx (fp32 + dynamic int8, parity-checked); 'none'",
         default="none",
     )
+    eval_dataset: str | None = _help(
+        "--task embedding: a semantic-similarity set (hub id, e.g. sentence-transformers/stsb, or a .csv/.tsv/.jsonl "
+        "file with sentence1, sentence2 and score columns): Spearman of the embeddings' cosine similarities with "
+        "its scores, for the teacher, every curve step and the student",
+        default=None,
+    )
+    eval_split: str = _help("split of a hub --eval-dataset", default="test")
 
     def __post_init__(self) -> None:
         from .baselines import BASELINES  # the registry is the one list of names

@@ -274,6 +274,52 @@ def _limit(dsd: DatasetDict, cfg: DataConfig) -> DatasetDict:
     return DatasetDict(out)
 
 
+STS_SCORE_CANDIDATES = ("score", "similarity_score", "relatedness_score", "similarity", "label")
+
+
+def read_sts(source: str, split: str = "test") -> tuple[list[str], list[str], list[float]]:
+    """A semantic-similarity set: ``(first texts, second texts, gold scores)``.
+
+    ``source``: a .csv/.tsv/.jsonl/.parquet file or a hub dataset id (its ``split``), with two sentence
+    columns (sentence1/sentence2, question1/question2, ...) and a numeric score (score, label, ...). Rows
+    without a score (GLUE's hidden test labels are -1) are refused rather than scored.
+    """
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet") or path.exists():
+        if not path.is_file():
+            raise DataError(f"--eval-dataset file {path} does not exist")
+        df = read_local(path)
+    else:
+        import datasets
+
+        try:
+            df = datasets.load_dataset(source, split=split).to_pandas()
+        except (ConnectionError, OSError, FileNotFoundError) as e:
+            raise DataError(
+                f"cannot load --eval-dataset {source!r}: not a local file and the Hugging Face hub cannot be reached "
+                f"({type(e).__name__}); pass a .csv/.tsv/.jsonl file with sentence1, sentence2 and score columns"
+            ) from None
+        except ValueError as e:
+            raise DataError(
+                f"cannot load --eval-dataset {source!r} split {split!r}: {str(e).splitlines()[0]}"
+            ) from None
+    cols = [str(c) for c in df.columns]
+    pair = next(((a, b) for a, b in PAIR_CANDIDATES if a in cols and b in cols), None)
+    if pair is None:
+        raise DataError(
+            f"--eval-dataset {source} has no pair of sentence columns (looked for "
+            f"{', '.join('/'.join(p) for p in PAIR_CANDIDATES)}); columns are: {', '.join(cols)}"
+        )
+    score_col = _pick_column(cols, None, STS_SCORE_CANDIDATES, "score")
+    scores = pd.to_numeric(df[score_col], errors="coerce")
+    if len(df) < 2 or scores.isna().any() or (score_col == "label" and (scores < 0).any()):
+        raise DataError(
+            f"--eval-dataset {source}: the {score_col!r} column needs a numeric score on every row (at least 2 rows; "
+            "GLUE hides its test scores: use the validation split)"
+        )
+    return df[pair[0]].astype(str).tolist(), df[pair[1]].astype(str).tolist(), scores.astype(float).tolist()
+
+
 def read_texts(
     source: str, *, text_column: str | None = None, text_pair_column: str | None = None, stdin=None
 ) -> list[str] | list[tuple[str, str]]:

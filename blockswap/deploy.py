@@ -1,9 +1,12 @@
-"""Deploy a classifier where people serve models: ONNX export, parity check, dynamic int8, ONNX Runtime.
+"""Deploy a classifier or a sentence-embedding model where people serve models: ONNX export, parity check,
+dynamic int8, ONNX Runtime.
 
 An ONNX folder holds ``model.onnx`` (fp32), optionally ``model.int8.onnx``, the tokenizer, a
 ``config.json`` of the *base* architecture (label names; no remote code needed) and
-``blockswap_onnx.json`` (opset, parity, accuracy). ``OnnxClassifier`` runs it; ``blockswap predict``
-and ``evaluate`` accept such a folder like a PyTorch one.
+``blockswap_onnx.json`` (opset, parity, accuracy). A classifier's graph outputs ``logits``; a
+sentence-embedding model's outputs ``sentence_embedding`` — pooling and normalisation inside the graph,
+so the session alone gives what ``SentenceTransformer.encode`` gives. ``OnnxClassifier`` runs either;
+``blockswap predict`` and ``evaluate`` accept such a folder like a PyTorch one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from . import arch, export
+from . import arch, embed, export
 from .arch import forward_inputs
 from .errors import DeployError, MissingDependency
 from .files import atomic_dir, write_json
@@ -29,6 +32,7 @@ from .files import atomic_dir, write_json
 ONNX_FILE, INT8_FILE, META_FILE = "model.onnx", "model.int8.onnx", "blockswap_onnx.json"
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
+EMBEDDING_OUTPUT = "sentence_embedding"
 
 
 def require_onnx() -> None:
@@ -45,6 +49,11 @@ def require_onnx() -> None:
 
 def is_onnx_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / ONNX_FILE).is_file()
+
+
+def output_name(model) -> str:
+    """The graph's one output: a sentence-embedding model's embedding, else a classifier's logits."""
+    return EMBEDDING_OUTPUT if isinstance(model, embed.SentenceEncoder) else "logits"
 
 
 def _input_names(model: PreTrainedModel) -> list[str]:
@@ -69,7 +78,7 @@ def _quiet():
 
 
 def _export_graph(model: PreTrainedModel, tokenizer, path: Path, opset: int) -> None:
-    """torch.onnx (dynamo) export with dynamic batch and sequence axes; logits as the one output."""
+    """torch.onnx (dynamo) export with dynamic batch and sequence axes; logits (or the embedding) as the one output."""
     names = _input_names(model)
     sample = tokenizer(["a short one", "a somewhat longer example sentence, padded"], padding=True, return_tensors="pt")
     kwargs = {n: sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names}
@@ -87,7 +96,8 @@ def _export_graph(model: PreTrainedModel, tokenizer, path: Path, opset: int) -> 
     with _quiet():
         program = torch.onnx.export(
             Logits(model.eval()).eval(), (), kwargs=kwargs, dynamo=True, opset_version=opset, verbose=False,
-            dynamic_shapes={n: {0: batch, 1: seq} for n in names}, input_names=names, output_names=["logits"],
+            dynamic_shapes={n: {0: batch, 1: seq} for n in names}, input_names=names,
+            output_names=[output_name(model)],
         )  # fmt: skip
         program.save(str(path))
 
@@ -121,20 +131,33 @@ def optimise_graph(path: Path) -> dict[str, int]:
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of the weights of MatMul/Gemm (ONNX Runtime)."""
+    """Dynamic int8 quantisation of the weights of MatMul/Gemm (ONNX Runtime), one scale per output channel.
+
+    Per channel, not per tensor: on a 2-core AVX2 CPU (no VNNI) the packaged all-MiniLM-L6-v2's int8
+    embeddings of the snippets' 1,057 test texts keep a mean cosine of 0.991 to fp32's instead of 0.957
+    (recall@10 of fp32's neighbours 0.839 instead of 0.689), and the snippets teacher classifier's int8
+    argmax agrees with fp32 on 99.0 % of the test sentences instead of 97.6 %.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
 
 
 @dataclass
 class OnnxClassifier:
-    """An exported classifier in ONNX Runtime: ``logits(batch)`` like a PyTorch model's forward."""
+    """An exported classifier (or sentence-embedding model) in ONNX Runtime: ``logits(batch)`` like a PyTorch
+    model's forward — ``(B, C)`` logits, or ``(B, D)`` embeddings when ``output`` is ``sentence_embedding``."""
 
     session: object
     config: PretrainedConfig
     input_names: list[str]
+    output: str = "logits"
+    max_seq_length: int | None = None  # an embedding model's truncation length (its sentence-transformers setting)
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.output == EMBEDDING_OUTPUT
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, int8: bool = False, threads: int | None = None) -> OnnxClassifier:
@@ -151,19 +174,24 @@ class OnnxClassifier:
             opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
-        return cls(session, AutoConfig.from_pretrained(folder), names)
+        meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+        output = session.get_outputs()[0].name
+        return cls(session, AutoConfig.from_pretrained(folder), names, output, meta.get("max_seq_length"))
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, C) float logits for a tokenised batch ``{input_ids, attention_mask, ...}`` of (B, S)."""
+        """(B, C) float logits (or (B, D) embeddings) for a tokenised batch ``{input_ids, attention_mask, ...}``."""
         feed = {}
         for n in self.input_names:
             value = batch[n] if n in batch else torch.zeros_like(batch["input_ids"])
             feed[n] = value.cpu().numpy().astype(np.int64)
-        return torch.from_numpy(self.session.run(["logits"], feed)[0]).float()
+        return torch.from_numpy(self.session.run([self.output], feed)[0]).float()
 
 
 def parity(model: PreTrainedModel, onnx_model: OnnxClassifier, batches: list[dict]) -> dict:
-    """Largest |logit difference| and argmax agreement between PyTorch and ONNX Runtime on ``batches``."""
+    """Largest |logit difference| and argmax agreement between PyTorch and ONNX Runtime on ``batches``.
+
+    For an embedding model the difference is over every embedding value and argmax does not apply (None).
+    """
     worst, agree, n, shapes = 0.0, 0, 0, []
     with torch.inference_mode():
         for b in batches:
@@ -173,9 +201,10 @@ def parity(model: PreTrainedModel, onnx_model: OnnxClassifier, batches: list[dic
             agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
             n += len(ref)
             shapes.append(list(b["input_ids"].shape))
-    passed = worst <= PARITY_TOLERANCE and agree == n
-    return {"max_abs_logit_diff": worst, "argmax_agreement": agree / max(n, 1), "n": n, "shapes": shapes,
-            "tolerance": PARITY_TOLERANCE, "passed": passed}  # fmt: skip
+    agreement = None if onnx_model.is_embedding else agree / max(n, 1)
+    passed = worst <= PARITY_TOLERANCE and (agreement is None or agree == n)
+    return {"max_abs_logit_diff": worst, "argmax_agreement": agreement, "n": n, "shapes": shapes,
+            "output": onnx_model.output, "tolerance": PARITY_TOLERANCE, "passed": passed}  # fmt: skip
 
 
 def parity_batches(tokenizer, texts: list[str], *, max_length: int = 128) -> list[dict]:
@@ -226,13 +255,15 @@ def export_onnx(
         if int8:
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
         meta = {"opset": opset, "ort_fusions": fused, "files": sorted(p.name for p in tmp.iterdir()), "parity": check}
+        if isinstance(model, embed.SentenceEncoder):  # what `encode` truncates to: predict does the same
+            meta["task"], meta["max_seq_length"] = "embedding", model.st.max_seq_length
         meta["bytes"] = {f: (tmp / f).stat().st_size for f in (ONNX_FILE, INT8_FILE) if (tmp / f).is_file()}
         write_json(tmp / META_FILE, meta)
     if not check["passed"]:
+        agreement = "" if check["argmax_agreement"] is None else f", argmax agreement {check['argmax_agreement']:.4f}"
         raise DeployError(
-            f"ONNX parity failed for {out}: max |Δlogit| {check['max_abs_logit_diff']:.2e} "
-            f"(tolerance {PARITY_TOLERANCE:g}), argmax agreement {check['argmax_agreement']:.4f}; "
-            f"the export is kept but marked failed in {out / META_FILE}"
+            f"ONNX parity failed for {out}: max |Δ{check['output']}| {check['max_abs_logit_diff']:.2e} "
+            f"(tolerance {PARITY_TOLERANCE:g}){agreement}; the export is kept but marked failed in {out / META_FILE}"
         )
     return meta
 
@@ -257,14 +288,45 @@ def accuracy_report(model: PreTrainedModel, folder: Path, loader, *, int8: bool)
     return out
 
 
+def embedding_report(model, folder: Path, tokenizer, texts: list[str], *, max_length: int, int8: bool) -> dict:
+    """How far each ONNX runtime's embeddings of ``texts`` are from PyTorch's: mean cosine and recall@10 of
+    PyTorch's nearest neighbours among the texts (``onnx_fp32_mean_cosine``, ``onnx_int8_recall@10``, ...)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+    batches = [
+        dict(tokenizer([texts[i] for i in order[s : s + 64]], truncation=True, max_length=max_length,
+                       padding=True, return_tensors="pt"))
+        for s in range(0, len(order), 64)
+    ]  # fmt: skip
+
+    def embed_all(forward) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([forward(b) for b in batches])
+
+    ref = embed_all(lambda b: model(**forward_inputs(model, b)).logits.float())
+    out = {"metric": "mean_cosine", "n": len(texts)}
+    runtimes = {"onnx_fp32": OnnxClassifier.load(folder)}
+    if int8:
+        runtimes["onnx_int8"] = OnnxClassifier.load(folder, int8=True)
+    for name, runtime in runtimes.items():
+        agreement = embed.embedding_metrics(embed_all(runtime.logits), ref)
+        out[f"{name}_mean_cosine"] = agreement["mean_cosine"]
+        out[f"{name}_{agreement['metric']}"] = agreement["score"]
+    return out
+
+
 def export_checked(model: PreTrainedModel, tokenizer, out: Path, *, dsd, max_length: int, int8: bool) -> dict:
-    """Export, check parity on the test sentences of ``dsd``, evaluate every runtime on its test split."""
+    """Export, check parity on the test sentences of ``dsd``, evaluate every runtime on its test split (for an
+    embedding model: how close each runtime's embeddings of the test texts are to PyTorch's)."""
     from datasets import DatasetDict
 
     from .loaders import loader, tokenize
 
-    meta = export_onnx(model, tokenizer, out, check_texts=list(dsd["test"]["text"]), int8=int8)
-    test = tokenize(DatasetDict(test=dsd["test"]), tokenizer, max_length)["test"]
-    meta["test"] = accuracy_report(model, out, loader(test, tokenizer, batch_size=64, shuffle=False), int8=int8)
+    texts = list(dsd["test"]["text"])
+    meta = export_onnx(model, tokenizer, out, check_texts=texts, int8=int8)
+    if isinstance(model, embed.SentenceEncoder):
+        meta["test"] = embedding_report(model, out, tokenizer, texts, max_length=max_length, int8=int8)
+    else:
+        test = tokenize(DatasetDict(test=dsd["test"]), tokenizer, max_length)["test"]
+        meta["test"] = accuracy_report(model, out, loader(test, tokenizer, batch_size=64, shuffle=False), int8=int8)
     write_json(out / META_FILE, meta)
     return meta

@@ -162,6 +162,49 @@ def embedding_metrics(student: torch.Tensor, teacher: torch.Tensor) -> dict:
     }
 
 
+@dataclass
+class StsSet:
+    """Sentence pairs with gold similarity scores (``--eval-dataset``), tokenised once, unique texts by length."""
+
+    source: str
+    split: str
+    pairs: torch.Tensor  # (N, 2): each pair's two indices into the unique texts
+    scores: torch.Tensor  # (N,) gold similarity
+    batches: list[dict[str, torch.Tensor]]  # the unique texts, tokenised in length order
+    order: torch.Tensor  # (U,) text index of each embedded row
+
+    @classmethod
+    def build(cls, source: str, split: str, tokenizer, *, max_length: int, batch_size: int = 64) -> StsSet:
+        from .data import read_sts
+
+        first, second, scores = read_sts(source, split)
+        texts = list(dict.fromkeys(first + second))
+        index = {t: i for i, t in enumerate(texts)}
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
+        batches = [
+            dict(tokenizer([texts[i] for i in order[s : s + batch_size]], truncation=True, max_length=max_length,
+                           padding=True, return_tensors="pt"))
+            for s in range(0, len(order), batch_size)
+        ]  # fmt: skip
+        pairs = torch.tensor([[index[a], index[b]] for a, b in zip(first, second, strict=True)])
+        return cls(source, split, pairs, torch.tensor(scores, dtype=torch.float64), batches, torch.tensor(order))
+
+    @torch.no_grad()
+    def spearman(self, model) -> float:
+        """Spearman correlation of ``model``'s cosine similarity of each pair with the gold scores."""
+        from .arch import forward_inputs
+        from .evaluate import regression_metrics
+
+        was_training = model.training
+        model.eval()
+        rows = torch.cat([model(**forward_inputs(model, b)).logits.double() for b in self.batches])
+        model.train(was_training)
+        emb = torch.empty_like(rows)
+        emb[self.order] = rows
+        cos = F.cosine_similarity(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]], dim=-1)
+        return regression_metrics(cos, self.scores)["spearman"]
+
+
 def probe_accuracy(train_x, train_y, test_x, test_y, *, seed: int = 0) -> float:
     """Accuracy of a logistic-regression probe trained on ``train_x`` embeddings (scikit-learn)."""
     from sklearn.linear_model import LogisticRegression

@@ -296,4 +296,12 @@ def _evaluation_lines(ev: dict) -> list[str]:
     md += ["", f"Latency: median of {lt['repeats']} after {lt['warmup']} warm-up, seq {lt['seq_len']}, "
            f"{lt['device']} {lt['dtype']}, {lt['threads']} threads; student spread p10-p90 "
            f"{ls['p10_ms']:.1f}-{ls['p90_ms']:.1f} ms at batch 32."]  # fmt: skip
+    if "probe" in ev:
+        p = ev["probe"]
+        md += ["", f"Logistic-regression probe on the embeddings (test accuracy): teacher {p['teacher']:.4f}, "
+               f"student {p['student']:.4f}."]  # fmt: skip
+    if "sts" in ev:
+        s = ev["sts"]
+        md += ["", f"STS ({s['dataset']}, {s['split']}, {s['pairs']} pairs), Spearman of cosine similarity with the "
+               f"gold scores: teacher {s['teacher']:.4f}, student {s['student']:.4f}."]  # fmt: skip
     return md

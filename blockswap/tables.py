@@ -81,12 +81,23 @@ def export_summary(folder: str, meta: dict) -> str:
     """What `blockswap export` did: files and sizes, parity, test accuracy per runtime."""
     p, t = meta["parity"], meta.get("test", {})
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in meta["bytes"].items())
+    what, agreement = p.get("output", "logits"), p["argmax_agreement"]
+    agreement = "" if agreement is None else f", argmax agreement {agreement:.4f}"
     lines = [
         f"exported {folder}: {sizes} (opset {meta['opset']})",
-        f"parity vs PyTorch on {p['n']} real sentences (batch x length {p['shapes']}): max |Δlogit| "
-        f"{p['max_abs_logit_diff']:.2e}, argmax agreement {p['argmax_agreement']:.4f} -> {'passed' if p['passed'] else 'FAILED'}",
+        f"parity vs PyTorch on {p['n']} real sentences (batch x length {p['shapes']}): max |Δ{what}| "
+        f"{p['max_abs_logit_diff']:.2e}{agreement} -> {'passed' if p['passed'] else 'FAILED'}",
     ]
-    if t:
+    if meta.get("task") == "embedding" and t:  # agreement of each runtime's embeddings with PyTorch's
+        runtimes = [r for r in ("onnx_fp32", "onnx_int8") if f"{r}_mean_cosine" in t]
+        lines.append(
+            f"test texts (n={t['n']}) vs PyTorch's embeddings: "
+            + ", ".join(
+                f"{r.replace('_', ' ')} mean cosine {t[f'{r}_mean_cosine']:.4f}, recall@10 {t[f'{r}_recall@10']:.4f}"
+                for r in runtimes
+            )  # fmt: skip
+        )
+    elif t:
         name = t.get("metric", "accuracy")
         acc = f"test {name} (n={t['n']}): torch {t[f'torch_{name}']:.4f}, onnx fp32 {t[f'onnx_fp32_{name}']:.4f}"
         if f"onnx_int8_{name}" in t:

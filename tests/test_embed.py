@@ -103,11 +103,26 @@ def test_in_batch_similarity_kl_by_hand():
     assert with_sim.item() == pytest.approx(plain.item() + 1.5 * 2 * want, rel=1e-4)  # (1 + alpha) x the term
 
 
+def sts_csv(path, n: int = 40):
+    """Sentence pairs of the tiny vocabulary with made-up similarity scores (only the arithmetic is checked)."""
+    import csv
+
+    from .conftest import sentiment_rows
+
+    texts = [t for t, _ in sentiment_rows(2 * n, seed=7)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence1", "sentence2", "score"])
+        w.writerows((texts[i], texts[n + i], (i * 7) % 11 / 2) for i in range(n))
+    return path
+
+
 def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys, tiny_csv):
     folder = tiny_sentence_transformer(tmp_path)
-    out = tmp_path / "run"
+    out, sts = tmp_path / "run", sts_csv(tmp_path / "sts.csv")
     argv = ["run", "--task", "embedding", "--teacher", str(folder), "--dataset", str(tiny_csv), "--out", str(out)]
     extra = ["--baselines", "magnitude,distil", "--baseline-points", "key", "--recovery-epochs", "1"]
+    extra += ["--export", "onnx", "--eval-dataset", str(sts)]
     assert main([*argv, *FAST, *extra]) == 0, capsys.readouterr().err
     for name in ARTIFACTS:
         if name not in ("baselines.png",):
@@ -121,6 +136,26 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     assert (out / "model" / "modules.json").is_file() and (out / "model" / "modeling_blockswap.py").is_file()
     assert ev["student_source"].endswith("model_recovered"), "recovery trains the embedding student too"
     assert (out / "model_recovered" / "modules.json").is_file()
+    # STS: the teacher's Spearman is sentence-transformers' own cosine similarities ranked against the scores
+    import pandas as pd
+    from scipy.stats import spearmanr
+    from sentence_transformers import SentenceTransformer
+
+    pairs = pd.read_csv(sts)
+    st = SentenceTransformer(str(folder), device="cpu")
+    a, b = (st.encode(pairs[c].tolist(), convert_to_tensor=True) for c in ("sentence1", "sentence2"))
+    want_sts = spearmanr(torch.nn.functional.cosine_similarity(a, b).numpy(), pairs["score"]).statistic
+    assert ev["sts"]["teacher"] == pytest.approx(want_sts, abs=1e-6) and ev["sts"]["pairs"] == 40
+    assert -1 <= ev["sts"]["student"] <= 1 and summary["sts"] == ev["sts"]
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["rows"][0]["test_metrics"]["sts_spearman"] == pytest.approx(want_sts, abs=1e-6)
+    assert all("sts_spearman" in r["test_metrics"] for r in curve["rows"])
+    assert "STS (" in (out / "report.md").read_text()
+    exported = json.loads((out / "export.json").read_text())  # teacher and student, each one graph to the embedding
+    for name in ("teacher", "student"):
+        assert exported[name]["task"] == "embedding" and exported[name]["parity"]["passed"], name
+        assert exported[name]["parity"]["output"] == "sentence_embedding"
+    assert exported["student_source"].endswith("model_recovered")
 
     from blockswap import export
 
@@ -151,3 +186,82 @@ def test_what_the_embedding_task_does_not_offer_is_refused_in_one_line(tmp_path,
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "embedding" in err[0] and not (tmp_path / "r").exists()
+
+
+def test_embedding_student_exports_to_onnx_and_predicts_what_sentence_transformers_encodes(tmp_path, capsys, tiny_csv):
+    """`export` of a substituted sentence-transformers folder: one graph from tokens to the pooled, normalised
+    embedding, equal to SentenceTransformer.encode run without blockswap; `predict` writes the same embeddings
+    from the PyTorch and the ONNX folder; `evaluate` (a classifier's metric) refuses an embedding model."""
+    pytest.importorskip("onnxruntime")
+    from sentence_transformers import SentenceTransformer
+
+    from blockswap import deploy, export
+    from blockswap.compact import CompactSpec
+    from blockswap.substitute import substitute
+
+    student = substitute(
+        embed.load_teacher(tiny_sentence_transformer(tmp_path)), [0, 2], CompactSpec(hidden=8, heads=2)
+    )
+    export.save(student, tmp_path / "student")
+    onnx_dir = tmp_path / "onnx"
+    capsys.readouterr()
+    argv = ["export", str(tmp_path / "student"), "--onnx", str(onnx_dir), "--dataset", str(tiny_csv)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "max |Δsentence_embedding|" in capsys.readouterr().out
+    meta = json.loads((onnx_dir / deploy.META_FILE).read_text())
+    assert meta["task"] == "embedding" and meta["parity"]["passed"] and meta["parity"]["argmax_agreement"] is None
+    assert meta["test"]["onnx_fp32_mean_cosine"] > 0.9999 and meta["test"]["onnx_fp32_recall@10"] == 1.0
+    assert 0.8 < meta["test"]["onnx_int8_mean_cosine"] <= 1.0
+
+    texts = ["good movie", "the plot was dull and flat and far too long", "fun"]
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["blockswap"] = None
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained({str(onnx_dir)!r})
+        sess = ort.InferenceSession({str(onnx_dir / deploy.ONNX_FILE)!r})
+        feed = dict(tok({texts!r}, padding=True, return_tensors="np"))
+        feed = {{i.name: feed[i.name] for i in sess.get_inputs()}}
+        print(json.dumps(sess.run(["sentence_embedding"], feed)[0].tolist()))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    st = SentenceTransformer(str(tmp_path / "student"), device="cpu", trust_remote_code=True)
+    want = st.encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    for folder in (tmp_path / "student", onnx_dir):
+        out = tmp_path / f"{folder.name}.jsonl"
+        assert main(["predict", "--model", str(folder), "--input", str(tmp_path / "in.txt"), "--out", str(out)]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["text"] for r in rows] == texts
+        torch.testing.assert_close(torch.tensor([r["embedding"] for r in rows]), want, atol=1e-4, rtol=0)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(onnx_dir), "--dataset", str(tiny_csv)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sentence-embedding model" in err[0]
+
+
+def test_an_unusable_eval_dataset_is_refused_before_the_run_starts(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    folder = tiny_sentence_transformer(tmp_path)
+    (tmp_path / "bad.csv").write_text("sentence1,sentence2,score\na,b,high\nc,d,0.5\n")
+    (tmp_path / "one.csv").write_text("text,score\na,1\nb,2\n")
+    emb = ["run", "--task", "embedding", "--teacher", str(folder), "--dataset", str(tiny_csv)]
+    cases = [
+        ([*emb, "--eval-dataset", str(tmp_path / "missing.csv")], "does not exist"),
+        ([*emb, "--eval-dataset", str(tmp_path / "bad.csv")], "numeric score"),
+        ([*emb, "--eval-dataset", str(tmp_path / "one.csv")], "no pair of sentence columns"),
+        (["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--eval-dataset", str(sts_csv(
+            tmp_path / "sts.csv"))], "needs --task embedding"),
+    ]  # fmt: skip
+    for i, (argv, message) in enumerate(cases):
+        capsys.readouterr()
+        assert main([*argv, "--out", str(tmp_path / f"r{i}")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / f"r{i}").exists()

@@ -38,8 +38,16 @@ def _row(state: RunState, step: int, block: int | None, model, cost: dict, teach
         "kept_test": ci["kept"],
         "kept_test_ci95": ci["ci95"],
         "n_test": ci["n"],
-        "test_metrics": other_metrics(test),
+        "test_metrics": {**other_metrics(test), **sts_metrics(state, model)},
     }, {"validation": val, "test": test}
+
+
+def sts_metrics(state: RunState, model) -> dict[str, float]:
+    """``{"sts_spearman": ...}`` on the run's --eval-dataset, in the training precision like every point; or {}."""
+    if state.sts is None:
+        return {}
+    with state.accelerator.autocast():
+        return {"sts_spearman": state.sts.spearman(model)}
 
 
 _NOT_METRICS = ("score", "seconds", "examples_per_s")  # the main metric has its own column; timings are not metrics

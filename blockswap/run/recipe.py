@@ -56,8 +56,13 @@ RECIPE: tuple[Stage, ...] = (
 
 def _check_embedding_options(cfg: Config) -> None:
     """What the embedding task does not offer, refused before anything loads."""
-    if cfg.run.prune_vocab or cfg.run.export != "none":
-        raise ConfigError("--prune-vocab and --export onnx cover classifiers; drop them for --task embedding")
+    if cfg.run.prune_vocab:
+        raise ConfigError("--prune-vocab covers classifiers; drop it for --task embedding")
+
+
+def _check_classifier_options(cfg: Config) -> None:
+    if cfg.run.eval_dataset is not None:
+        raise ConfigError("--eval-dataset scores sentence embeddings; it needs --task embedding")
     if "thesis" in cfg.run.baselines:
         raise ConfigError("the thesis baseline trains on labels, which the embedding task does not use; drop it")
 
@@ -71,9 +76,16 @@ def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) 
     if cfg.data.task == "embedding":  # the teacher is used as it is: its embeddings are the data's targets
         _check_embedding_options(cfg)
         teacher = embed.load_teacher(cfg.run.teacher or embed.default_teacher())
+        sts = None
+        if cfg.run.eval_dataset is not None:  # read (and refused if unusable) before the folder exists
+            sts = embed.StsSet.build(
+                cfg.run.eval_dataset, cfg.run.eval_split, teacher.st[0].tokenizer, max_length=cfg.data.max_length
+            )
+            log(f"--eval-dataset {cfg.run.eval_dataset}: {len(sts.scores)} scored pairs")
         data = prepare_embedding(cfg.data, teacher, log=log)
-        state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log, teacher=teacher)
+        state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log, teacher=teacher, sts=sts)
     else:
+        _check_classifier_options(cfg)
         data = prepare(
             cfg.data, export.load_tokenizer(cfg.run.teacher or cfg.finetune.model or default_base_model()), log=log
         )

@@ -169,6 +169,13 @@ def evaluation(state: RunState) -> None:
     if state.data.task == "embedding" and state.data.label_names:
         result["probe"] = {name: _probe(state, m) for name, m in (("teacher", state.teacher), ("student", student))}
         state.log(f"probe accuracy: teacher {result['probe']['teacher']:.4f}, student {result['probe']['student']:.4f}")
+    if state.sts is not None:  # fp32, like the rest of this stage
+        sts = state.sts
+        result["sts"] = {"dataset": sts.source, "split": sts.split, "pairs": len(sts.scores), "metric": "spearman"}
+        result["sts"].update({name: sts.spearman(m) for name, m in (("teacher", state.teacher), ("student", student))})
+        state.log(
+            f"STS Spearman ({sts.source}): teacher {result['sts']['teacher']:.4f}, student {result['sts']['student']:.4f}"
+        )
     state.write("evaluation.json", result)
 
 
@@ -249,6 +256,7 @@ def summary(state: RunState) -> None:
             "gmacs_cut": ev["gmacs_cut"],
             "speedup_b1": ev["speedup_b1"],
             "speedup_b32": ev["speedup_b32"],
+            **{k: ev[k] for k in ("probe", "sts") if k in ev},  # embedding task: probe accuracy, STS Spearman
             "seconds_per_stage": {
                 **state.timings,
                 "total_this_invocation": round(time.perf_counter() - state.started, 2),

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from .. import export, files, measure
 from ..config import Config, dump_config
+from ..embed import StsSet
 from ..errors import RunError
 from ..evaluate import evaluate
 from ..loaders import TaskData
@@ -34,6 +35,7 @@ class RunState:
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, kept across --resume
     started: float = field(default_factory=time.perf_counter)
+    sts: StsSet | None = None  # --eval-dataset (embedding task): pairs scored for similarity
     _cache: TeacherCache | None = None
 
     @property
