@@ -114,8 +114,14 @@ def _add_prune_vocab(sub) -> None:
 
 
 def _add_predict(sub) -> None:
-    pr = sub.add_parser("predict", help="label and probabilities for each text (PyTorch or ONNX folder)")
-    pr.add_argument("--model", required=True, help="classifier folder, or an ONNX folder from `blockswap export`")
+    pr = sub.add_parser(
+        "predict", help="label and probabilities (or the embedding) for each text (PyTorch or ONNX folder)"
+    )
+    pr.add_argument(
+        "--model",
+        required=True,
+        help="classifier or sentence-transformers folder, or an ONNX folder from `blockswap export`",
+    )
     pr.add_argument(
         "--input", required=True, help="'-' (stdin) or .txt: one text per line; or .csv/.tsv/.jsonl/.parquet"
     )

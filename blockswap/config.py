@@ -65,7 +65,8 @@ class DataConfig:
 
     dataset: str = _help(
         "'snippets' (offline default), 'amazon', 'nyt', 'tweets' (packaged too), a hub dataset name, or a "
-        ".csv/.tsv/.jsonl/.parquet file",
+        ".csv/.tsv/.jsonl/.parquet file; several joined by '+' (e.g. snippets+amazon+nyt+tweets) are one dataset, "
+        "split by split",
         default="snippets",
     )
     dataset_config: str | None = _help("hub dataset configuration (e.g. sst2 for glue)", default=None)

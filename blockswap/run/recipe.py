@@ -58,13 +58,14 @@ def _check_embedding_options(cfg: Config) -> None:
     """What the embedding task does not offer, refused before anything loads."""
     if cfg.run.prune_vocab:
         raise ConfigError("--prune-vocab covers classifiers; drop it for --task embedding")
+    if "thesis" in cfg.run.baselines:
+        raise ConfigError("the thesis baseline trains on labels, which the embedding task does not use; drop it")
 
 
 def _check_classifier_options(cfg: Config) -> None:
+    """What only the embedding task offers, refused before anything loads."""
     if cfg.run.eval_dataset is not None:
         raise ConfigError("--eval-dataset scores sentence embeddings; it needs --task embedding")
-    if "thesis" in cfg.run.baselines:
-        raise ConfigError("the thesis baseline trains on labels, which the embedding task does not use; drop it")
 
 
 def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) -> RunState:
