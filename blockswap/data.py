@@ -159,18 +159,26 @@ def read_local(path: Path) -> pd.DataFrame:
     raise DataError(f"unsupported file type {suffix!r} for {path}; use .csv, .tsv, .jsonl or .parquet")
 
 
-def _from_hub(cfg: DataConfig) -> DatasetDict:
+def _load_hub(what: str, source: str, offline_hint: str, **kwargs):
+    """``datasets.load_dataset(source, **kwargs)``; an unreachable hub or a bad name is one line (``what``: the flag)."""
     import datasets
 
     try:
-        raw = datasets.load_dataset(cfg.dataset, cfg.dataset_config)
+        return datasets.load_dataset(source, **kwargs)
     except (ConnectionError, OSError, FileNotFoundError) as e:
         raise DataError(
-            f"cannot load dataset {cfg.dataset!r}: not a local file and the Hugging Face hub cannot be reached "
-            f"({type(e).__name__}); pass a .csv/.jsonl/.parquet file or use the offline default 'snippets'"
+            f"cannot load {what} {source!r}: not a local file and the Hugging Face hub cannot be reached "
+            f"({type(e).__name__}); {offline_hint}"
         ) from None
     except ValueError as e:
-        raise DataError(f"cannot load dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"cannot load {what} {source!r}: {str(e).splitlines()[0]}") from None
+
+
+def _from_hub(cfg: DataConfig) -> DatasetDict:
+    raw = _load_hub(
+        "dataset", cfg.dataset, "pass a .csv/.jsonl/.parquet file or use the offline default 'snippets'",
+        name=cfg.dataset_config,
+    )  # fmt: skip
     train_name = "train" if "train" in raw else next(iter(raw))
     cols = raw[train_name].column_names
     if tagging.is_tagging(cols, cfg.task):
@@ -320,19 +328,8 @@ def read_sts(source: str, split: str = "test") -> tuple[list[str], list[str], li
             raise DataError(f"--eval-dataset file {path} does not exist")
         df = read_local(path)
     else:
-        import datasets
-
-        try:
-            df = datasets.load_dataset(source, split=split).to_pandas()
-        except (ConnectionError, OSError, FileNotFoundError) as e:
-            raise DataError(
-                f"cannot load --eval-dataset {source!r}: not a local file and the Hugging Face hub cannot be reached "
-                f"({type(e).__name__}); pass a .csv/.tsv/.jsonl file with sentence1, sentence2 and score columns"
-            ) from None
-        except ValueError as e:
-            raise DataError(
-                f"cannot load --eval-dataset {source!r} split {split!r}: {str(e).splitlines()[0]}"
-            ) from None
+        hint = "pass a .csv/.tsv/.jsonl file with sentence1, sentence2 and score columns"
+        df = _load_hub("--eval-dataset", source, hint, split=split).to_pandas()
     cols = [str(c) for c in df.columns]
     pair = next(((a, b) for a, b in PAIR_CANDIDATES if a in cols and b in cols), None)
     if pair is None:

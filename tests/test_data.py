@@ -104,6 +104,8 @@ def test_unreachable_hub_dataset(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(data.DataError, match="cannot load dataset"):
         data.load_source(DataConfig(dataset="no-such-owner-xyz/no-such-dataset"))
+    with pytest.raises(data.DataError, match="cannot load --eval-dataset .*sentence1, sentence2 and score"):
+        data.read_sts("no-such-owner-xyz/no-such-sts")
 
 
 def test_cache_checksum_mismatch_is_reported(tmp_path, monkeypatch):
