@@ -137,7 +137,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
     all-MiniLM-L6-v2's int8 embeddings of the snippets' 1,057 test texts keep a mean cosine of 0.991 to
     fp32's instead of 0.957 (recall@10 of fp32's neighbours 0.839 instead of 0.689), and the snippets
     teacher classifier's int8 argmax agrees with fp32 on 99.0 % of the test sentences instead of 97.6 %;
-    for the blockswap students tried it changes nothing beyond a sentence or two either way.
+    for the blockswap students tried it changes nothing beyond a sentence or two either way. It is slower:
+    the every-block student's int8 gain over fp32 falls from x1.40 to x1.09 (benchmarks/results/
+    deploy_per_channel.json); a per-tensor choice for speed is not offered yet.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
