@@ -53,6 +53,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8-scales", default="auto", choices=["auto", "per-tensor", "per-channel"])
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "deploy.json"))
     args = parser.parse_args()
     run = Path(args.run_dir)
@@ -71,7 +72,13 @@ def main() -> int:
         if not (onnx_dir / deploy.META_FILE).is_file():
             model = export.load_classifier(str(folder))
             deploy.export_checked(
-                model, export.load_tokenizer(folder), onnx_dir, dsd=dsd, max_length=data_cfg.max_length, int8=True
+                model,
+                export.load_tokenizer(folder),
+                onnx_dir,
+                dsd=dsd,
+                max_length=data_cfg.max_length,
+                int8=True,
+                int8_scales=args.int8_scales,
             )
         meta = json.loads((onnx_dir / deploy.META_FILE).read_text())
         model = export.load_classifier(str(folder))

@@ -23,12 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES = {"per_tensor": {"per_channel": False}, "per_channel": {"per_channel": True}}
+MODES = {"per_tensor": "per-tensor", "per_channel": "per-channel"}
 
 
 def compare(folder: Path, dataset: str) -> dict:
     from datasets import DatasetDict
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from blockswap import deploy, embed, export
     from blockswap.config import DataConfig
@@ -46,14 +45,8 @@ def compare(folder: Path, dataset: str) -> dict:
         onnx_dir = Path(tmp) / "onnx"
         meta = deploy.export_onnx(model, tokenizer, onnx_dir, check_texts=texts, int8=False)
         out["parity_fp32"] = meta["parity"]["max_abs_logit_diff"]
-        for mode, kw in MODES.items():
-            with deploy._quiet():
-                quantize_dynamic(
-                    str(onnx_dir / deploy.ONNX_FILE),
-                    str(onnx_dir / deploy.INT8_FILE),
-                    weight_type=QuantType.QInt8,
-                    **kw,
-                )
+        for mode, scales in MODES.items():
+            deploy.quantize_int8(onnx_dir / deploy.ONNX_FILE, onnx_dir / deploy.INT8_FILE, scales=scales)
             if is_emb:
                 report = deploy.embedding_report(
                     model, onnx_dir, tokenizer, texts, max_length=cfg.max_length, int8=True

@@ -101,6 +101,13 @@ def _add_export(sub) -> None:
     )
     x.add_argument("--onnx", required=True, help="output folder for model.onnx, tokenizer, config, metadata")
     x.add_argument("--quantize", choices=["none", "int8"], default="int8", help="also write model.int8.onnx")
+    x.add_argument(
+        "--int8-scales",
+        choices=["auto", "per-tensor", "per-channel"],
+        default="auto",
+        help="int8 weight scales: auto = per-tensor for classifiers (fastest), per-channel for embedding models "
+        "(keeps their neighbours)",
+    )
     add_config_flags(x, {"data": ""})
     x.set_defaults(handler=_cmd_export)
 
@@ -214,7 +221,13 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from . import commands
 
-    meta = commands.export_command(config_from_args(args), args.model, Path(args.onnx), int8=args.quantize == "int8")
+    meta = commands.export_command(
+        config_from_args(args),
+        args.model,
+        Path(args.onnx),
+        int8=args.quantize == "int8",
+        int8_scales=args.int8_scales,
+    )
     print(tables.export_summary(args.onnx, meta))
     return 0
 

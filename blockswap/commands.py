@@ -245,14 +245,20 @@ def _predict_tags(model, tokenizer, texts, names, *, batch_size: int, max_length
     return rows
 
 
-def export_command(cfg: Config, folder: str, out: Path, *, int8: bool) -> dict:
+def export_command(cfg: Config, folder: str, out: Path, *, int8: bool, int8_scales: str = "auto") -> dict:
     """ONNX export of a classifier or sentence-transformers folder, parity-checked and evaluated on the configured
     dataset's test split."""
     deploy.require_onnx()
     model = export.load(folder) if embed.is_sentence_transformers_folder(folder) else export.load_classifier(folder)
     dsd = load_source(cfg.data)
     return deploy.export_checked(
-        model, export.load_tokenizer(folder), out, dsd=dsd, max_length=cfg.data.max_length, int8=int8
+        model,
+        export.load_tokenizer(folder),
+        out,
+        dsd=dsd,
+        max_length=cfg.data.max_length,
+        int8=int8,
+        int8_scales=int8_scales,
     )
 
 

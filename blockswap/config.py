@@ -260,6 +260,11 @@ class RunConfig:
         "'onnx': export teacher and chosen student to RUN/onnx (fp32 + dynamic int8, parity-checked); 'none'",
         default="none",
     )
+    int8_scales: str = _help(
+        "weight scales of the int8 export: auto (per-tensor for classifiers: fastest; per-channel for "
+        "sentence-embedding models: keeps their neighbours), per-tensor, per-channel",
+        default="auto",
+    )
     eval_dataset: str | None = _help(
         "--task embedding: a semantic-similarity set (hub id, e.g. sentence-transformers/stsb, or a .csv/.tsv/.jsonl "
         "file with sentence1, sentence2 and score columns): Spearman of the embeddings' cosine similarities with "
@@ -283,6 +288,8 @@ class RunConfig:
             raise ConfigError(f"--baseline-points must be all or key, got {self.baseline_points!r}")
         if self.export not in ("none", "onnx"):
             raise ConfigError(f"--export must be none or onnx, got {self.export!r}")
+        if self.int8_scales not in ("auto", "per-tensor", "per-channel"):
+            raise ConfigError(f"--int8-scales must be auto, per-tensor or per-channel, got {self.int8_scales!r}")
         object.__setattr__(self, "baselines", _names(self.baselines, "run.baselines"))
         _known(self.baselines, BASELINES, "baseline")
 

@@ -26,7 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from . import arch, embed, export
 from .arch import forward_inputs
-from .errors import DeployError, MissingDependency
+from .errors import ConfigError, DeployError, MissingDependency
 from .files import atomic_dir, write_json
 
 ONNX_FILE, INT8_FILE, META_FILE = "model.onnx", "model.int8.onnx", "blockswap_onnx.json"
@@ -130,21 +130,36 @@ def optimise_graph(path: Path) -> dict[str, int]:
     return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of the weights of MatMul/Gemm (ONNX Runtime), one scale per output channel.
+INT8_SCALES = ("auto", "per-tensor", "per-channel")
 
-    Per channel, not per tensor (benchmarks/int8_modes.py, a 2-core AVX2 CPU without VNNI): the packaged
-    all-MiniLM-L6-v2's int8 embeddings of the snippets' 1,057 test texts keep a mean cosine of 0.991 to
-    fp32's instead of 0.957 (recall@10 of fp32's neighbours 0.839 instead of 0.689), and the snippets
-    teacher classifier's int8 argmax agrees with fp32 on 99.0 % of the test sentences instead of 97.6 %;
-    for the blockswap students tried it changes nothing beyond a sentence or two either way. It is slower:
-    the every-block student's int8 gain over fp32 falls from x1.40 to x1.09 (benchmarks/results/
-    deploy_per_channel.json); a per-tensor choice for speed is not offered yet.
+
+def int8_scales_for(model, scales: str) -> str:
+    """The weight-scale granularity ``auto`` resolves to: per channel for sentence-embedding models, per tensor
+    for classifiers.
+
+    Measured on a 2-core AVX2 CPU without VNNI (benchmarks/int8_modes.py, benchmarks/deploy.py): per channel
+    keeps the packaged all-MiniLM-L6-v2's int8 embeddings of the snippets' 1,057 test texts at a mean cosine of
+    0.991 to fp32's instead of 0.957 (recall@10 0.839 instead of 0.689) — what an embedding model is for —
+    while for classifiers it moves argmax agreement with fp32 by a sentence or two (teacher 97.6 → 99.0 %,
+    every-block student 98.9 → 98.7 %) and costs most of int8's speed on small students (every-block int8 over
+    ORT fp32 x1.09 per channel vs x1.40 per tensor; benchmarks/results/deploy_per_channel.json, deploy.json).
     """
+    if scales not in INT8_SCALES:
+        raise ConfigError(f"--int8-scales must be one of {', '.join(INT8_SCALES)}, got {scales!r}")
+    if scales != "auto":
+        return scales
+    return "per-channel" if isinstance(model, embed.SentenceEncoder) else "per-tensor"
+
+
+def quantize_int8(src: Path, dst: Path, *, scales: str) -> None:
+    """Dynamic int8 quantisation of the weights of MatMul/Gemm (ONNX Runtime); ``scales``: ``per-tensor`` (one
+    scale per weight matrix) or ``per-channel`` (one per output column) — see ``int8_scales_for``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if scales not in ("per-tensor", "per-channel"):
+        raise ValueError(f"scales must be per-tensor or per-channel, got {scales!r}")
     with _quiet():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=scales == "per-channel")
 
 
 @dataclass
@@ -233,13 +248,22 @@ def parity_batches(tokenizer, texts: list[str], *, max_length: int = 128) -> lis
 
 
 def export_onnx(
-    model: PreTrainedModel, tokenizer, out: str | os.PathLike, *, check_texts: list[str], int8: bool, opset: int = OPSET
+    model: PreTrainedModel,
+    tokenizer,
+    out: str | os.PathLike,
+    *,
+    check_texts: list[str],
+    int8: bool,
+    int8_scales: str = "auto",
+    opset: int = OPSET,
 ) -> dict:
-    """Export ``model`` to ``out`` (atomically), check parity, optionally quantise; returns the metadata.
+    """Export ``model`` to ``out`` (atomically), check parity, optionally quantise (``int8_scales``: see
+    ``int8_scales_for``); returns the metadata.
 
     Raises DeployError *after* writing the folder (marked failed) when parity fails.
     """
     require_onnx()
+    scales = int8_scales_for(model, int8_scales)
     if arch.is_token_model(model):
         raise DeployError("ONNX export covers sequence classifiers; a token classifier stays a PyTorch folder for now")
     out = Path(out)
@@ -255,9 +279,11 @@ def export_onnx(
         if not check["passed"] and fused:  # keep the fusions only where they keep parity
             (tmp / ONNX_FILE).write_bytes(plain)
             fused, check = {}, parity(model, OnnxClassifier.load(tmp), batches)
+        meta = {"opset": opset, "ort_fusions": fused, "parity": check}
         if int8:
-            quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE)
-        meta = {"opset": opset, "ort_fusions": fused, "files": sorted(p.name for p in tmp.iterdir()), "parity": check}
+            quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, scales=scales)
+            meta["int8_scales"] = scales
+        meta["files"] = sorted(p.name for p in tmp.iterdir())
         if isinstance(model, embed.SentenceEncoder):  # what `encode` truncates to: predict does the same
             meta["task"], meta["max_seq_length"] = "embedding", model.st.max_seq_length
         meta["bytes"] = {f: (tmp / f).stat().st_size for f in (ONNX_FILE, INT8_FILE) if (tmp / f).is_file()}
@@ -317,7 +343,9 @@ def embedding_report(model, folder: Path, tokenizer, texts: list[str], *, max_le
     return out
 
 
-def export_checked(model: PreTrainedModel, tokenizer, out: Path, *, dsd, max_length: int, int8: bool) -> dict:
+def export_checked(
+    model: PreTrainedModel, tokenizer, out: Path, *, dsd, max_length: int, int8: bool, int8_scales: str = "auto"
+) -> dict:
     """Export, check parity on the test sentences of ``dsd``, evaluate every runtime on its test split (for an
     embedding model: how close each runtime's embeddings of the test texts are to PyTorch's)."""
     from datasets import DatasetDict
@@ -325,7 +353,7 @@ def export_checked(model: PreTrainedModel, tokenizer, out: Path, *, dsd, max_len
     from .loaders import loader, tokenize
 
     texts = list(dsd["test"]["text"])
-    meta = export_onnx(model, tokenizer, out, check_texts=texts, int8=int8)
+    meta = export_onnx(model, tokenizer, out, check_texts=texts, int8=int8, int8_scales=int8_scales)
     if isinstance(model, embed.SentenceEncoder):
         meta["test"] = embedding_report(model, out, tokenizer, texts, max_length=max_length, int8=int8)
     else:

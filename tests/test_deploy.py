@@ -3,6 +3,7 @@
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,31 @@ def test_bert_export_matches_pytorch_and_int8_mostly_agrees(tmp_path):
     batch = deploy.parity_batches(tok, TEXTS)[4]  # 32 real sentences
     assert deploy.parity(student, q, [batch])["argmax_agreement"] >= 0.9
     assert (tmp_path / "onnx" / deploy.INT8_FILE).stat().st_size < (tmp_path / "onnx" / deploy.ONNX_FILE).stat().st_size
+
+
+def _weight_scale_sizes(path) -> set[int]:
+    """Sizes of the scales of the int8 graph's quantised weight matrices (1 = one scale per tensor)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return {
+        int(np.prod(t.dims, dtype=np.int64))
+        for t in graph.initializer
+        if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT
+    }
+
+
+def test_int8_scales_per_tensor_for_classifiers_by_default_and_per_channel_on_request(tmp_path):
+    student, tok = _student("bert", tmp_path)
+    auto = deploy.export_onnx(student, tok, tmp_path / "auto", check_texts=TEXTS, int8=True)
+    assert auto["int8_scales"] == "per-tensor"
+    assert _weight_scale_sizes(tmp_path / "auto" / deploy.INT8_FILE) == {1}
+    chan = deploy.export_onnx(student, tok, tmp_path / "chan", check_texts=TEXTS, int8=True, int8_scales="per-channel")
+    assert chan["int8_scales"] == "per-channel"
+    sizes = _weight_scale_sizes(tmp_path / "chan" / deploy.INT8_FILE)
+    assert student.config.intermediate_size in sizes  # the FFN up-projection: a scale per output column
+    none = deploy.export_onnx(student, tok, tmp_path / "none", check_texts=TEXTS, int8=False)
+    assert "int8_scales" not in none and deploy.INT8_FILE not in none["files"]
 
 
 @pytest.mark.slow

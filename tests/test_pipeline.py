@@ -104,6 +104,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
         (["--compact-hidden", "9", "--compact-heads", "2"], "divisible"),
         (["--mixed-precision", "fp16", "--cpu"], "needs a GPU"),
         (["--mixed-precision", "fp8"], "--mixed-precision"),
+        (["--int8-scales", "per-row"], "--int8-scales"),
     ],
 )
 def test_run_argument_errors(tmp_path, capsys, extra, message):

@@ -225,7 +225,9 @@ def onnx_export(state: RunState) -> None:
     result = {}
     for name, (model, tokenizer) in models.items():
         out = state.path("onnx") / name
-        result[name] = deploy.export_checked(model, tokenizer, out, dsd=dsd, max_length=cfg.max_length, int8=True)
+        result[name] = deploy.export_checked(
+            model, tokenizer, out, dsd=dsd, max_length=cfg.max_length, int8=True, int8_scales=state.cfg.run.int8_scales
+        )
         state.log(f"onnx {name}: parity max |Δlogit| {result[name]['parity']['max_abs_logit_diff']:.1e}")
     result["student_source"] = str(final)
     state.write("export.json", result)
