@@ -16,7 +16,7 @@ from .config import Config
 from .data import load_source
 from .errors import ConfigError, DataError
 from .evaluate import evaluate, logits_fn
-from .loaders import prepare
+from .loaders import in_input_order, length_batches, prepare
 from .substitute import check_blocks, substitute
 from .train import default_base_model, make_accelerator, train_teacher
 from .vocab import prune_and_measure
@@ -202,18 +202,18 @@ def predict_command(
 
 def _predict_embeddings(forward, tokenizer, texts, *, batch_size: int, max_length: int, progress=None) -> list[dict]:
     """Each text's embedding (pooled and normalised as the model declares), in input order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
-    vectors = [None] * len(texts)
+
+    def run(batch: dict) -> torch.Tensor:
+        out = forward(batch)
+        if progress is not None:
+            progress(len(out))
+        return out
+
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                              return_tensors="pt")  # fmt: skip
-            for i, v in zip(idx, forward(dict(batch)).tolist(), strict=True):
-                vectors[i] = v
-            if progress is not None:
-                progress(len(idx))
-    return [{"index": i, "text": t, "embedding": v} for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
+        vectors = in_input_order(run, length_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size))
+    return [
+        {"index": i, "text": t, "embedding": v} for i, (t, v) in enumerate(zip(texts, vectors.tolist(), strict=True))
+    ]
 
 
 def _predict_tags(model, tokenizer, texts, names, *, batch_size: int, max_length: int, progress=None) -> list[dict]:

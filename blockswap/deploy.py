@@ -320,16 +320,13 @@ def accuracy_report(model: PreTrainedModel, folder: Path, loader, *, int8: bool)
 def embedding_report(model, folder: Path, tokenizer, texts: list[str], *, max_length: int, int8: bool) -> dict:
     """How far each ONNX runtime's embeddings of ``texts`` are from PyTorch's: mean cosine and recall@10 of
     PyTorch's nearest neighbours among the texts (``onnx_fp32_mean_cosine``, ``onnx_int8_recall@10``, ...)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
-    batches = [
-        dict(tokenizer([texts[i] for i in order[s : s + 64]], truncation=True, max_length=max_length,
-                       padding=True, return_tensors="pt"))
-        for s in range(0, len(order), 64)
-    ]  # fmt: skip
+    from .loaders import in_input_order, length_batches
+
+    batches = list(length_batches(tokenizer, texts, max_length=max_length))
 
     def embed_all(forward) -> torch.Tensor:
         with torch.inference_mode():
-            return torch.cat([forward(b) for b in batches])
+            return in_input_order(forward, batches)
 
     ref = embed_all(lambda b: model(**forward_inputs(model, b)).logits.float())
     out = {"metric": "mean_cosine", "n": len(texts)}

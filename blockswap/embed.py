@@ -170,37 +170,31 @@ class StsSet:
     split: str
     pairs: torch.Tensor  # (N, 2): each pair's two indices into the unique texts
     scores: torch.Tensor  # (N,) gold similarity
-    batches: list[dict[str, torch.Tensor]]  # the unique texts, tokenised in length order
-    order: torch.Tensor  # (U,) text index of each embedded row
+    batches: list[tuple[list[int], dict[str, torch.Tensor]]]  # the unique texts by length (loaders.length_batches)
 
     @classmethod
     def build(cls, source: str, split: str, tokenizer, *, max_length: int, batch_size: int = 64) -> StsSet:
         from .data import read_sts
+        from .loaders import length_batches
 
         first, second, scores = read_sts(source, split)
         texts = list(dict.fromkeys(first + second))
         index = {t: i for i, t in enumerate(texts)}
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
-        batches = [
-            dict(tokenizer([texts[i] for i in order[s : s + batch_size]], truncation=True, max_length=max_length,
-                           padding=True, return_tensors="pt"))
-            for s in range(0, len(order), batch_size)
-        ]  # fmt: skip
+        batches = list(length_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size))
         pairs = torch.tensor([[index[a], index[b]] for a, b in zip(first, second, strict=True)])
-        return cls(source, split, pairs, torch.tensor(scores, dtype=torch.float64), batches, torch.tensor(order))
+        return cls(source, split, pairs, torch.tensor(scores, dtype=torch.float64), batches)
 
     @torch.no_grad()
     def spearman(self, model) -> float:
         """Spearman correlation of ``model``'s cosine similarity of each pair with the gold scores."""
         from .arch import forward_inputs
         from .evaluate import regression_metrics
+        from .loaders import in_input_order
 
         was_training = model.training
         model.eval()
-        rows = torch.cat([model(**forward_inputs(model, b)).logits.double() for b in self.batches])
+        emb = in_input_order(lambda b: model(**forward_inputs(model, b)).logits.double(), self.batches)
         model.train(was_training)
-        emb = torch.empty_like(rows)
-        emb[self.order] = rows
         cos = F.cosine_similarity(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]], dim=-1)
         return regression_metrics(cos, self.scores)["spearman"]
 

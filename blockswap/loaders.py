@@ -7,7 +7,7 @@ train / validation / test splits and the label names.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +115,35 @@ def loader(ds: Dataset, tokenizer, *, batch_size: int, shuffle: bool, seed: int 
         return DataLoader(ds.with_format(None), batch_sampler=sampler, collate_fn=collate(tokenizer))
     ds = ds.select(np.argsort(np.array(lengths), kind="stable").tolist())
     return DataLoader(ds.with_format(None), batch_size=batch_size, shuffle=False, collate_fn=collate(tokenizer))
+
+
+def length_batches(
+    tokenizer, texts: list[str], *, max_length: int, batch_size: int = EVAL_BATCH_SIZE
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Raw texts tokenised in batches of similar length (little padding): yields each batch's indices into
+    ``texts`` and the batch; ``in_input_order`` puts the outputs back."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt")  # fmt: skip
+        yield idx, dict(batch)
+
+
+def in_input_order(
+    forward: Callable[[dict], torch.Tensor], batches: Iterable[tuple[list[int], dict[str, torch.Tensor]]]
+) -> torch.Tensor:
+    """``forward`` over ``length_batches``' batches, its ``(B, ...)`` outputs stacked in the texts' order."""
+    idx, rows = [], []
+    for i, batch in batches:
+        idx += i
+        rows.append(forward(batch))
+    if not rows:
+        return torch.empty(0)
+    rows = torch.cat(rows)
+    out = torch.empty_like(rows)
+    out[torch.tensor(idx)] = rows
+    return out
 
 
 @dataclass

@@ -217,3 +217,18 @@ def test_bucketed_training_batches_cover_every_example_once_and_are_seeded():
     assert list(loaders.BucketBatchSampler(lengths, 32, seed=3, window=4)) == epoch1
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch1) / len(epoch1)
     assert spread < 20  # random batches of 32 would span nearly the whole 1..50 range
+
+
+def test_length_batches_put_outputs_back_in_input_order(tmp_path):
+    from .conftest import tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    texts = ["a much longer text about a film that goes on", "short", "", "a middling text here", "x y"]
+    batches = list(loaders.length_batches(tok, texts, max_length=16, batch_size=2))
+    assert sorted(i for idx, _ in batches for i in idx) == list(range(len(texts)))
+    widths = [b["input_ids"].shape[1] for _, b in batches]
+    assert widths == sorted(widths)  # similar lengths share a batch: little padding
+    first_ids = loaders.in_input_order(lambda b: b["input_ids"][:, 1:2], batches)  # each text's first token
+    for i, text in enumerate(texts):
+        assert first_ids[i, 0] == tok(text, max_length=16, truncation=True)["input_ids"][1]
+    assert loaders.in_input_order(lambda b: b["input_ids"], []).numel() == 0
