@@ -102,7 +102,7 @@ def evaluate_command(
     cfg: Config, model_name: str, split: str, json_path: str | None, batch_size: int, *, int8: bool = False
 ):
     """Metrics of a classifier (PyTorch or ONNX folder) on a split of ``cfg.data``; returns (metrics, path or None)."""
-    model, tokenizer = open_classifier(model_name, int8=int8)
+    model, tokenizer = open_model(model_name, int8=int8)
     if is_embedding_model(model):
         raise ConfigError(
             f"{model_name} is a sentence-embedding model: `evaluate` scores classifiers; an embedding student is "
@@ -123,7 +123,7 @@ def evaluate_command(
     return result, path
 
 
-def open_classifier(folder: str, *, int8: bool = False, threads: int | None = None):
+def open_model(folder: str, *, int8: bool = False, threads: int | None = None):
     """A PyTorch classifier (or sentence-transformers model) or, for an ONNX folder, an ``OnnxClassifier``; plus
     its tokenizer."""
     if deploy.is_onnx_folder(folder):
@@ -151,7 +151,7 @@ def predict_command(
 ):
     """One dict per text (or ``(text, text_pair)`` pair), in input order: label, its probability, every label's
     (a regressor's value; a tagger's tags; a sentence-embedding model's embedding)."""
-    model, tokenizer = open_classifier(folder, int8=int8)
+    model, tokenizer = open_model(folder, int8=int8)
     forward = logits_fn(model)
     pairs = bool(texts) and isinstance(texts[0], tuple)
     if is_embedding_model(model):

@@ -34,3 +34,17 @@ def test_suite_runs_on_the_tiny_config(tmp_path, tiny_csv, tiny_teacher_dir):
     assert set(json.loads(out.read_text())["wall_seconds_this_invocation"].values()) == {0.0}, (
         "finished runs are reused"
     )
+
+    # benchmarks/budget.py: the same runs at a larger common budget (2 epochs of recovery for both)
+    budget = tmp_path / "budget.json"
+    runs = [str(tmp_path / "runs" / f"reviews-s{seed}") for seed in (0, 1)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "budget.py"), *runs, "--recovery-epochs", "2"]
+    cmd += ["--root", str(tmp_path / "budget"), "--json", str(budget)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    larger = json.loads(budget.read_text())
+    assert larger["summary"]["reviews"]["every"]["seeds"] == 2
+    for seed, run in larger["runs"]["reviews"].items():
+        for point, cell in run.items():
+            before = result["runs"]["reviews"][seed][point]["blockswap"]["train_steps"]
+            assert cell["blockswap"]["train_steps"] == cell["distil"]["train_steps"] > before
