@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from . import tables
 from .files import write_text
 
 
@@ -247,6 +248,12 @@ def render(run_dir: str | Path) -> Path:
             "budgeted baselines' own cuts are in baselines.json: `distil` drops whole blocks at the nearest GMACs cut).",
         ]
         md += [""] + [f"- `{name}`: {text}" for name, text in base.get("descriptions", {}).items()]
+    exported = _load(run_dir, "export.json")
+    if exported:
+        md += ["", "## ONNX export", ""]
+        for name in ("teacher", "student"):
+            if name in exported:
+                md += [f"- {line}" for line in tables.export_summary(f"onnx/{name}", exported[name]).splitlines()]
     md += ["", "Plots: " + ", ".join(plots)]
     out = run_dir / "report.md"
     write_text(out, "\n".join(md) + "\n")

@@ -210,3 +210,6 @@ def test_run_with_vocab_pruning_and_onnx_export(tmp_path, capsys, tiny_csv, tiny
     assert result["student_source"].endswith("model_vocab")
     for name in ("teacher", "student"):
         assert (out / "onnx" / name / deploy.INT8_FILE).is_file()
+        assert result[name]["int8_scales"] == "per-tensor"  # auto: per tensor for classifiers
+    report = (out / "report.md").read_text()
+    assert "## ONNX export" in report and "- exported onnx/student:" in report and "per-tensor scales" in report
