@@ -51,7 +51,8 @@ def add_config_flags(
         kind = _field_type(str(f.type))
         dest = f"cfg__{section}__{f.name}"
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} [default: {_show(default)}]"
+        # argparse %-formats help text: a literal "50 %" in a field's help must not break `--help`
+        help_text = f"{f.metadata.get('help', '')} [default: {_show(default)}]".replace("%", "%%")
         if kind is None:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

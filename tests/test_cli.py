@@ -153,3 +153,14 @@ def test_console_script_runs():
         [sys.executable, "-m", "blockswap.cli", "measure", "--arch", "nope"], capture_output=True, text=True
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "command", [None, "measure", "run", "finetune", "evaluate", "fetch", "export", "prune-vocab", "predict", "report"]
+)
+def test_every_help_page_renders(capsys, command):
+    # argparse %-formats help strings: one stray "%" in a flag's help once made `blockswap run --help` a traceback
+    with pytest.raises(SystemExit) as e:
+        main(([command] if command else []) + ["--help"])
+    assert e.value.code == 0
+    assert "usage: blockswap" in capsys.readouterr().out
