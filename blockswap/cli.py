@@ -300,8 +300,10 @@ def _quiet_libraries() -> None:
     if os.environ.get("BLOCKSWAP_VERBOSE"):
         return
     import datasets
+    import huggingface_hub
     import transformers
 
+    huggingface_hub.utils.logging.set_verbosity_error()  # its retry warnings ("... thrown while requesting")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()

@@ -136,8 +136,14 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
     try:
         return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
     except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        if not path.is_dir():  # a hub id: most often the hub cannot be reached
+            raise ModelLoadError(
+                f"cannot load the tokenizer of {str(name_or_dir)!r} from the Hugging Face hub ({reason}); if this "
+                "machine is offline, download the model elsewhere and pass its folder, or run the offline default"
+            ) from None
         raise ModelLoadError(
-            f"no tokenizer found for {str(name_or_dir)!r} ({str(e).splitlines()[0][:120]}); save the tokenizer into the model folder"
+            f"no tokenizer found for {str(name_or_dir)!r} ({reason}); save the tokenizer into the model folder"
         ) from None
 
 

@@ -79,6 +79,20 @@ def test_unreachable_hub_id(capsys, monkeypatch):
     assert code == 2 and "hub cannot be reached" in err and "pass its folder" in err
 
 
+def test_unreachable_hub_teacher_is_one_line_and_no_run_folder(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"text number {i},{i % 2}\n" for i in range(40)))
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "run", "--out", str(out), "--dataset", str(data), "--teacher", "someone/no-such-model"
+    )
+    # it used to say "save the tokenizer into the model folder", which is not the problem with a hub id
+    assert code == 2 and err.count("\n") == 1
+    assert "Hugging Face hub" in err and "pass its folder" in err and "save the tokenizer" not in err
+    assert not out.exists()
+
+
 def test_measure_tiny_model_folder_writes_json(capsys, tmp_path):
     export.save(tiny_model("bert", layers=4), tmp_path / "m")
     code, out, _ = run_cli(
