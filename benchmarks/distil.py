@@ -1,11 +1,13 @@
-"""Substitution vs the DistilBERT-style student at equal budget, at chosen points of an existing run.
+"""Substitution vs an equal-budget baseline, at chosen points of an existing run.
 
-    .venv/bin/python benchmarks/distil.py RUN_DIR [--steps 4,6] [--json FILE]
+    .venv/bin/python benchmarks/distil.py RUN_DIR [--steps 4,6] [--baseline distil|thesis] [--json FILE]
 
-For each chosen curve step: the `distil` baseline of `blockswap run --baselines distil` (blocks dropped
-at the nearest GMACs cut, every remaining weight trained by KD for the optimiser steps x batch the
-substitution path spent to reach that step), next to the curve point; kept on test with 95 % paired-
-bootstrap intervals. A run made before the budget was recorded gets it recomputed from its config.
+For each chosen curve step: the run's own baseline runner — `distil` (default: blocks dropped at the
+nearest GMACs cut, every remaining weight trained by KD) or `thesis` (the seed thesis's procedure: the
+same blocks, randomly initialised substitutes, labels only) — trained for the optimiser steps x batch the
+substitution path spent to reach that step (its recovery included when the run recovered it), next to
+the curve point; kept on test with 95 % paired-bootstrap intervals. A run made before the budget was
+recorded gets it recomputed from its config.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--steps", default="4,6", help="curve steps to compare at")
+    parser.add_argument("--baseline", choices=("distil", "thesis"), default="distil")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "distil.json"))
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
@@ -52,18 +55,18 @@ def main() -> int:
             r.setdefault("train_steps", blockwise_steps + r["step"] * cfg.distill.e2e_steps)
             r.setdefault("train_batch", cfg.distill.batch_size)
             rows.append(r)
-    base = RUNNERS["distil"](state, rows, curve["teacher_validation_score"])
-    result = {"run_dir": str(run), "precision": precision, "points": []}
+    base = RUNNERS[args.baseline](state, rows, curve["teacher_validation_score"])
+    result = {"run_dir": str(run), "precision": precision, "baseline": args.baseline, "points": []}
     for r, b in zip(rows, base, strict=True):
         point = {
             "step": r["step"],
             "substitution": {k: r.get(k) for k in ("substituted", "gmacs_cut", "kept", "kept_test", "kept_test_ci95",
                                                     "train_steps", "train_batch")},
-            "distil": b,
+            args.baseline: b,
         }  # fmt: skip
         result["points"].append(point)
-        print(json.dumps({"step": r["step"], "substitution": point["substitution"], "distil": {
-            k: b[k] for k in ("dropped", "gmacs_cut", "kept", "kept_test", "kept_test_ci95", "train_steps", "train_seconds")}}))  # fmt: skip
+        print(json.dumps({"step": r["step"], "substitution": point["substitution"], args.baseline: {
+            k: b.get(k) for k in ("dropped", "gmacs_cut", "kept", "kept_test", "kept_test_ci95", "train_steps", "train_seconds")}}))  # fmt: skip
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

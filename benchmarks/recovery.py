@@ -41,6 +41,7 @@ def _scores(model, data, teacher_test: dict) -> dict:
     return {
         "validation": val["score"],
         "test": test["score"],
+        "test_loss": test.get("loss"),
         "kept_test": ci["kept"],
         "kept_test_ci95": ci["ci95"],
     }

@@ -17,6 +17,7 @@ def test_suite_runs_on_the_tiny_config(tmp_path, tiny_csv, tiny_teacher_dir):
     out = tmp_path / "suite.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--datasets", str(tiny_csv), "--seeds", "0,1"]
     cmd += ["--root", str(tmp_path / "runs"), "--json", str(out), "--", "--teacher", str(tiny_teacher_dir), *FAST]
+    cmd += ["--e2e-steps", "0"]  # the default recipe's curve: students are teacher + block-wise substitutes
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -48,3 +49,24 @@ def test_suite_runs_on_the_tiny_config(tmp_path, tiny_csv, tiny_teacher_dir):
         for point, cell in run.items():
             before = result["runs"]["reviews"][seed][point]["blockswap"]["train_steps"]
             assert cell["blockswap"]["train_steps"] == cell["distil"]["train_steps"] > before
+
+    # benchmarks/recovery.py --steps: a curve step's student rebuilt from the run's substitutes is the curve's
+    # own (same test score), then recovered; benchmarks/distil.py --baseline thesis gets the same budget
+    run0 = tmp_path / "runs" / "reviews-s0"
+    curve = json.loads((run0 / "curve.json").read_text())
+    rec = tmp_path / "rec.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "recovery.py"), str(run0), "--steps", "1", "--json", str(rec)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    step1 = json.loads(rec.read_text())["students"]["step1"]
+    assert step1["before"]["test"] == pytest.approx(curve["rows"][1]["test_score"])
+    assert step1["before"]["test_loss"] == pytest.approx(curve["rows"][1]["test_metrics"]["loss"], rel=1e-6)
+    assert step1["budget"]["steps"] > 0
+    every = result["runs"]["reviews"]["0"]["every"]
+    thesis = tmp_path / "thesis.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "distil.py"), str(run0), "--steps", str(every["step"])]
+    cmd += ["--baseline", "thesis", "--json", str(thesis)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (point,) = json.loads(thesis.read_text())["points"]
+    assert point["thesis"]["train_steps"] == every["blockswap"]["train_steps"]
