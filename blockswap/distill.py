@@ -169,9 +169,12 @@ def teacher_outputs(teacher, b: dict, accelerator, cache: TeacherCache | None, *
     ``(B, S, H)``, the logits, and (with ``masks``) each block's attention mask, else None.
 
     Served from ``cache`` when every text of ``b`` is in it (the masks then come from a forward through
-    identity blocks); otherwise the teacher runs and its outputs go into the cache.
+    identity blocks); when only some are, the teacher runs on the others alone; otherwise on the whole batch.
+    What the teacher computed goes into the cache while its budget lasts.
     """
     got = cache.get(b) if cache is not None else None
+    if got is None and cache is not None and cache.enabled and cache.rows:
+        got = _partly_cached(teacher, b, accelerator, cache)
     if got is not None:
         hidden, logits = got
         if masks:
@@ -188,6 +191,26 @@ def teacher_outputs(teacher, b: dict, accelerator, cache: TeacherCache | None, *
         else:  # an encoder that transforms between blocks: its block inputs cannot be rebuilt from outputs
             cache.enabled = False
     return inputs, outputs, logits, ([rec[i]["mask"] for i in range(n)] if masks else None)
+
+
+def _partly_cached(teacher, b: dict, accelerator, cache: TeacherCache):
+    """``cache.get`` for a batch some of whose texts are cached: the teacher runs on the missing ones only
+    (same padded width). None when none or all are missing, or when their outputs cannot be cached."""
+    missing = cache.missing(b)
+    size = b["input_ids"].shape[0]
+    if not missing or len(missing) == size:
+        return None
+    index = torch.tensor(missing, device=b["input_ids"].device)
+    sub = {k: v.index_select(0, index) if torch.is_tensor(v) and v.dim() and v.shape[0] == size else v
+           for k, v in b.items()}  # fmt: skip
+    with torch.no_grad(), accelerator.autocast(), capture_blocks(teacher) as rec:
+        logits = teacher(**forward_inputs(teacher, sub)).logits
+    n = len(rec)
+    inputs, outputs = [rec[i]["input"] for i in range(n)], [rec[i]["output"] for i in range(n)]
+    if not all(torch.equal(inputs[i + 1], outputs[i]) for i in range(n - 1)):
+        return None  # not one residual stream: the whole-batch path switches the cache off
+    rows = cache.put(sub, [inputs[0], *outputs], logits)
+    return None if rows is None else cache.get(b, fresh=dict(zip(missing, rows, strict=True)))
 
 
 def _kd_step(student, s_model, t_model, b: dict, subs: list[int], cfg: DistillConfig, accelerator, cache=None):

@@ -4,7 +4,9 @@ Block-wise distillation's later epochs, recovery and the equal-budget baselines 
 teacher on the same training texts; on 2 CPU cores its forward is ~45 % of a block-wise step. The cache
 keeps, per text, the hidden states at every block boundary (the first block's input and each block's
 output, fp16, only the text's real tokens) and the logits (fp32), keyed by the text's token ids, under a
-byte budget: texts beyond it are recomputed each time.
+byte budget: texts beyond it are recomputed each time — only they: a batch with some cached texts runs the
+teacher on its missing texts alone (``partial``), so a cache that holds 85 % of the texts saves ~85 % of the
+teacher's work, not only the rare batch whose every text it holds.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import torch
 class TeacherCache:
     """Per-text teacher outputs: ``hidden`` ``(blocks + 1, tokens, H)`` fp16 and ``logits`` (fp32).
 
-    ``hidden[0]`` is the first block's input, ``hidden[i + 1]`` block ``i``'s output. A batch is served
-    only when every one of its texts is cached (``get`` returns None otherwise).
+    ``hidden[0]`` is the first block's input, ``hidden[i + 1]`` block ``i``'s output. ``get`` serves a batch
+    whose every text is cached (``hits``); ``get(batch, fresh=...)`` one whose missing texts were just
+    computed (``partial``).
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.rows: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.partial = 0
         self.enabled = max_bytes > 0
         self.per_token = False  # token tasks: logits (B, S, C), stored for the real tokens only
 
@@ -41,41 +44,65 @@ class TeacherCache:
             out.append(key)
         return out
 
-    def put(self, batch: dict[str, torch.Tensor], hidden: list[torch.Tensor], logits: torch.Tensor) -> None:
-        """Store the texts of ``batch`` not stored yet, while the budget lasts.
+    def put(
+        self, batch: dict[str, torch.Tensor], hidden: list[torch.Tensor], logits: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Store the texts of ``batch`` not stored yet, while the budget lasts; returns every text's row
+        (``rows_of``), stored or not.
 
         ``hidden``: ``blocks + 1`` tensors ``(B, S, H)``; ``logits``: ``(B, C)`` or per token ``(B, S, C)``.
-        A batch whose hidden states overflow fp16 is not stored.
+        A batch whose hidden states overflow fp16 is not stored (returns None).
         """
         if not self.enabled:
-            return
+            return None
+        rows = self.rows_of(batch, hidden, logits)
+        for key, row in zip(self.keys(batch), rows or (), strict=False):
+            if key in self.rows:
+                continue
+            size = sum(t.numel() * t.element_size() for t in row)
+            if self.bytes + size > self.max_bytes:
+                break
+            self.rows[key] = row
+            self.bytes += size
+        return rows
+
+    def rows_of(
+        self, batch: dict[str, torch.Tensor], hidden: list[torch.Tensor], logits: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per text of ``batch``, the row the cache keeps for it (fp16 hidden states and the logits at its real
+        tokens); None when the hidden states overflow fp16."""
         mask = batch["attention_mask"].bool()
         stacked = torch.stack([h.detach() for h in hidden]).to(torch.float16)  # (blocks + 1, B, S, H)
         if not torch.isfinite(stacked).all():
-            return
+            return None
         stacked, logits = stacked.cpu(), logits.detach().float().cpu()
         mask, self.per_token = mask.cpu(), logits.dim() == 3
-        for b, key in enumerate(self.keys(batch)):
-            if key in self.rows:
-                continue
-            h = stacked[:, b][:, mask[b]].clone()
-            lg = logits[b][mask[b]].clone() if self.per_token else logits[b].clone()
-            size = h.numel() * h.element_size() + lg.numel() * lg.element_size()
-            if self.bytes + size > self.max_bytes:
-                return
-            self.rows[key] = (h, lg)
-            self.bytes += size
+        return [
+            (stacked[:, b][:, mask[b]].clone(), (logits[b][mask[b]] if self.per_token else logits[b]).clone())
+            for b in range(mask.shape[0])
+        ]
 
-    def get(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+    def missing(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        """Indices of the texts of ``batch`` the cache does not hold."""
+        return [i for i, key in enumerate(self.keys(batch)) if key not in self.rows]
+
+    def get(
+        self, batch: dict[str, torch.Tensor], fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor] | None:
         """``(hidden, logits)`` for ``batch`` in fp32 on its device (zeros at padding), or None if any text
-        is missing."""
+        is missing. ``fresh``: rows (``rows_of``) for texts just computed, by their index in ``batch``."""
         if not self.enabled:
             return None
         rows = [self.rows.get(k) for k in self.keys(batch)]
+        for i, row in (fresh or {}).items():
+            rows[i] = row
         if any(r is None for r in rows):
             self.misses += 1
             return None
-        self.hits += 1
+        if fresh:
+            self.partial += 1
+        else:
+            self.hits += 1
         mask = batch["attention_mask"].bool().cpu()
         n, width, classes = rows[0][0].shape[0], rows[0][0].shape[-1], rows[0][1].shape[-1]
         hidden = torch.zeros(n, *mask.shape, width)

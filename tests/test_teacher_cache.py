@@ -63,6 +63,61 @@ def test_a_batch_with_an_unseen_text_is_recomputed_and_then_cached():
     assert len(cache.rows) == 6 and cache.get(mixed) is not None
 
 
+def test_a_partly_cached_batch_runs_the_teacher_on_its_missing_texts_only(family):
+    """A batch with cached and uncached texts: the teacher's blocks see only the uncached ones, and the batch
+    gets the teacher's own outputs (fp16-rounded) for every text, its logits and each block's mask."""
+    from blockswap import arch
+
+    teacher = tiny_model(family, layers=3)
+    cache = TeacherCache(2**30)
+    a, b = labelled_batches(2)
+    _outputs(teacher, a, cache)
+    mixed = {k: torch.cat([a[k][:2], b[k][2:]]) for k in ("input_ids", "attention_mask", "labels")}
+    mixed = {k: v[[2, 0, 3, 1]] for k, v in mixed.items()}  # cached and uncached texts interleaved
+    seen = []  # batch sizes the teacher's first block ran on (the masks' identity forward replaces it)
+    pre = arch.blocks(teacher)[0].register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
+        with_kwargs=True,
+    )
+    got_in, got_out, got_logits, got_masks = _outputs(teacher, mixed, cache)
+    pre.remove()
+    assert seen == [2] and cache.partial == 1 and cache.hits == 0  # the two uncached texts, once
+    assert len(cache.rows) == 6  # and they are cached now
+    want_in, want_out, want_logits, want_masks = _outputs(teacher, mixed)
+    real = mixed["attention_mask"].bool()
+    for got, want in zip(got_in + got_out, want_in + want_out, strict=True):
+        torch.testing.assert_close(got[real], want[real].to(torch.float16).float(), rtol=2e-3, atol=2e-3)
+        assert (got[~real] == 0).all()
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
+    _assert_masks_equal([got_masks[i] for i in range(3)], want_masks)
+    assert cache.get(mixed) is not None and cache.hits == 1
+
+
+def test_a_cache_too_small_for_every_text_still_saves_teacher_work_and_trains_alike():
+    """Block-wise distillation with a budget for about half the texts: later epochs run the teacher on the
+    uncached texts only, and the substitutes train as without a cache (up to fp16 rounding)."""
+    teacher, epochs = tiny_model("bert", layers=3), 3
+    batches = labelled_batches(4)
+    full = TeacherCache(2**30)
+    for b in batches:
+        _outputs(teacher, b, full, masks=False)
+    half = sorted(sum(t.numel() * t.element_size() for t in row) for row in full.rows.values())
+    budget = sum(half[: len(half) // 2])
+    results = {}
+    for name, cache in (("half", TeacherCache(budget)), ("plain", None)):
+        torch.manual_seed(0)
+        subs = {i: CompactBlock(32, CompactSpec(hidden=8, layers=1, heads=2, ffn=16)) for i in range(3)}
+        cfg = DistillConfig(blockwise_epochs=epochs, blockwise_lr=3e-3)
+        history = distill.blockwise(teacher, subs, batches, cfg, accelerator=Accelerator(cpu=True), cache=cache)
+        results[name] = (history, subs, cache)
+    cache = results["half"][2]
+    assert 0 < len(cache.rows) < 16 and cache.partial > 0
+    for i in range(3):
+        torch.testing.assert_close(results["half"][0][i], results["plain"][0][i], rtol=2e-3, atol=1e-6)
+        for p, q in zip(results["half"][1][i].parameters(), results["plain"][1][i].parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-2, atol=1e-3)
+
+
 def test_budget_bounds_the_cache_and_zero_turns_it_off():
     teacher = tiny_model("bert", layers=2)
     batch = labelled_batches(1)[0]

@@ -87,9 +87,11 @@ def blockwise(state: RunState) -> None:
     budget = {"steps": distill.steps_for(cfg.distill.blockwise_epochs, loader), "batch_size": cfg.distill.batch_size}
     budget["seconds"] = time.perf_counter() - started
     c = state.teacher_cache
-    cache = {"texts": len(c.rows), "mib": round(c.bytes / 2**20, 1), "batches_served": c.hits, "enabled": c.enabled}
+    cache = {"texts": len(c.rows), "mib": round(c.bytes / 2**20, 1), "batches_served": c.hits,
+             "batches_partly_served": c.partial, "enabled": c.enabled}  # fmt: skip
     state.log(
         f"teacher cache: {cache['texts']} texts, {cache['mib']} MiB, {c.hits} of {c.hits + c.misses} batches served"
+        + (f" ({c.partial} more in part: the teacher ran on their uncached texts only)" if c.partial else "")
     )
     state.write(
         "blockwise.json",
