@@ -21,19 +21,17 @@ import time
 from pathlib import Path
 
 import transformers
-import yaml
 from accelerate.utils import set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from finished_run import open_run  # noqa: E402  (benchmarks/finished_run.py)
+
 from blockswap import arch, distill, export  # noqa: E402
-from blockswap.config import build_config  # noqa: E402
 from blockswap.evaluate import evaluate, kept_interval  # noqa: E402
-from blockswap.loaders import prepare  # noqa: E402
 from blockswap.run.compare import key_rows  # noqa: E402
 from blockswap.substitute import load_substitutes, make_compact, save_substitutes, substitute  # noqa: E402
-from blockswap.train import make_accelerator  # noqa: E402
 
 # name: (block-wise epochs or "curve" for the run's own curve students, recovery epochs, recovery overrides)
 VARIANTS: dict[str, tuple[float | str, float, dict]] = {
@@ -122,11 +120,7 @@ def main() -> int:
     run = Path(args.run_dir)
     work = Path(args.work or run / "ablation")
     work.mkdir(parents=True, exist_ok=True)
-    cfg = build_config(yaml.safe_load((run / "config.yaml").read_text()))
-    accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
-    teacher_src = json.loads((run / "teacher.json").read_text())["source"]
-    teacher = export.load_classifier(teacher_src).requires_grad_(False)
-    data = prepare(cfg.data, export.load_tokenizer(teacher_src), log=lambda *_: None)
+    cfg, accelerator, precision, teacher, data = open_run(run)
     teacher_test = evaluate(teacher, data.loader("test"))
     curve = json.loads((run / "curve.json").read_text())
     keys = key_rows(curve["rows"][1:])

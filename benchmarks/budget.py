@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from finished_run import open_run  # noqa: E402  (benchmarks/finished_run.py)
 from suite import aggregate, points  # noqa: E402  (benchmarks/suite.py)
 
 LINKED = ("curve.json", "importance.json", "teacher.json", "model", "model_last")
@@ -34,14 +35,10 @@ LINKED = ("curve.json", "importance.json", "teacher.json", "model", "model_last"
 def rerun(run: Path, folder: Path, epochs: float) -> float:
     """Recovery + `distil` at the key points of ``run`` with ``epochs`` of recovery, in ``folder``; seconds."""
     import transformers
-    import yaml
 
-    from blockswap import export
-    from blockswap.config import build_config, dump_config
-    from blockswap.loaders import prepare
+    from blockswap.config import dump_config
     from blockswap.run import compare, stages
     from blockswap.run.state import RunState
-    from blockswap.train import make_accelerator
 
     if (folder / "baselines.json").is_file():
         return 0.0
@@ -50,18 +47,14 @@ def rerun(run: Path, folder: Path, epochs: float) -> float:
     for name in [*LINKED, *(p.name for p in run.glob("model_step*") if not p.name.endswith("_recovered"))]:
         if (run / name).exists() and not (folder / name).exists():
             (folder / name).symlink_to((run / name).resolve())
-    cfg = build_config(yaml.safe_load((run / "config.yaml").read_text()))
+    opened = open_run(run)
     cfg = dataclasses.replace(
-        cfg,
-        distill=dataclasses.replace(cfg.distill, recovery_epochs=epochs, recover_key=True),
-        run=dataclasses.replace(cfg.run, baselines=("distil",), baseline_points="key"),
+        opened.cfg,
+        distill=dataclasses.replace(opened.cfg.distill, recovery_epochs=epochs, recover_key=True),
+        run=dataclasses.replace(opened.cfg.run, baselines=("distil",), baseline_points="key"),
     )
     (folder / "config.yaml").write_text(dump_config(cfg))
-    accelerator, _ = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
-    teacher_src = json.loads((run / "teacher.json").read_text())["source"]
-    data = prepare(cfg.data, export.load_tokenizer(teacher_src), log=lambda *_: None)
-    teacher = export.load_classifier(teacher_src).requires_grad_(False)
-    state = RunState(cfg=cfg, out=folder, accelerator=accelerator, data=data, teacher=teacher)
+    state = RunState(cfg=cfg, out=folder, accelerator=opened.accelerator, data=opened.data, teacher=opened.teacher)
     started = time.perf_counter()
     if not (folder / "recovery.json").is_file():
         stages.recovery(state)

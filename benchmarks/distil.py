@@ -18,15 +18,11 @@ import sys
 from pathlib import Path
 
 import transformers
-import yaml
+from finished_run import open_run  # benchmarks/finished_run.py
 
-from blockswap import export
-from blockswap.config import build_config
 from blockswap.distill import steps_for
-from blockswap.loaders import prepare
 from blockswap.run.compare import RUNNERS
 from blockswap.run.state import RunState
-from blockswap.train import make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,11 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     run = Path(args.run_dir)
-    cfg = build_config(yaml.safe_load((run / "config.yaml").read_text()))
-    accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
-    teacher_src = json.loads((run / "teacher.json").read_text())["source"]
-    data = prepare(cfg.data, export.load_tokenizer(teacher_src), log=lambda *_: None)
-    teacher = export.load_classifier(teacher_src).requires_grad_(False)
+    cfg, accelerator, precision, teacher, data = open_run(run)
     state = RunState(cfg=cfg, out=run, accelerator=accelerator, data=data, teacher=teacher)
     curve = json.loads((run / "curve.json").read_text())
     blockwise_steps = steps_for(cfg.distill.blockwise_epochs, state.train_loader(cfg.run.seed))

@@ -21,16 +21,13 @@ from pathlib import Path
 
 import torch
 import transformers
-import yaml
 from accelerate.utils import set_seed
+from finished_run import open_run  # benchmarks/finished_run.py
 
 from blockswap import export
-from blockswap.config import build_config
 from blockswap.distill import recover
 from blockswap.evaluate import evaluate, paired_bootstrap
-from blockswap.loaders import prepare
 from blockswap.substitute import load_substitutes, substitute
-from blockswap.train import make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,12 +70,8 @@ def main() -> int:
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     run = Path(args.run_dir)
-    cfg = build_config(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg, accelerator, precision, teacher, data = open_run(run)
     dcfg = dataclasses.replace(cfg.distill, recovery_epochs=args.epochs, recovery_beta=args.beta, recovery_lr=args.lr)
-    accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
-    teacher_src = json.loads((run / "teacher.json").read_text())["source"]
-    teacher = export.load_classifier(teacher_src).requires_grad_(False)
-    data = prepare(cfg.data, export.load_tokenizer(teacher_src), log=lambda *_: None)
     teacher_test = evaluate(teacher, data.loader("test"))
     result = {"run_dir": str(run), "precision": precision, "epochs": args.epochs, "beta": args.beta, "lr": args.lr,
               "teacher": {"validation": evaluate(teacher, data.loader("validation"))["score"],

@@ -20,15 +20,12 @@ import time
 from pathlib import Path
 
 import transformers
-import yaml
 from accelerate.utils import set_seed
+from finished_run import open_run  # benchmarks/finished_run.py
 
-from blockswap import arch, distill, export
-from blockswap.config import build_config
-from blockswap.loaders import prepare
+from blockswap import arch, distill
 from blockswap.substitute import make_compact
 from blockswap.teacher_cache import TeacherCache
-from blockswap.train import make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,11 +39,7 @@ def main() -> int:
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     run = Path(args.run_dir)
-    cfg = build_config(yaml.safe_load((run / "config.yaml").read_text()))
-    accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
-    teacher_src = json.loads((run / "teacher.json").read_text())["source"]
-    teacher = export.load_classifier(teacher_src).requires_grad_(False)
-    data = prepare(cfg.data, export.load_tokenizer(teacher_src), log=lambda *_: None)
+    cfg, accelerator, precision, teacher, data = open_run(run)
     dcfg = dataclasses.replace(cfg.distill, blockwise_epochs=args.epochs)
     texts = {"n": 0}  # texts the teacher's first block ran on (the masks' identity forwards replace the blocks)
     arch.blocks(teacher)[0].register_forward_pre_hook(

@@ -13,6 +13,18 @@ def _outputs(teacher, batch, cache=None, masks=True):
     return distill.teacher_outputs(teacher, batch, Accelerator(cpu=True), cache, masks=masks)
 
 
+def _blockwise_runs(teacher, batches, epochs: int, **caches) -> dict:
+    """``{name: (history, substitutes, cache)}``: the same seeded block-wise training with each cache."""
+    results = {}
+    for name, cache in caches.items():
+        torch.manual_seed(0)
+        subs = {i: CompactBlock(32, CompactSpec(hidden=8, layers=1, heads=2, ffn=16)) for i in range(3)}
+        cfg = DistillConfig(blockwise_epochs=epochs, blockwise_lr=3e-3)
+        history = distill.blockwise(teacher, subs, batches, cfg, accelerator=Accelerator(cpu=True), cache=cache)
+        results[name] = (history, subs, cache)
+    return results
+
+
 def _assert_masks_equal(got, want):
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
@@ -103,13 +115,7 @@ def test_a_cache_too_small_for_every_text_still_saves_teacher_work_and_trains_al
         _outputs(teacher, b, full, masks=False)
     half = sorted(sum(t.numel() * t.element_size() for t in row) for row in full.rows.values())
     budget = sum(half[: len(half) // 2])
-    results = {}
-    for name, cache in (("half", TeacherCache(budget)), ("plain", None)):
-        torch.manual_seed(0)
-        subs = {i: CompactBlock(32, CompactSpec(hidden=8, layers=1, heads=2, ffn=16)) for i in range(3)}
-        cfg = DistillConfig(blockwise_epochs=epochs, blockwise_lr=3e-3)
-        history = distill.blockwise(teacher, subs, batches, cfg, accelerator=Accelerator(cpu=True), cache=cache)
-        results[name] = (history, subs, cache)
+    results = _blockwise_runs(teacher, batches, epochs, half=TeacherCache(budget), plain=None)
     cache = results["half"][2]
     assert 0 < len(cache.rows) < 16 and cache.partial > 0
     for i in range(3):
@@ -166,13 +172,7 @@ def test_fp16_overflow_is_not_cached():
 def test_blockwise_second_epoch_is_served_from_the_cache_and_trains_like_without_it():
     teacher, epochs = tiny_model("bert", layers=3), 2
     batches = labelled_batches(4)
-    results = {}
-    for name, cache in (("cached", TeacherCache(2**30)), ("plain", None)):
-        torch.manual_seed(0)
-        subs = {i: CompactBlock(32, CompactSpec(hidden=8, layers=1, heads=2, ffn=16)) for i in range(3)}
-        cfg = DistillConfig(blockwise_epochs=epochs, blockwise_lr=3e-3)
-        history = distill.blockwise(teacher, subs, batches, cfg, accelerator=Accelerator(cpu=True), cache=cache)
-        results[name] = (history, subs, cache)
+    results = _blockwise_runs(teacher, batches, epochs, cached=TeacherCache(2**30), plain=None)
     cache = results["cached"][2]
     assert cache.hits == len(batches) * (epochs - 1) and cache.misses == len(batches)  # the first epoch fills it
     for i in range(3):  # the same training up to fp16 rounding of the teacher's hidden states
