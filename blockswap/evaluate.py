@@ -164,33 +164,55 @@ def _bootstrap(teacher_score, student_score, n: int, *, samples: int, seed: int)
     return {"kept": kept, "ci95": [low, high], "n": n, "samples": samples}
 
 
+def per_example(metrics: dict) -> dict:
+    """The per-example part of a ``metrics`` dict that paired intervals resample (the rest are summaries)."""
+    for key in ("entity_counts", "recall_per_text", "correct"):
+        if key in metrics:
+            return {key: metrics[key]}
+    return {"preds": metrics["preds"], "labels": metrics["labels"]}
+
+
+def _score_fn(metrics: dict, labels: torch.Tensor | None = None):
+    """The task's main metric on a resample: a function of index rows (samples, n) -> (samples,)."""
+    if "entity_counts" in metrics:  # token classification: resample sentences, entity F1 from summed counts
+        counts = torch.tensor(metrics["entity_counts"], dtype=torch.float64)
+        return lambda idx: f1_of_counts(counts[idx])
+    for key in ("recall_per_text", "correct"):  # embeddings' per-text neighbour recall; per-example correctness
+        if key in metrics:
+            values = torch.tensor(metrics[key], dtype=torch.float64)
+            return lambda idx: values[idx].mean(-1)
+    preds = torch.tensor(metrics["preds"], dtype=torch.float64)  # regression: Pearson on the resampled pairs
+    return lambda idx: pearson(preds[idx], labels[idx])
+
+
+def _score_fns(teacher: dict, *others: dict) -> tuple[list, int]:
+    labels = torch.tensor(teacher["labels"], dtype=torch.float64) if "preds" in teacher else None
+    fns = [_score_fn(m, labels) for m in (teacher, *others)]
+    return fns, len(next(iter(per_example(teacher).values())))
+
+
 def kept_interval(teacher: dict, student: dict, *, samples: int = 2000, seed: int = 0) -> dict:
-    """``kept`` on the task's main metric with its 95 % paired-bootstrap interval, from two ``metrics`` dicts.
+    """``kept`` on the task's main metric with its 95 % paired-bootstrap interval, from two ``metrics`` dicts
+    (or their ``per_example`` parts).
 
     Classification resamples per-example correctness; regression resamples (prediction, label) pairs
-    and recomputes Pearson for teacher and student on the same resample.
+    and recomputes Pearson for teacher and student on the same resample; tagging recomputes entity F1
+    from the resampled sentences' counts; embeddings average per-text neighbour recall.
     """
-    if "entity_counts" in teacher:  # token classification: resample sentences, entity F1 from summed counts
-        t, s = (
-            torch.tensor(teacher["entity_counts"], dtype=torch.float64),
-            torch.tensor(student["entity_counts"], dtype=torch.float64),
-        )
-        return _bootstrap(
-            lambda idx: f1_of_counts(t[idx]), lambda idx: f1_of_counts(s[idx]), len(t), samples=samples, seed=seed
-        )
-    if "recall_per_text" in teacher:  # embeddings: per-text neighbour recall (the teacher's is 1 everywhere)
-        t, s = torch.tensor(teacher["recall_per_text"]), torch.tensor(student["recall_per_text"])
-        return _bootstrap(lambda idx: t[idx].mean(-1), lambda idx: s[idx].mean(-1), len(t), samples=samples, seed=seed)
-    if "correct" in teacher:
-        return paired_bootstrap(
-            torch.tensor(teacher["correct"]), torch.tensor(student["correct"]), samples=samples, seed=seed
-        )
-    labels = torch.tensor(teacher["labels"], dtype=torch.float64)
-    t, s = torch.tensor(teacher["preds"], dtype=torch.float64), torch.tensor(student["preds"], dtype=torch.float64)
-    return _bootstrap(
-        lambda idx: pearson(t[idx], labels[idx]),
-        lambda idx: pearson(s[idx], labels[idx]),
-        len(labels),
-        samples=samples,
-        seed=seed,
-    )
+    (t, s), n = _score_fns(teacher, student)
+    return _bootstrap(t, s, n, samples=samples, seed=seed)
+
+
+def kept_difference(teacher: dict, a: dict, b: dict, *, samples: int = 2000, seed: int = 0) -> dict:
+    """kept(a) - kept(b) with its 95 % paired-bootstrap interval: every resample draws the same examples for the
+    teacher and both students, so what the two students get wrong together cancels (much narrower than
+    comparing their separate intervals). ``difference`` is on the whole test split."""
+    (t, sa, sb), n = _score_fns(teacher, a, b)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (samples, n), generator=g)
+    teacher_scores = t(idx).clamp(min=1e-12)
+    diffs = (sa(idx) - sb(idx)) / teacher_scores
+    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=diffs.dtype)).tolist()
+    everything = torch.arange(n)
+    whole = ((sa(everything) - sb(everything)) / t(everything).clamp(min=1e-12)).item()
+    return {"difference": whole, "ci95": [low, high], "n": n, "samples": samples}

@@ -127,6 +127,9 @@ def _base_cell(b: dict | None) -> str:
     if b is None:
         return ""
     test = f"; test {_kept_ci(b['kept_test'], b.get('kept_test_ci95'))}" if "kept_test" in b else ""
+    adv = b.get("blockswap_advantage")
+    if adv:
+        test += f"; blockswap {adv['kept_test']:+.4f} {_interval(adv['ci95'])}"
     return f"{b['kept']:.4f}{test}"
 
 
@@ -244,7 +247,9 @@ def render(run_dir: str | Path) -> Path:
         md += ["", "## Baselines", "", "![baselines](baselines.png)", ""] + _baseline_table(curve, base, recovered)
         md += [
             "",
-            "Each cell: kept on validation; test: kept on the test split with its 95 % paired interval (the "
+            "Each cell: kept on validation; test: kept on the test split with its 95 % paired interval; blockswap: "
+            "how much more the substitution path's student at that point keeps on test (recovered when it was), "
+            "with a 95 % interval paired on the same sentences — above 0 means blockswap is ahead beyond noise (the "
             "budgeted baselines' own cuts are in baselines.json: `distil` drops whole blocks at the nearest GMACs cut).",
         ]
         md += [""] + [f"- `{name}`: {text}" for name, text in base.get("descriptions", {}).items()]

@@ -2,7 +2,7 @@
 
 import torch
 
-from blockswap.evaluate import metrics, paired_bootstrap
+from blockswap.evaluate import kept_difference, kept_interval, metrics, paired_bootstrap
 
 
 def test_paired_bootstrap_of_identical_predictions_is_one_and_widens_with_disagreement():
@@ -38,3 +38,39 @@ def test_report_reads_a_run_written_before_scores_were_named(tmp_path):
     (tmp_path / "curve.json").write_text(json.dumps({"rows": [row], "chosen_step": 0}))
     md = report.render(tmp_path).read_text()
     assert "| 0.8500 |" in md and "val accuracy" in md
+
+
+def _correct(x) -> dict:
+    return {"correct": [int(v) for v in x]}
+
+
+def test_kept_difference_is_paired_zero_for_equal_students_and_narrower_than_separate_intervals():
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.rand(500, generator=g) < 0.85
+    a = teacher.clone()
+    a[:60] = ~a[:60]  # a and b share 60 flipped sentences; a flips 10 more wrongly-predicted ones right
+    b = a.clone()
+    wrong = torch.nonzero(~a[60:]).flatten()[:10] + 60
+    a[wrong] = True
+    same = kept_difference(_correct(teacher), _correct(b), _correct(b.clone()))
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["n"] == 500
+    d = kept_difference(_correct(teacher), _correct(a), _correct(b))
+    full = (a.double().mean() - b.double().mean()) / teacher.double().mean()
+    assert abs(d["difference"] - full.item()) < 1e-12 and d["difference"] > 0
+    low, high = d["ci95"]
+    assert 0 < low < d["difference"] < high, "10 sentences right only for a, none only for b: a is ahead beyond noise"
+    ia, ib = kept_interval(_correct(teacher), _correct(a)), kept_interval(_correct(teacher), _correct(b))
+    assert ia["ci95"][0] < ib["ci95"][1], "their separate intervals overlap: unpaired, the difference looks like noise"
+    swapped = kept_difference(_correct(teacher), _correct(b), _correct(a))["ci95"]
+    assert abs(swapped[0] + high) < 1e-12 and abs(swapped[1] + low) < 1e-12
+
+
+def test_kept_difference_for_regression_resamples_pearson():
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randn(300, generator=g)
+    teacher = {"preds": (labels + 0.3 * torch.randn(300, generator=g)).tolist(), "labels": labels.tolist()}
+    good = {"preds": (labels + 0.4 * torch.randn(300, generator=g)).tolist(), "labels": labels.tolist()}
+    bad = {"preds": (labels + 1.5 * torch.randn(300, generator=g)).tolist(), "labels": labels.tolist()}
+    d = kept_difference(teacher, good, bad)
+    kept = [kept_interval(teacher, m)["kept"] for m in (good, bad)]
+    assert abs(d["difference"] - (kept[0] - kept[1])) < 1e-9 and d["ci95"][0] > 0

@@ -8,6 +8,7 @@ import torch
 from blockswap import arch, errors, export
 from blockswap.cli import main
 from blockswap.compact import CompactBlock
+from blockswap.evaluate import kept_difference
 from blockswap.run import RECIPE
 from blockswap.run.curve import key_rows
 
@@ -287,6 +288,13 @@ def test_recover_key_recovers_the_key_points_whatever_the_stop_rule_chose(
     assert [b["step"] for b in base] == [2, 3]
     for b in base:
         assert b["train_steps"] == curve["rows"][b["step"]]["train_steps"] + rec[str(b["step"])]["steps"]
+        # paired against the recovered student of the same point, on the same test sentences
+        ours = rec[str(b["step"])]
+        assert b["blockswap_advantage"]["student"] == "recovered" and "test_per_example" in ours
+        d = kept_difference(curve["rows"][0]["test_per_example"], ours["test_per_example"], b["test_per_example"],
+                            seed=b["step"])  # fmt: skip
+        assert (b["blockswap_advantage"]["kept_test"], b["blockswap_advantage"]["ci95"]) == (d["difference"], d["ci95"])
+    assert "; blockswap " in (out / "report.md").read_text()
 
 
 def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
@@ -303,6 +311,7 @@ def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_pa
         assert (b["train_steps"], b["train_batch"]) == (r["train_steps"], r["train_batch"]) == (r["train_steps"], 16)
         assert b["train_seconds"] > 0 and b["kept_test_ci95"][0] <= b["kept_test"] <= b["kept_test_ci95"][1]
         assert len(b["dropped"]) in (1, 2)  # never every block; the count whose GMACs cut is nearest
+        assert b["blockswap_advantage"]["student"] == "curve"  # no recovery: the curve's own student
     assert [len(b["dropped"]) for b in base] == sorted(len(b["dropped"]) for b in base)
 
 

@@ -30,6 +30,9 @@ def test_suite_runs_on_the_tiny_config(tmp_path, tiny_csv, tiny_teacher_dir):
         cell = run["every"]
         # equal budgets at the matched point
         assert cell["blockswap"]["train_steps"] == cell["distil"]["train_steps"] == cell["thesis"]["train_steps"]
+        assert cell["distil"]["blockswap_advantage"]["student"] == "recovered"  # --recover-key: both points
+    pooled = every["blockswap_minus_distil"]
+    assert pooled["runs"] == pooled["runs_paired"] == 2 and pooled["ci95"][0] <= pooled["mean"] <= pooled["ci95"][1]
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert set(json.loads(out.read_text())["wall_seconds_this_invocation"].values()) == {0.0}, (
@@ -70,3 +73,21 @@ def test_suite_runs_on_the_tiny_config(tmp_path, tiny_csv, tiny_teacher_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     (point,) = json.loads(thesis.read_text())["points"]
     assert point["thesis"]["train_steps"] == every["blockswap"]["train_steps"]
+
+
+def test_pooled_advantage_averages_runs_and_combines_their_sampling_errors():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from suite import pooled_advantage
+
+    se = 0.01  # each interval 3.92 se wide
+    paired = ({"kept_test": 0.99, "kept_test_ci95": [0.95, 1.03]},
+              {"kept_test": 0.97, "kept_test_ci95": [0.93, 1.01],
+               "blockswap_advantage": {"kept_test": 0.02, "ci95": [0.02 - 1.96 * se, 0.02 + 1.96 * se]}})  # fmt: skip
+    unpaired = ({"kept_test": 1.0, "kept_test_ci95": [1.0 - 1.96 * se, 1.0 + 1.96 * se]},
+                {"kept_test": 0.96, "kept_test_ci95": [0.96 - 1.96 * se, 0.96 + 1.96 * se]})  # fmt: skip
+    out = pooled_advantage([paired, unpaired])
+    assert out["runs"] == 2 and out["runs_paired"] == 1 and out["runs_ahead"] == 2
+    assert abs(out["mean"] - 0.03) < 1e-12  # the paired run's own difference (0.02), not 0.99 - 0.97
+    half = 1.96 * (se**2 + 2 * se**2) ** 0.5 / 2  # an unpaired run counts both students' errors
+    assert abs(out["ci95"][0] - (0.03 - half)) < 1e-9 and abs(out["ci95"][1] - (0.03 + half)) < 1e-9
+    assert abs(out["sd"] - (0.04 - 0.02) / 2**0.5) < 1e-12

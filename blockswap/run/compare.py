@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .. import arch, baselines, distill, measure
-from ..evaluate import kept_interval
+from ..evaluate import kept_difference, kept_interval, per_example
 from ..substitute import substitute
 from .curve import key_rows
 from .stages import recovered_steps
@@ -79,13 +79,29 @@ def budget_steps(state: RunState, r: dict) -> int:
     return r["train_steps"] + recovered_steps(state).get(r["step"], 0)
 
 
+def _substitution_test(state: RunState, r: dict) -> tuple[str, dict | None]:
+    """The substitution path's student at curve row ``r`` on test, per example: the recovered one when the
+    recovery stage trained it (the one whose budget the baseline gets), else the curve's."""
+    if state.path("recovery.json").is_file():
+        rec = state.read("recovery.json").get("students", {}).get(str(r["step"]))
+        if rec is not None:
+            return "recovered", rec.get("test_per_example")
+    return "curve", r.get("test_per_example")
+
+
 def _budgeted(state, r, student, teacher_val, teacher_test, seconds: float, **extra) -> dict:
-    """A budgeted baseline's row: kept on validation and on test (paired interval), its budget beside it."""
+    """A budgeted baseline's row: kept on validation and on test (paired interval), its budget beside it, and
+    how far the substitution path's student at the same point is above it (paired on the same test examples)."""
     test = state.evaluate_point(student, "test")
     ci = kept_interval(teacher_test, test, seed=r["step"])
+    which, ours = _substitution_test(state, r)
+    if ours is not None:
+        d = kept_difference(teacher_test, ours, test, seed=r["step"])
+        extra["blockswap_advantage"] = {"kept_test": d["difference"], "ci95": d["ci95"], "student": which}
     return _row(
         state, r, student, teacher_val, train_steps=budget_steps(state, r), train_batch=state.cfg.distill.batch_size,
         train_seconds=seconds, test_score=test["score"], kept_test=ci["kept"], kept_test_ci95=ci["ci95"], **extra,
+        test_per_example=per_example(test),
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import time
 
 from .. import arch, distill, importance
 from ..errors import StopRuleUnsatisfied
-from ..evaluate import kept_interval
+from ..evaluate import kept_interval, per_example
 from ..files import write_text
 from ..substitute import load_substitutes, substituted_blocks, swap_in
 from .state import RunState
@@ -39,6 +39,7 @@ def _row(state: RunState, step: int, block: int | None, model, cost: dict, teach
         "kept_test_ci95": ci["ci95"],
         "n_test": ci["n"],
         "test_metrics": {**other_metrics(test), **sts_metrics(state, model)},
+        "test_per_example": per_example(test),  # what paired comparisons with other students resample
     }, {"validation": val, "test": test}
 
 

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from .. import arch, deploy, distill, embed, export, importance
 from ..data import load_source
 from ..errors import RunError
-from ..evaluate import evaluate, kept_interval
+from ..evaluate import evaluate, kept_interval, per_example
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
 from ..vocab import prune_and_measure
@@ -138,6 +138,7 @@ def recovery(state: RunState) -> None:
             "validation_after": val["score"], "kept_validation_after": val["score"] / curve["teacher_validation_score"],
             "test_score_before": row["test_score"], "kept_test_before": row["kept_test"], "test_score": test["score"],
             "kept_test": ci["kept"], "kept_test_ci95": ci["ci95"], "test_metrics": other_metrics(test),
+            "test_per_example": per_example(test),
         }  # fmt: skip
     state.write("recovery.json", {"metric": teacher_test["metric"], "students": students})
 
