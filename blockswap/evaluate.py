@@ -149,17 +149,24 @@ def paired_bootstrap(
     Both vectors (N,) say whether each model got each sentence right; every resample draws the same
     sentences for both, so the interval reflects how much the *difference* depends on the sample.
     """
-    t, s = teacher_correct.double(), student_correct.double()
-    return _bootstrap(lambda idx: t[idx].mean(-1), lambda idx: s[idx].mean(-1), len(t), samples=samples, seed=seed)
+    correct = ({"correct": teacher_correct.int().tolist()}, {"correct": student_correct.int().tolist()})
+    return kept_interval(*correct, samples=samples, seed=seed)
+
+
+def _resamples(n: int, samples: int, seed: int) -> torch.Tensor:
+    """(samples, n) example indices drawn with replacement, seeded: the same rows for every model compared."""
+    return torch.randint(n, (samples, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _ci95(values: torch.Tensor) -> list[float]:
+    return torch.quantile(values, torch.tensor([0.025, 0.975], dtype=values.dtype)).tolist()
 
 
 def _bootstrap(teacher_score, student_score, n: int, *, samples: int, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (samples, n), generator=g)
-    everything = torch.arange(n)
+    idx, everything = _resamples(n, samples, seed), torch.arange(n)
     t, s = teacher_score(idx), student_score(idx)  # (samples,)
     ratio = torch.where(s == t, torch.ones_like(t), s / t.clamp(min=1e-12))  # equal scores keep everything
-    low, high = torch.quantile(ratio, torch.tensor([0.025, 0.975], dtype=ratio.dtype)).tolist()
+    low, high = _ci95(ratio)
     kept = (student_score(everything) / teacher_score(everything).clamp(min=1e-12)).item()
     return {"kept": kept, "ci95": [low, high], "n": n, "samples": samples}
 
@@ -208,11 +215,7 @@ def kept_difference(teacher: dict, a: dict, b: dict, *, samples: int = 2000, see
     teacher and both students, so what the two students get wrong together cancels (much narrower than
     comparing their separate intervals). ``difference`` is on the whole test split."""
     (t, sa, sb), n = _score_fns(teacher, a, b)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (samples, n), generator=g)
-    teacher_scores = t(idx).clamp(min=1e-12)
-    diffs = (sa(idx) - sb(idx)) / teacher_scores
-    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=diffs.dtype)).tolist()
-    everything = torch.arange(n)
+    idx, everything = _resamples(n, samples, seed), torch.arange(n)
+    low, high = _ci95((sa(idx) - sb(idx)) / t(idx).clamp(min=1e-12))
     whole = ((sa(everything) - sb(everything)) / t(everything).clamp(min=1e-12)).item()
     return {"difference": whole, "ci95": [low, high], "n": n, "samples": samples}
