@@ -111,6 +111,25 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)
 
 
+RUN_MODELS = ("model_recovered", "model", "model_last_recovered", "model_last", "teacher")  # final student first
+
+
+def not_a_model(path: Path) -> ModelLoadError:
+    """The error for a local path that is not a model folder, saying which path to give instead: a file's
+    folder, or a run folder's final student (and its teacher)."""
+    if path.is_file():
+        return ModelLoadError(f"{path} is a file; give the model's folder (the one holding config.json)")
+    if (path / "run.json").is_file():  # a `blockswap run` folder (run.state.RUN_MARKER)
+        found = [path / n for n in RUN_MODELS if (path / n / "config.json").is_file()]
+        if found:
+            return ModelLoadError(
+                f"{path} is a blockswap run folder, not a model; give one of its models: {found[0]} (the final "
+                "student" + (f"; the teacher is {path / 'teacher'})" if found[0].name != "teacher" else ")")
+            )
+        return ModelLoadError(f"{path} is a blockswap run folder with no saved model yet; finish it with --resume")
+    return ModelLoadError(f"{path} is not a model folder (no config.json)")
+
+
 def _base_config(cfg: dict):
     """The original architecture's config object from a blockswap folder's config.json dict."""
     meta = cfg[META_KEY]
@@ -125,6 +144,8 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = Path(name_or_dir).expanduser()
+    if path.exists() and not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise not_a_model(path)
     if not path.is_dir() and _looks_like_path(str(name_or_dir)):
         raise ModelLoadError(f"model path {name_or_dir} does not exist; give a model folder or a hub id")
     kwargs = {}
@@ -152,7 +173,7 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
-        raise ModelLoadError(f"{directory} is not a saved model folder (no config.json)")
+        raise not_a_model(directory)
     cfg = json.loads(cfg_path.read_text())
     meta = cfg.get(META_KEY)
     if embed.is_sentence_transformers_folder(directory):
@@ -200,6 +221,8 @@ def load_model(name_or_dir: str, *, head: str | None = None, **kwargs) -> PreTra
     ``from_pretrained`` (e.g. ``num_labels``, ``id2label`` for a fresh head). Never enables ``trust_remote_code``.
     """
     path = Path(name_or_dir).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise not_a_model(path)
     if path.is_dir():
         cfg = path / "config.json"
         if cfg.is_file() and META_KEY in json.loads(cfg.read_text()) and not kwargs:

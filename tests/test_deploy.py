@@ -160,6 +160,21 @@ def test_predict_refuses_empty_input(tmp_path, capsys, tiny_teacher_dir):
         read_texts(str(tmp_path / "missing.csv"))
 
 
+def test_predict_given_a_run_folder_names_the_final_student(tmp_path, capsys, tiny_teacher_dir):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_teacher_dir, run / "model_recovered")
+    (run / "run.json").write_text("{}")
+    (tmp_path / "in.txt").write_text("a fine film\n")
+    assert (
+        main(["predict", "--model", str(run), "--input", str(tmp_path / "in.txt"), "--out", str(tmp_path / "p")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"give one of its models: {run / 'model_recovered'}" in err
+    assert not (tmp_path / "p").exists()
+
+
 def test_vocab_pruning_keeps_covered_logits_and_maps_unseen_to_unknown(tmp_path):
     tok = tiny_tokenizer(tmp_path / "tok")
     model = tiny_model("bert", layers=2, vocab_size=len(tok))

@@ -102,6 +102,29 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(export.ModelLoadError, match="not a model folder"):
         export.load_model(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "teacher.json").write_text("{}")
+    for load in (export.load_model, export.load, export.load_tokenizer):
+        with pytest.raises(export.ModelLoadError, match="teacher.json is a file; give the model's folder"):
+            load(str(tmp_path / "empty" / "teacher.json"))
+
+
+def test_a_run_folder_names_its_final_student(tmp_path):
+    """`predict --model RUN` (and export, evaluate, prune-vocab): the error says which of the run's folders to give."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    for load in (export.load_model, export.load, export.load_tokenizer):
+        with pytest.raises(export.ModelLoadError, match="no saved model yet"):
+            load(str(run))
+    for name in ("teacher", "model", "model_recovered"):
+        (run / name).mkdir()
+        (run / name / "config.json").write_text("{}")
+        final = "teacher" if name == "teacher" else name
+        for load in (export.load_model, export.load, export.load_tokenizer):
+            with pytest.raises(
+                export.ModelLoadError, match=f"run folder, not a model; give one of its models: .*{final} "
+            ):
+                load(str(run))
 
 
 def test_unreachable_hub_id_gets_clear_error(monkeypatch):
