@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def main() -> int:
     if (run / "model_last").is_dir():  # the curve's last (most compressed) step, when it is not the chosen one
         folders["last"] = run / "model_last"
     result: dict = {"run_dir": str(run), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-                    "cpu": platform.processor(), "models": {}, "cases": {}}  # fmt: skip
+                    "host": measure.machine(), "models": {}, "cases": {}}  # fmt: skip
     texts = sorted(dsd["test"]["text"], key=len)[len(dsd["test"]) // 2 :][::-1]  # a batch of typical-to-long sentences
     for name, folder in folders.items():
         onnx_dir = run / "bench_onnx" / name

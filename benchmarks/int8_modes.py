@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -61,16 +60,9 @@ def compare(folder: Path, dataset: str) -> dict:
     return out
 
 
-def cpu_flags() -> list[str]:
-    """The CPU features int8 matmuls depend on (Linux; empty elsewhere)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
-
-
 def main() -> int:
+    from blockswap.measure import machine
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="NAME=MODEL_DIR")
     parser.add_argument("--dataset", default="snippets")
@@ -78,8 +70,7 @@ def main() -> int:
     args = parser.parse_args()
     result = {
         "command": " ".join(["benchmarks/int8_modes.py", *sys.argv[1:]]),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_int8_flags": cpu_flags(),  # without VNNI, u8 x s8 products can saturate (ONNX Runtime's docs)
+        "host": machine(),  # without VNNI in cpu_flags, u8 x s8 products can saturate (ONNX Runtime's docs)
         "dataset": args.dataset,
         "models": {},
     }

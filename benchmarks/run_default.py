@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from blockswap import measure  # noqa: E402
 
 
 def main() -> int:
@@ -44,6 +47,7 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "python": platform.python_version(),
+        "host": measure.machine(),  # timings from different CPUs are not comparable
     }
     for name in ("timings.json", "summary.json"):
         p = out / name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import platform
 import statistics
 import time
@@ -148,8 +149,42 @@ def latency(
         device=str(device),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
         attention=str(model.config._attn_implementation),
-        cpu=platform.processor() or platform.machine(),
+        cpu=cpu_name(),
     )
+
+
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")  # what kernels pick
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What a timing depends on besides the code: CPU model and the features its kernels use, cores, torch's
+    threads and vector ISA (``ATEN_CPU_CAPABILITY`` lowers it), and whether bf16 is native (``--mixed-precision
+    auto`` trains in bf16 there, in fp32 elsewhere). Timings from different machines are not comparable."""
+    try:
+        flags = set(open("/proc/cpuinfo", encoding="utf-8").read().split())
+    except OSError:
+        flags = set()
+    from .train import resolve_precision  # late: train imports the heavy training stack
+
+    return {
+        "cpu": cpu_name(),
+        "cpu_flags": sorted(f for f in flags if f in _FLAGS),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": resolve_precision("auto", cpu=True) == "bf16",
+    }
 
 
 def peak_memory_mb(model: PreTrainedModel, *, batch: int = 1, seq_len: int = 128) -> float | None:

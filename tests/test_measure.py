@@ -1,4 +1,7 @@
+import os
+
 import pytest
+import torch
 
 from blockswap import arch, measure
 from blockswap.substitute import substitute
@@ -84,3 +87,10 @@ def test_every_family_macs_equal_the_analytic_count(family):
     got = measure.count_macs(model, batch=batch, seq_len=seq)
     assert got["per_block"] == [batch * block] * 3
     assert got["macs"] == batch * (3 * block + head)
+
+
+def test_machine_names_what_timings_depend_on():
+    m = measure.machine()
+    assert m["cpu"] and m["cores"] == os.cpu_count() and m["torch_threads"] == torch.get_num_threads()
+    assert m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(m["native_bf16"], bool) and set(m["cpu_flags"]) <= set(measure._FLAGS)
