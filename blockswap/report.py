@@ -282,12 +282,21 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
             f"over {summary.get('n_test')} test sentences)",
             f"- parameters cut {_pct(summary['params_cut'])}, GMACs cut {_pct(summary['gmacs_cut'])}, "
             f"speed-up x{summary['speedup_b1']:.2f} (batch 1) / x{summary['speedup_b32']:.2f} (batch 32)",
-            f"- wall time per stage (s): {summary['seconds_per_stage']}",
+            f"- wall time per stage (s): {summary['seconds_per_stage']}{_host(summary)}",
             "",
         ]
     if teacher:
         md += [f"Teacher: `{teacher.get('source')}`.", ""]
     return md
+
+
+def _host(summary: dict) -> str:
+    """`` on CPU, N cores, training in P`` for the wall-time line (runs before it was recorded: nothing)."""
+    h = summary.get("host")
+    if not h:
+        return ""
+    precision = summary.get("training_precision")
+    return f" on {h['cpu']}, {h['cores']} cores" + (f", training in {precision}" if precision else "")
 
 
 def _evaluation_lines(ev: dict) -> list[str]:

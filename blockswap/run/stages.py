@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
-from .. import arch, deploy, distill, embed, export, importance
+from .. import arch, deploy, distill, embed, export, importance, measure
 from ..data import load_source
 from ..errors import RunError
 from ..evaluate import evaluate, kept_interval, per_example
@@ -266,5 +266,10 @@ def summary(state: RunState) -> None:
                 **state.timings,
                 "total_this_invocation": round(time.perf_counter() - state.started, 2),
             },
+            # the seconds above depend on these as much as on the recipe (1.5x between two 2-core CPUs)
+            "training_precision": "fp32"
+            if state.accelerator.mixed_precision == "no"
+            else state.accelerator.mixed_precision,
+            "host": measure.machine(),
         },
     )
