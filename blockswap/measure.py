@@ -158,23 +158,25 @@ _FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni
 
 def cpu_name() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.read()
+    except OSError:  # not Linux
+        return ""
 
 
 def machine() -> dict:
     """What a timing depends on besides the code: CPU model and the features its kernels use, cores, torch's
     threads and vector ISA (``ATEN_CPU_CAPABILITY`` lowers it), and whether bf16 is native (``--mixed-precision
     auto`` trains in bf16 there, in fp32 elsewhere). Timings from different machines are not comparable."""
-    try:
-        flags = set(open("/proc/cpuinfo", encoding="utf-8").read().split())
-    except OSError:
-        flags = set()
+    flags = set(_cpuinfo().split())
     from .train import resolve_precision  # late: train imports the heavy training stack
 
     return {
