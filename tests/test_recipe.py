@@ -49,14 +49,19 @@ PINNED = {
 
 
 def _approx(values):
-    return pytest.approx(values, rel=1e-5, abs=1e-9)
+    # rel 1e-4: AVX-512 and AVX2 kernels round differently in fp32; the influence scores (1 - cos, ~5e-5) move
+    # by 4e-5 relative between them, every other number by less (exact at 1e-5 with ATEN_CPU_CAPABILITY=avx2)
+    return pytest.approx(values, rel=1e-4, abs=1e-9)
 
 
 def test_tiny_run_reproduces_the_pinned_numbers(tmp_path, tiny_csv, tiny_teacher_dir):
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
-    # the teacher cache off: the exact teacher outputs, as when these numbers were pinned
+    # the teacher cache off: the exact teacher outputs, as when these numbers were pinned; fp32, as they were
+    # pinned on a CPU without native bf16 (auto would train in bf16 on one that has it, and move every number)
     extra = [
+        "--mixed-precision",
+        "no",
         "--seed",
         "3",
         "--baselines",
