@@ -25,6 +25,16 @@ sys.path.insert(0, str(ROOT))
 from blockswap import measure  # noqa: E402
 
 
+def _without_per_example(value):
+    """``value`` without its per-sentence test results (``test_per_example``: they stay in the run folder; this
+    JSON is about time, memory and the run's numbers)."""
+    if isinstance(value, dict):
+        return {k: _without_per_example(v) for k, v in value.items() if k != "test_per_example"}
+    if isinstance(value, list):
+        return [_without_per_example(v) for v in value]
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-default"), help="run folder (replaced)")
@@ -54,10 +64,10 @@ def main() -> int:
         if p.is_file():
             result[name.removesuffix(".json")] = json.loads(p.read_text())
     if (out / "curve.json").is_file():
-        result["curve"] = json.loads((out / "curve.json").read_text())["rows"]
+        result["curve"] = _without_per_example(json.loads((out / "curve.json").read_text())["rows"])
     for name in ("baselines", "recovery"):
         if (out / f"{name}.json").is_file():
-            result[name] = json.loads((out / f"{name}.json").read_text())
+            result[name] = _without_per_example(json.loads((out / f"{name}.json").read_text()))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("wall_seconds", "peak_rss_mb", "returncode")}))
