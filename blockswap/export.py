@@ -122,9 +122,10 @@ def not_a_model(path: Path) -> ModelLoadError:
     if (path / "run.json").is_file():  # a `blockswap run` folder (run.state.RUN_MARKER)
         found = [path / n for n in RUN_MODELS if (path / n / "config.json").is_file()]
         if found:
+            what = "the teacher; no student is saved yet" if found[0].name == "teacher" else "the final student"
+            teacher = f"; the teacher is {path / 'teacher'}" if found[0].name != "teacher" else ""
             return ModelLoadError(
-                f"{path} is a blockswap run folder, not a model; give one of its models: {found[0]} (the final "
-                "student" + (f"; the teacher is {path / 'teacher'})" if found[0].name != "teacher" else ")")
+                f"{path} is a blockswap run folder, not a model; give one of its models: {found[0]} ({what}{teacher})"
             )
         return ModelLoadError(f"{path} is a blockswap run folder with no saved model yet; finish it with --resume")
     return ModelLoadError(f"{path} is not a model folder (no config.json)")

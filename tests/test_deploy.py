@@ -167,6 +167,7 @@ def test_predict_given_a_run_folder_names_the_final_student(tmp_path, capsys, ti
     shutil.copytree(tiny_teacher_dir, run / "model_recovered")
     (run / "run.json").write_text("{}")
     (tmp_path / "in.txt").write_text("a fine film\n")
+    capsys.readouterr()  # the fixture's own output (saving the tiny teacher when this test runs first)
     assert (
         main(["predict", "--model", str(run), "--input", str(tmp_path / "in.txt"), "--out", str(tmp_path / "p")]) == 2
     )

@@ -119,10 +119,10 @@ def test_a_run_folder_names_its_final_student(tmp_path):
     for name in ("teacher", "model", "model_recovered"):
         (run / name).mkdir()
         (run / name / "config.json").write_text("{}")
-        final = "teacher" if name == "teacher" else name
+        final = "teacher \\(the teacher; no student" if name == "teacher" else f"{name} \\(the final student"
         for load in (export.load_model, export.load, export.load_tokenizer):
             with pytest.raises(
-                export.ModelLoadError, match=f"run folder, not a model; give one of its models: .*{final} "
+                export.ModelLoadError, match=f"run folder, not a model; give one of its models: .*{final}"
             ):
                 load(str(run))
 
