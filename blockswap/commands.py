@@ -70,16 +70,28 @@ def measure_command(
 
 
 def dry_run(cfg: Config) -> tuple[str, dict]:
-    """The configured plan built on a random-weight model of ``run.arch``: (headline, measure result)."""
-    if cfg.run.arch is None:
-        raise ConfigError("--dry-run needs the teacher's built-in architecture: set run.arch (e.g. bert-base-uncased)")
-    n_blocks = arch.builtin_config(cfg.run.arch).num_hidden_layers
+    """The configured plan built on a random-weight model of ``run.arch``: (headline, measure result).
+
+    Without ``run.arch``, the offline default (no teacher or base model named) is planned on its own
+    architecture, the packaged all-MiniLM-L6-v2's.
+    """
+    name = cfg.run.arch
+    if name is None and cfg.run.teacher is None and cfg.finetune.model is None:
+        name = "all-minilm-l6-v2"  # the built-in entry of the packaged default teacher's architecture
+    if name is None:
+        raise ConfigError(
+            "--dry-run builds the plan without loading the teacher, so it needs its built-in architecture: "
+            f"add --arch NAME, one of: {', '.join(arch.BUILTIN_ARCHS)}"
+        )
+    n_blocks = arch.builtin_config(name).num_hidden_layers
     k = cfg.run.max_blocks or n_blocks
     result = measure_command(
-        model=None, builtin=cfg.run.arch, substitute_n=k, blocks=None, baseline=cfg.run.baseline_arch,
+        model=None, builtin=name, substitute_n=k, blocks=None, baseline=cfg.run.baseline_arch,
         compact=cfg.compact, seq_len=cfg.run.eval_seq_len, batch=1, with_latency=False, repeats=1,
     )  # fmt: skip
-    head = f"dry run: {cfg.run.arch} (random weights), {k} of {n_blocks} blocks substituted, teacher {cfg.run.teacher}"
+    packaged = "as it is" if cfg.data.task == "embedding" else "fine-tuned by the run"
+    teacher = cfg.run.teacher or cfg.finetune.model or f"the packaged all-MiniLM-L6-v2 ({packaged})"
+    head = f"dry run: {name} (random weights), {k} of {n_blocks} blocks substituted, teacher {teacher}"
     return head, result
 
 

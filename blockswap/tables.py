@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 
-def _table_row(name: str, values: list[str]) -> str:
-    return f"| {name:<22} | " + " | ".join(f"{v:>14}" for v in values) + " |"
+
+def _table_row(name: str, values: list[str], width: int = 14) -> str:
+    return f"| {name:<22} | " + " | ".join(f"{v:>{width}}" for v in values) + " |"
 
 
 def measure_table(result: dict) -> str:
@@ -18,21 +20,23 @@ def measure_table(result: dict) -> str:
         cuts.append((f"cut vs {result['baseline_name']}", result["cut_vs_baseline"]))
     batch = result["before"]["macs"]["batch"]
     lat_key = f"latency_b{batch}"
-    lines = [_table_row("", [c[0][:14] for c in cols + cuts])]
-    lines.append("|" + "|".join(["-" * 24] + ["-" * 16] * (len(cols) + len(cuts))) + "|")
+    width = max(14, *(len(c[0]) for c in cols + cuts))  # headers whole ("after (12 swapped)")
+    row = functools.partial(_table_row, width=width)
+    lines = [row("", [c[0] for c in cols + cuts])]
+    lines.append("|" + "|".join(["-" * 24] + ["-" * (width + 2)] * (len(cols) + len(cuts))) + "|")
     p_cells = [f"{c['params']['total'] / 1e6:.2f}" for _, c in cols] + [f"{x['params_cut']:.1%}" for _, x in cuts]
-    lines.append(_table_row("params (M)", p_cells))
+    lines.append(row("params (M)", p_cells))
     lines.append(
-        _table_row("encoder params (M)", [f"{c['params']['encoder'] / 1e6:.2f}" for _, c in cols] + [""] * len(cuts))
+        row("encoder params (M)", [f"{c['params']['encoder'] / 1e6:.2f}" for _, c in cols] + [""] * len(cuts))
     )
     lines.append(
-        _table_row("GMACs", [f"{c['macs']['gmacs']:.3f}" for _, c in cols] + [f"{x['gmacs_cut']:.1%}" for _, x in cuts])
+        row("GMACs", [f"{c['macs']['gmacs']:.3f}" for _, c in cols] + [f"{x['gmacs_cut']:.1%}" for _, x in cuts])
     )
     if all(lat_key in c for _, c in cols):
         cells = [f"{c[lat_key]['median_ms']:.2f}" for _, c in cols] + [
             f"x{x[f'speedup_b{batch}']:.2f}" for _, x in cuts
         ]
-        lines.append(_table_row("latency ms (median)", cells))
+        lines.append(row("latency ms (median)", cells))
     last = cols[-1][1]
     note = f"batch {batch}, seq {last['macs']['seq_len']}, MACs counted with eager attention"
     if last.get("peak_memory_mb") is not None:

@@ -163,6 +163,19 @@ def test_presets_load_and_validate():
         assert cfg.compact.hidden > 0
 
 
+def test_dry_run_of_the_offline_default_plans_the_packaged_teacher(capsys):
+    # no --arch and no teacher: the offline default, whose teacher is the packaged all-MiniLM-L6-v2
+    assert main(["run", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: all-minilm-l6-v2 (random weights), 6 of 6 blocks substituted" in out
+    assert "after (6 swapped)" in out and "(fine-tuned by the run)" in out  # the header whole, not cut at 14
+    assert "70.2%" in out  # every block, 384 -> 128 x 2 layers: the README's every-block GMACs cut
+    # a named teacher cannot be planned without loading it: one line asking for --arch, exit 2
+    assert main(["run", "--dry-run", "--teacher", "someone/some-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--arch NAME, one of: bert-base-uncased" in err
+
+
 def test_dry_run_needs_a_buildable_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run:\n  arch: gpt2\n")
