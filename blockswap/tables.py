@@ -26,9 +26,7 @@ def measure_table(result: dict) -> str:
     lines.append("|" + "|".join(["-" * 24] + ["-" * (width + 2)] * (len(cols) + len(cuts))) + "|")
     p_cells = [f"{c['params']['total'] / 1e6:.2f}" for _, c in cols] + [f"{x['params_cut']:.1%}" for _, x in cuts]
     lines.append(row("params (M)", p_cells))
-    lines.append(
-        row("encoder params (M)", [f"{c['params']['encoder'] / 1e6:.2f}" for _, c in cols] + [""] * len(cuts))
-    )
+    lines.append(row("encoder params (M)", [f"{c['params']['encoder'] / 1e6:.2f}" for _, c in cols] + [""] * len(cuts)))
     lines.append(
         row("GMACs", [f"{c['macs']['gmacs']:.3f}" for _, c in cols] + [f"{x['gmacs_cut']:.1%}" for _, x in cuts])
     )
