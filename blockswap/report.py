@@ -282,12 +282,19 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
             f"over {summary.get('n_test')} test sentences)",
             f"- parameters cut {_pct(summary['params_cut'])}, GMACs cut {_pct(summary['gmacs_cut'])}, "
             f"speed-up x{summary['speedup_b1']:.2f} (batch 1) / x{summary['speedup_b32']:.2f} (batch 32)",
-            f"- wall time per stage (s): {summary['seconds_per_stage']}{_host(summary)}",
+            f"- wall time: {_stage_seconds(summary['seconds_per_stage'])}{_host(summary)}",
             "",
         ]
     if teacher:
         md += [f"Teacher: `{teacher.get('source')}`.", ""]
     return md
+
+
+def _stage_seconds(seconds: dict) -> str:
+    """``teacher 131 s, importance 30 s, … (this invocation 498 s)``: a resumed run's total counts only its own stages."""
+    parts = [f"{name} {value:.0f} s" for name, value in seconds.items() if name != "total_this_invocation"]
+    total = seconds.get("total_this_invocation")
+    return ", ".join(parts) + (f" (this invocation {total:.0f} s)" if total is not None else "")
 
 
 def _host(summary: dict) -> str:

@@ -47,7 +47,11 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
     assert summary["chosen_step"] == 3 and 0 < summary["gmacs_cut"] < 1
     assert summary["kept_test_ci95"][0] <= summary["kept_test"] <= summary["kept_test_ci95"][1]
     assert summary["host"]["cores"] >= 1 and summary["training_precision"] in ("fp32", "bf16")
-    assert f"on {summary['host']['cpu']}, {summary['host']['cores']} cores" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"on {summary['host']['cpu']}, {summary['host']['cores']} cores" in report
+    secs = summary["seconds_per_stage"]  # the wall-time line in words, not a Python dict
+    assert f"- wall time: teacher {secs['teacher']:.0f} s, importance {secs['importance']:.0f} s" in report
+    assert f"(this invocation {secs['total_this_invocation']:.0f} s)" in report and "{'teacher'" not in report
     base = json.loads((out / "baselines.json").read_text())
     assert len(base["drop"]) == 3, "layer dropping is cumulative: every step"
     near_half = min(rows[1:], key=lambda r: abs(r["gmacs_cut"] - 0.5))["step"]
