@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/run_default.py [--out runs/bench] [-- extra blockswap run flags]
 
 Writes benchmarks/results/run_default.json: wall time per stage, total, peak RSS of the run process,
-the machine (cores, threads), and the run's summary numbers.
+the machine (cores, threads), the CPU seconds the run and (Linux) all other processes used meanwhile
+(a timing with other work beside it is not clean), and the run's summary numbers.
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ def main() -> int:
     if out.exists():
         shutil.rmtree(out)
     cmd = [sys.executable, "-m", "blockswap.cli", "run", "--out", str(out), *args.extra]
-    t0 = time.perf_counter()
+    busy0, t0 = measure.busy_cpu_seconds(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT)
     wall = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB of the largest child
+    busy1, usage = measure.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kb = usage.ru_maxrss  # Linux: KiB of the largest child
+    own = usage.ru_utime + usage.ru_stime
+    # what other processes took meanwhile: on 2 cores even short jobs beside the run slow it far beyond their share
+    others = None if busy0 is None else round(max(0.0, busy1 - busy0 - own), 1)
     result = {
         "command": " ".join(["blockswap", "run", "--out", str(out), *args.extra]),
         "returncode": proc.returncode,
@@ -58,7 +63,11 @@ def main() -> int:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "host": measure.machine(),  # timings from different CPUs are not comparable
+        "cpu_seconds_run": round(own, 1),
+        "cpu_seconds_other_processes": others,
     }
+    if others is not None and others > 0.02 * wall * (os.cpu_count() or 1):
+        print(f"warning: other processes used {others:.0f} CPU-s during the run; its wall time is not the code's alone")
     for name in ("timings.json", "summary.json"):
         p = out / name
         if p.is_file():

@@ -189,6 +189,22 @@ def machine() -> dict:
     }
 
 
+def busy_cpu_seconds(stat: str = "/proc/stat") -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (every process, every core; Linux ``/proc/stat``),
+    or None elsewhere. The difference across a timed job, minus the job's own CPU time, is what other processes
+    took: on 2 cores a second torch job makes both far slower than half speed (their threads contend), so a
+    timing with other work beside it is not the code's."""
+    try:
+        with open(stat) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_memory_mb(model: PreTrainedModel, *, batch: int = 1, seq_len: int = 128) -> float | None:
     """Peak accelerator memory of one forward pass in MiB (None on CPU, where it is not isolable)."""
     device = next(model.parameters()).device

@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 import torch
@@ -94,3 +95,23 @@ def test_machine_names_what_timings_depend_on():
     assert m["cpu"] and m["cores"] == os.cpu_count() and m["torch_threads"] == torch.get_num_threads()
     assert m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(m["native_bf16"], bool) and set(m["cpu_flags"]) <= set(measure._FLAGS)
+
+
+def test_busy_cpu_seconds_counts_busy_time_only(tmp_path):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice, in clock ticks
+    stat.write_text("cpu  100 20 30 1000 50 5 6 7 0 0\ncpu0 50 10 15 500 25 2 3 3 0 0\n")
+    assert measure.busy_cpu_seconds(str(stat)) == pytest.approx(168 / os.sysconf("SC_CLK_TCK"))  # not idle, iowait
+    assert measure.busy_cpu_seconds(str(tmp_path / "absent")) is None
+
+
+def test_busy_cpu_seconds_sees_this_process_working():
+    if not os.path.exists("/proc/stat"):
+        assert measure.busy_cpu_seconds() is None
+        return
+    busy0, cpu0 = measure.busy_cpu_seconds(), time.process_time()
+    while time.process_time() - cpu0 < 0.5:  # half a CPU-second of our own
+        sum(i * i for i in range(1000))
+    busy, own = measure.busy_cpu_seconds() - busy0, time.process_time() - cpu0
+    # the machine was busy at least as long as this process (others only add); idle time would not count
+    assert busy >= 0.8 * own, (busy, own)
