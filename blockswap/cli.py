@@ -113,7 +113,7 @@ def _add_export(sub) -> None:
 
 
 def _add_prune_vocab(sub) -> None:
-    pv = sub.add_parser("prune-vocab", help="keep only the tokens the task's training texts use (WordPiece)")
+    pv = sub.add_parser("prune-vocab", help="keep only the word embeddings of the tokens the task's training texts use")
     pv.add_argument("model", help="classifier folder")
     pv.add_argument("--out", required=True, help="folder for the smaller model, its tokenizer and vocab.json")
     add_config_flags(pv, {"data": ""})
@@ -240,7 +240,7 @@ def _cmd_prune_vocab(args: argparse.Namespace) -> int:
         f"vocabulary {s['vocab_before']} -> {s['vocab_after']} tokens (word embeddings -{s['word_embedding_cut']:.1%}, "
         f"parameters {s['params_before'] / 1e6:.2f} M -> {s['params_after'] / 1e6:.2f} M); test {s['metric']} "
         f"{s['test_score_before']:.4f} -> {s['test_score_after']:.4f} "
-        f"({s['test_texts_tokenised_identically']:.1%} of test texts tokenised identically); saved to {args.out}"
+        f"({s['test_texts_all_tokens_kept']:.1%} of test texts use only kept tokens); saved to {args.out}"
     )
     return 0
 

@@ -276,10 +276,8 @@ def export_command(cfg: Config, folder: str, out: Path, *, int8: bool, int8_scal
 
 def prune_vocab_command(cfg: Config, folder: str, out: Path) -> dict:
     """Keep the tokens of the configured dataset's training texts; save the smaller model with vocab.json."""
-    model = export.load_classifier(folder)
-    pruned, tokenizer, stats = prune_and_measure(
-        model, export.load_tokenizer(folder), load_source(cfg.data), max_length=cfg.data.max_length
-    )
+    model, tokenizer = export.load_classifier(folder), export.load_tokenizer(folder)
+    pruned, stats = prune_and_measure(model, tokenizer, load_source(cfg.data), max_length=cfg.data.max_length)
     stats["dataset"] = cfg.data.dataset
     export.save(pruned, out, tokenizer=tokenizer)
     files.write_json(out / "vocab.json", stats)

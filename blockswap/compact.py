@@ -1,4 +1,5 @@
-"""The compact substitute block: down-projection -> small encoder -> up-projection, plus residual.
+"""The compact substitute block: down-projection -> small encoder -> up-projection, plus residual; and the
+word embeddings of a pruned vocabulary (``PrunedEmbedding``).
 
 This module imports nothing but ``torch``: its source is copied verbatim into every exported model
 folder (``modeling_blockswap.py``) so that a saved model loads where blockswap is not installed.
@@ -186,3 +187,26 @@ def compact_from_meta(meta: dict) -> CompactBlock:
         layer_norm_eps=meta["layer_norm_eps"],
         return_tuple=meta.get("return_tuple", False),
     )
+
+
+class PrunedEmbedding(nn.Module):
+    """Word embeddings of a pruned vocabulary behind the unchanged tokenizer: ``(batch, seq)`` ids -> ``(batch, seq, dim)``.
+
+    ``weight`` holds only the kept tokens' rows; ``rows`` maps every original id to one of them: a kept token
+    to its own row (its vector is exactly the old one), a dropped token to the kept row nearest its old one.
+    Called like ``nn.Embedding``; ``num_embeddings`` stays the tokenizer's vocabulary size.
+    """
+
+    def __init__(self, vocab_size: int, kept: int, dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = vocab_size, dim, padding_idx
+        self.weight = nn.Parameter(torch.zeros(kept, dim))
+        self.register_buffer("rows", torch.zeros(vocab_size, dtype=torch.long))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(self.rows[input_ids], self.weight)
+
+
+def pruned_embedding_like(old: nn.Module, vocab: dict) -> PrunedEmbedding:
+    """An (untrained) ``PrunedEmbedding`` to stand in for the word embeddings ``old``, as ``vocab`` records it."""
+    return PrunedEmbedding(old.num_embeddings, vocab["kept"], old.embedding_dim, old.padding_idx)

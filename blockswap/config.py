@@ -254,7 +254,8 @@ class RunConfig:
     )
     cpu: bool = _help("force the CPU even when an accelerator is present", default=False)
     prune_vocab: bool = _help(
-        "after the curve, keep only the vocabulary the training texts use (WordPiece): RUN/model_vocab", default=False
+        "after the curve, keep only the word embeddings of the tokens the training texts use: RUN/model_vocab",
+        default=False,
     )
     export: str = _help(
         "'onnx': export teacher and chosen student to RUN/onnx (fp32 + dynamic int8, parity-checked); 'none'",

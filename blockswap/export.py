@@ -19,7 +19,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import arch, embed
-from .compact import compact_from_meta
+from .compact import compact_from_meta, pruned_embedding_like
 from .embed import SentenceEncoder
 from .errors import ModelLoadError
 from .files import atomic_dir
@@ -49,6 +49,8 @@ class Blockswap{suffix}(_BaseModel):
             for name in meta.get("block_attrs", []):  # e.g. ModernBERT's attention_type
                 setattr(block, name, getattr(layers[i], name))
             layers[i] = block
+        if meta.get("vocab"):  # a pruned vocabulary: the kept rows + which of them every other token reads
+            self.set_input_embeddings(pruned_embedding_like(self.get_input_embeddings(), meta["vocab"]))
 """
 
 
@@ -88,7 +90,7 @@ def _write_transformer(model: PreTrainedModel, tmp: Path, tokenizer=None) -> Non
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     meta = getattr(model.config, META_KEY, None)
-    if not meta or not meta.get("substituted"):
+    if not _customised(meta):
         return
     model_type = f"blockswap_{meta['base_model_type']}"
     cfg_path = tmp / "config.json"
@@ -105,6 +107,11 @@ def _write_transformer(model: PreTrainedModel, tmp: Path, tokenizer=None) -> Non
         cfg[META_KEY] = {**meta, "block_path": meta["block_path"].removeprefix(prefix)}
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     (tmp / "modeling_blockswap.py").write_text(_remote_code(model, model_type))
+
+
+def _customised(meta: dict | None) -> bool:
+    """Whether a model differs from its Hugging Face class: substituted blocks or a pruned vocabulary."""
+    return bool(meta) and bool(meta.get("substituted") or meta.get("vocab"))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -180,11 +187,13 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     if embed.is_sentence_transformers_folder(directory):
         return _load_sentence_encoder(directory, cfg, meta)
     head = arch.head_kind(cfg.get("architectures"))
-    if not meta or not meta.get("substituted"):
+    if not _customised(meta):
         return arch.HEADS[head].from_pretrained(directory)
     model = arch.model_from_config(_base_config(cfg), head=head)
     for i in meta["substituted"]:
         arch.put_block(model, i, compact_from_meta(meta))
+    if meta.get("vocab"):
+        model.set_input_embeddings(pruned_embedding_like(model.get_input_embeddings(), meta["vocab"]))
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"{directory} has no model.safetensors")

@@ -176,31 +176,110 @@ def test_predict_given_a_run_folder_names_the_final_student(tmp_path, capsys, ti
     assert not (tmp_path / "p").exists()
 
 
-def test_vocab_pruning_keeps_covered_logits_and_maps_unseen_to_unknown(tmp_path):
+def _row(model, tok, token):
+    return model.get_input_embeddings()(torch.tensor([[tok.convert_tokens_to_ids(token)]]))[0, 0]
+
+
+def test_vocab_pruning_keeps_covered_logits_and_maps_dropped_tokens_to_the_nearest_kept_row(tmp_path):
     tok = tiny_tokenizer(tmp_path / "tok")
-    model = tiny_model("bert", layers=2, vocab_size=len(tok))
-    corpus = ["the movie was good", "a dull plot", "great actors and a fun story"]
-    pruned, new_tok, stats = vocab.prune_vocabulary(model, tok, corpus)
-    assert stats["vocab_after"] == len(new_tok) < len(tok) and pruned.config.vocab_size == len(new_tok)
-    assert set(new_tok.all_special_tokens) == set(tok.all_special_tokens)
-    covered = ["the plot was fun", "a great movie"]
-    a, b = tok(covered, padding=True, return_tensors="pt"), new_tok(covered, padding=True, return_tensors="pt")
-    assert tok.batch_decode(a["input_ids"]) == new_tok.batch_decode(b["input_ids"])
+    model = tiny_model("bert", layers=2, vocab_size=len(tok)).eval()
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():  # 'dull' never occurs in the corpus; the kept row nearest to it is 'movie'
+        emb[tok.convert_tokens_to_ids("dull")] = 3 * emb[tok.convert_tokens_to_ids("movie")] + 0.01
+    corpus = ["the movie was good", "a super plot", "great actors and a fun story"]
+    pruned, stats = vocab.prune_vocabulary(model, tok, corpus)
+    kept = vocab.used_ids(tok, corpus)
+    assert stats["vocab_after"] == len(kept) < len(tok) == stats["vocab_before"] == pruned.config.vocab_size
+    assert set(tok.all_special_ids) <= set(kept)
+    cut = (len(tok) - len(kept)) * emb.shape[1]
+    assert sum(p.numel() for p in pruned.parameters()) == sum(p.numel() for p in model.parameters()) - cut
+    covered = tok(["the plot was fun", "a great movie"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(model(**a).logits, pruned(**b).logits, atol=0, rtol=0)
-    assert new_tok("superb")["input_ids"][1] == new_tok.unk_token_id  # "superb" never occurs in the corpus
-    assert vocab.coverage(tok, new_tok, ["the movie", "superb"]) == 0.5
+        torch.testing.assert_close(model(**covered).logits, pruned(**covered).logits, atol=0, rtol=0)
+        torch.testing.assert_close(_row(pruned, tok, "dull"), _row(model, tok, "movie"), atol=0, rtol=0)
+        for token in ("bad", "boring", "superb"):  # every dropped token reads some kept token's row
+            assert any(
+                torch.equal(_row(pruned, tok, token), _row(model, tok, k)) for k in tok.convert_ids_to_tokens(kept)
+            )
+    assert 0 < stats["dropped_mean_cosine_to_nearest"] < 1
+    assert vocab.coverage(tok, kept, ["the movie", "superb"]) == 0.5
     with pytest.raises(DataError, match="empty"):
         vocab.prune_vocabulary(model, tok, [])
+    with pytest.raises(DeployError, match="already pruned"):
+        vocab.prune_vocabulary(pruned, tok, corpus)
 
 
-def test_vocab_pruning_refuses_bpe(tmp_path):
-    from tokenizers import Tokenizer, models
+def test_nearest_rows_by_cosine():
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 0.5], [-1.0, 2.0], [0.0, 1.0]])
+    rows, similarity = vocab.nearest_rows(weight, [1, 2, 4])  # rows 1 and 4 are equal: each maps to itself
+    assert rows.tolist() == [1, 0, 1, 0, 2]
+    assert similarity[[1, 2, 4]].tolist() == [1.0, 1.0, 1.0] and 0.99 < similarity[0] < 1 and 0.89 < similarity[3] < 0.9
+
+
+def test_vocab_pruning_works_for_bpe():
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])))
-    with pytest.raises(DeployError, match="WordPiece"):
-        vocab.prune_vocabulary(tiny_model("bert"), bpe, ["a b"])
+    merges = [("a", "b"), ("ab", "c")]
+    bpe = Tokenizer(models.BPE(vocab={"[UNK]": 0, "a": 1, "b": 2, "c": 3, "ab": 4, "abc": 5}, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]")
+    model = tiny_model("bert", vocab_size=6).eval()
+    pruned, stats = vocab.prune_vocabulary(model, tok, ["ab c"])  # keeps [UNK], ab, c
+    assert stats["vocab_after"] == 3 and pruned.get_input_embeddings().weight.shape[0] == 3
+    covered, uncovered = tok(["c ab"], return_tensors="pt"), tok(["abc a"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**covered).logits, pruned(**covered).logits)
+        assert pruned(**uncovered).logits.isfinite().all()
+        kept_rows = [_row(model, tok, t) for t in ("[UNK]", "ab", "c")]
+        assert any(torch.equal(_row(pruned, tok, "abc"), r) for r in kept_rows)
+
+
+def test_vocab_pruned_models_reload_with_and_without_blockswap(tmp_path):
+    tok = tiny_tokenizer(tmp_path / "tok")
+    teacher = tiny_model("bert", layers=3, vocab_size=len(tok)).eval()
+    corpus = ["the movie was good", "a dull plot"]
+    ids, mask = padded_batch(seq=6)
+    ids = ids % len(tok)  # every id of the tiny vocabulary, dropped ones included
+    want, folders = {}, {}
+    for name, model in (("teacher", teacher), ("student", substitute(teacher, [1], CompactSpec(hidden=8, heads=2)))):
+        pruned, _ = vocab.prune_vocabulary(model.eval(), tok, corpus)
+        folders[name] = export.save(pruned, tmp_path / name, tokenizer=tok)
+        with torch.no_grad():
+            want[name] = pruned(input_ids=ids, attention_mask=mask).logits
+            torch.testing.assert_close(
+                export.load(folders[name])(input_ids=ids, attention_mask=mask).logits, want[name], atol=0, rtol=0
+            )
+    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
+    script = f"""
+import json, sys
+sys.modules["blockswap"] = None
+import torch
+from transformers import AutoModelForSequenceClassification
+t = torch.load({str(tmp_path / "inputs.pt")!r})
+out = {{}}
+for name in ("teacher", "student"):
+    m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True).eval()
+    with torch.no_grad():
+        out[name] = m(input_ids=t["ids"], attention_mask=t["mask"]).logits.tolist()
+print(json.dumps(out))
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in want:
+        torch.testing.assert_close(torch.tensor(got[name]), want[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_vocab_pruned_student_exports_to_onnx_with_parity(tmp_path):
+    pytest.importorskip("onnxruntime")
+    student, tok = _student("bert", tmp_path)
+    pruned, _ = vocab.prune_vocabulary(student, tok, ["the movie was good", "a dull plot"])
+    meta = deploy.export_onnx(pruned, tok, tmp_path / "onnx", check_texts=TEXTS, int8=False)
+    assert meta["parity"]["passed"], meta["parity"]
 
 
 def test_prune_vocab_command_writes_a_smaller_model(tmp_path, capsys, tiny_teacher_dir):
@@ -211,7 +290,9 @@ def test_prune_vocab_command_writes_a_smaller_model(tmp_path, capsys, tiny_teach
     assert main(["prune-vocab", str(tiny_teacher_dir), "--out", str(out), "--dataset", str(corpus)]) == 0
     stats = json.loads((out / "vocab.json").read_text())
     assert stats["params_after"] < stats["params_before"] and "test_score_after" in stats
-    assert export.load(out).config.vocab_size == stats["vocab_after"]
+    small = export.load(out)
+    assert small.get_input_embeddings().weight.shape[0] == stats["vocab_after"] < small.config.vocab_size
+    assert (out / "tokenizer.json").is_file() and "test_texts_all_tokens_kept" in stats
 
 
 @pytest.mark.slow
@@ -229,3 +310,38 @@ def test_run_with_vocab_pruning_and_onnx_export(tmp_path, capsys, tiny_csv, tiny
         assert result[name]["int8_scales"] == "per-tensor"  # auto: per tensor for classifiers
     report = (out / "report.md").read_text()
     assert "## ONNX export" in report and "- exported onnx/student:" in report and "per-tensor scales" in report
+
+
+def test_vocab_benchmark_pools_its_models(tmp_path, tiny_teacher_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = [("the movie was good", "pos"), ("a bad plot", "neg"), ("good actors", "pos"), ("the film was dull", "neg")]
+    corpus = tmp_path / "few_words.csv"
+    corpus.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows * 10))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "vocab.py"
+    out = tmp_path / "vocab.json"
+    pairs = [f"{corpus}={tiny_teacher_dir}"] * 2
+    done = subprocess.run([sys.executable, str(script), *pairs, "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    first = result["models"][0]
+    assert first["vocab_after"] < first["vocab_before"] and first["params_after"] < first["params_before"]
+    assert first["points_lost"] == pytest.approx(100 * (first["test_score_before"] - first["test_score_after"]))
+    summary = result["summary"]
+    assert summary["all"]["models"] == 2 and summary[tiny_teacher_dir.name]["models"] == 2
+    assert summary["all"]["test_sentences"] == 2 * first["n_test"]
+
+
+def test_every_family_prunes_and_reloads_with_identical_covered_logits(family, tmp_path):
+    student, tok = _student(family, tmp_path)
+    corpus = ["the movie was good", "a dull plot", "great actors"]
+    pruned, _ = vocab.prune_vocabulary(student, tok, corpus)
+    reloaded = export.load(export.save(pruned, tmp_path / "small", tokenizer=tok))
+    covered = tok(["the plot was good", "a great movie"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = student(**covered).logits
+        torch.testing.assert_close(pruned(**covered).logits, want, atol=0, rtol=0)
+        torch.testing.assert_close(reloaded(**covered).logits, want, atol=0, rtol=0)
+    assert reloaded.get_input_embeddings().weight.shape[0] == len(vocab.used_ids(tok, corpus))

@@ -204,11 +204,9 @@ def prune_vocab(state: RunState) -> None:
     """vocab.json + RUN/model_vocab: the chosen student with only the tokens of the training texts."""
     cfg = state.cfg.data
     student = export.load(student_dir(state))
-    pruned, tokenizer, stats = prune_and_measure(
-        student, state.data.tokenizer, load_source(cfg), max_length=cfg.max_length
-    )
+    pruned, stats = prune_and_measure(student, state.data.tokenizer, load_source(cfg), max_length=cfg.max_length)
     if state.accelerator.is_main_process:
-        export.save(pruned, state.path("model_vocab"), tokenizer=tokenizer)
+        export.save(pruned, state.path("model_vocab"), tokenizer=state.data.tokenizer)
     state.log(
         f"vocabulary {stats['vocab_before']} -> {stats['vocab_after']} tokens: test {stats['metric']} "
         f"{stats['test_score_before']:.4f} -> {stats['test_score_after']:.4f}"
