@@ -4,9 +4,10 @@
         [--json benchmarks/results/vocab.json]
 
 Each MODEL_DIR is a classifier folder (a run's ``model_recovered``, ``model_last_recovered``, ...) trained on
-DATASET (a packaged set or anything ``--dataset`` takes). Its vocabulary is pruned to DATASET's training texts
-exactly as ``blockswap prune-vocab`` does, and the test split is scored before and after (with the paired
-interval of ``kept`` = after / before). The summary pools the points lost over every model given, and per
+DATASET (a packaged set or anything ``--dataset`` takes), or a sentence-transformers folder. Its vocabulary is
+pruned to DATASET's training texts exactly as ``blockswap prune-vocab`` does, and the test split is scored before
+and after (with the paired interval of ``kept`` = after / before); a sentence encoder by recall@10 of the
+unpruned model's neighbours (1 before), so its "points lost" are points of that recall. The summary pools the points lost over every model given, and per
 kind of model (the folder's name), since one model's test split is too small to tell 0.3 points from noise.
 """
 
@@ -24,16 +25,15 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(folder: Path, dataset: str) -> dict:
-    from blockswap import export
+    from blockswap import embed, export
     from blockswap.config import DataConfig
     from blockswap.data import load_source
     from blockswap.vocab import prune_and_measure
 
     cfg = DataConfig(dataset=dataset)
     t0 = time.perf_counter()
-    _, stats = prune_and_measure(
-        export.load_classifier(folder), export.load_tokenizer(folder), load_source(cfg), max_length=cfg.max_length
-    )
+    model = export.load(folder) if embed.is_sentence_transformers_folder(folder) else export.load_classifier(folder)
+    _, stats = prune_and_measure(model, export.load_tokenizer(folder), load_source(cfg), max_length=cfg.max_length)
     stats.update(folder=str(folder), dataset=dataset, seconds=time.perf_counter() - t0)
     stats["points_lost"] = 100 * (stats["test_score_before"] - stats["test_score_after"])
     return stats

@@ -275,8 +275,13 @@ def export_command(cfg: Config, folder: str, out: Path, *, int8: bool, int8_scal
 
 
 def prune_vocab_command(cfg: Config, folder: str, out: Path) -> dict:
-    """Keep the tokens of the configured dataset's training texts; save the smaller model with vocab.json."""
-    model, tokenizer = export.load_classifier(folder), export.load_tokenizer(folder)
+    """Keep the tokens of the configured dataset's training texts; save the smaller model with vocab.json.
+
+    A classifier is scored on the test split's task metric; a sentence-transformers folder by how well the pruned
+    model's test embeddings agree with the unpruned one's (recall@10 of its neighbours, mean cosine)."""
+    is_embedding = embed.is_sentence_transformers_folder(Path(folder).expanduser())
+    model = export.load(Path(folder).expanduser()) if is_embedding else export.load_classifier(folder)
+    tokenizer = export.load_tokenizer(folder)
     pruned, stats = prune_and_measure(model, tokenizer, load_source(cfg.data), max_length=cfg.data.max_length)
     stats["dataset"] = cfg.data.dataset
     export.save(pruned, out, tokenizer=tokenizer)

@@ -106,6 +106,17 @@ def save(model: SentenceEncoder, directory: Path, write_transformer) -> None:
     write_transformer(model.encoder, directory)
 
 
+def _without_pruned_embedding(weights: Path) -> None:
+    """Drop a pruned vocabulary's embedding (``X.weight`` beside ``X.rows``) from a weights file, in place, so the
+    original architecture can read the rest; the pruned embedding is put in and loaded afterwards."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    pruned = {k.removesuffix(".rows") for k in state if k.endswith(".rows")}
+    if pruned:
+        save_file({k: v for k, v in state.items() if k.rpartition(".")[0] not in pruned}, weights)
+
+
 def load(directory: Path, base_config: dict, put_substitutes) -> SentenceEncoder:
     """A saved student: its folder with the *original* transformer config loaded by sentence-transformers,
     then the recorded substitutes put in and every weight loaded from the folder (strictly)."""
@@ -117,6 +128,7 @@ def load(directory: Path, base_config: dict, put_substitutes) -> SentenceEncoder
         # original blocks start random); the substitutes and every weight are then loaded strictly below
         shutil.copytree(directory, plain, ignore=shutil.ignore_patterns("modeling_blockswap.py"))
         (plain / "config.json").write_text(json.dumps(base_config))
+        _without_pruned_embedding(plain / "model.safetensors")
         model = load_teacher(plain)
     put_substitutes(model)
     state = load_file(directory / "model.safetensors")

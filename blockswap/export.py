@@ -210,8 +210,9 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
 
 
 def _load_sentence_encoder(directory: Path, cfg: dict, meta: dict | None) -> SentenceEncoder:
-    """A sentence-transformers folder; a substituted one is rebuilt from its original config + substitutes."""
-    if not meta or not meta.get("substituted"):
+    """A sentence-transformers folder; a substituted (or vocabulary-pruned) one is rebuilt from its original config
+    + substitutes (+ pruned embedding)."""
+    if not _customised(meta):
         return embed.load_teacher(directory)
     base = {k: v for k, v in cfg.items() if k not in ("auto_map", "architectures", META_KEY)}
     base["model_type"] = meta["base_model_type"]
@@ -219,7 +220,12 @@ def _load_sentence_encoder(directory: Path, cfg: dict, meta: dict | None) -> Sen
     def put(model: SentenceEncoder) -> None:
         for i in meta["substituted"]:
             arch.put_block(model, i, compact_from_meta(meta))
+        if meta.get("vocab"):
+            encoder = model.encoder
+            encoder.set_input_embeddings(pruned_embedding_like(encoder.get_input_embeddings(), meta["vocab"]))
         record(model)
+        if meta.get("vocab"):
+            model.config.blockswap["vocab"] = meta["vocab"]
 
     return embed.load(directory, base, put)
 

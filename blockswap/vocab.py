@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from .compact import PrunedEmbedding, pruned_embedding_like
+from .embed import SentenceEncoder
 from .errors import DataError, DeployError
 from .substitute import META_KEY, record
 
@@ -49,23 +50,28 @@ def nearest_rows(weight: torch.Tensor, keep: list[int]) -> tuple[torch.Tensor, t
     return rows, similarity
 
 
-def install_pruned_embedding(model: PreTrainedModel, *, kept: int) -> PrunedEmbedding:
-    """Replace ``model``'s word embeddings by an (untrained) ``PrunedEmbedding`` and record it in its config."""
-    old = model.get_input_embeddings()
+def _transformer(model) -> PreTrainedModel:
+    """The Hugging Face model holding the word embeddings: a classifier itself, a sentence encoder's transformer."""
+    return model.encoder if isinstance(model, SentenceEncoder) else model
+
+
+def install_pruned_embedding(model, *, kept: int) -> PrunedEmbedding:
+    """Replace the word embeddings of ``model`` (a classifier or a ``SentenceEncoder``) by an (untrained)
+    ``PrunedEmbedding`` and record it in its config."""
+    old = _transformer(model).get_input_embeddings()
     vocab = {"kept": kept}
     new = pruned_embedding_like(old, vocab).to(old.weight.device, old.weight.dtype)
-    model.set_input_embeddings(new)
+    _transformer(model).set_input_embeddings(new)
     record(model)
     getattr(model.config, META_KEY)["vocab"] = vocab
     return new
 
 
-def prune_vocabulary(model: PreTrainedModel, tokenizer, texts: list[str]):
-    """A copy of ``model`` whose word embeddings keep only the tokens of ``texts``; returns (model, stats).
-
-    The tokenizer is unchanged; the original model is not touched.
+def prune_vocabulary(model, tokenizer, texts: list[str]):
+    """A copy of ``model`` (a classifier or a ``SentenceEncoder``) whose word embeddings keep only the tokens of
+    ``texts``; returns (model, stats). The tokenizer is unchanged; the original model is not touched.
     """
-    old = model.get_input_embeddings()
+    old = _transformer(model).get_input_embeddings()
     if isinstance(old, PrunedEmbedding):
         raise DeployError("this model's vocabulary is already pruned; prune the model it was made from")
     keep = used_ids(tokenizer, texts)
@@ -101,26 +107,46 @@ def _all_texts(ds) -> list[str]:
     return list(ds["text"]) + (list(ds["text_pair"]) if "text_pair" in ds.column_names else [])
 
 
-def prune_and_measure(model: PreTrainedModel, tokenizer, dsd, *, max_length: int):
+def _scores(model, pruned, tokenizer, test, *, max_length: int) -> dict[str, dict]:
+    """The task's metrics of both models on the test split; for a sentence encoder, the pruned model's agreement
+    with the unpruned one's embeddings (recall@10 of its neighbours, mean cosine; the unpruned scores 1)."""
+    from datasets import DatasetDict
+
+    from .embed import embedding_metrics
+    from .evaluate import evaluate
+    from .loaders import in_input_order, length_batches, loader, tokenize
+
+    if not isinstance(model, SentenceEncoder):
+        batches = loader(tokenize(DatasetDict(test=test), tokenizer, max_length)["test"], tokenizer, batch_size=64,
+                         shuffle=False)  # fmt: skip
+        return {"before": evaluate(model, batches), "after": evaluate(pruned, batches)}
+    texts = _all_texts(test)
+    with torch.no_grad():
+        before, after = (
+            in_input_order(
+                lambda b, m=m: m(**b).logits.float(), length_batches(tokenizer, texts, max_length=max_length)
+            )
+            for m in (model, pruned)
+        )
+    return {"before": embedding_metrics(before, before), "after": embedding_metrics(after, before)}
+
+
+def prune_and_measure(model, tokenizer, dsd, *, max_length: int):
     """Prune to the training texts of ``dsd``; measure the test metric before and after. Returns (model, stats).
 
     ``kept`` is the pruned model's score over the unpruned one's, with its 95 % paired-bootstrap interval.
     """
-    from datasets import DatasetDict
-
-    from .evaluate import evaluate, kept_interval, per_example
-    from .loaders import loader, tokenize
+    from .evaluate import kept_interval, per_example
 
     train_texts = _all_texts(dsd["train"])
     pruned, stats = prune_vocabulary(model, tokenizer, train_texts)
     stats["test_texts_all_tokens_kept"] = coverage(tokenizer, used_ids(tokenizer, train_texts), _all_texts(dsd["test"]))
-    test = loader(tokenize(DatasetDict(test=dsd["test"]), tokenizer, max_length)["test"], tokenizer, batch_size=64,
-                  shuffle=False)  # fmt: skip
-    results = {}
+    results = _scores(model, pruned, tokenizer, dsd["test"], max_length=max_length)
     for name, m in (("before", model), ("after", pruned)):
-        results[name] = evaluate(m, test)
         stats["metric"], stats[f"test_score_{name}"] = results[name]["metric"], results[name]["score"]
         stats[f"params_{name}"] = sum(p.numel() for p in m.parameters())
+    if "mean_cosine" in results["after"]:
+        stats["mean_cosine_to_unpruned"] = results["after"]["mean_cosine"]
     interval = kept_interval(per_example(results["before"]), per_example(results["after"]))
     stats.update(kept=interval["kept"], kept_ci95=interval["ci95"], n_test=interval["n"])
     return pruned, stats

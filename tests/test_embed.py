@@ -19,12 +19,16 @@ pytest.importorskip("sentence_transformers")
 
 
 def tiny_sentence_transformer(folder, pooling="mean", normalize=True):
-    """A tiny BERT + pooling (+ normalisation) saved as a sentence-transformers folder."""
+    """A tiny BERT + pooling (+ normalisation) saved as a sentence-transformers folder; its vocabulary has three
+    words the sentiment rows never use (for vocabulary pruning)."""
     from sentence_transformers import SentenceTransformer, models
-    from transformers import BertModel
+    from transformers import BertModel, BertTokenizerFast
 
     enc = folder / "enc"
-    tok = tiny_tokenizer(enc)
+    base = tiny_tokenizer(enc).get_vocab()
+    words = [*sorted(base, key=base.get), "zebra", "unseen", "an"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(dict.fromkeys(words))})
+    tok.save_pretrained(enc)
     torch.manual_seed(0)
     BertModel(tiny_config("bert", vocab_size=len(tok))).save_pretrained(enc)
     modules = [models.Transformer(str(enc), max_seq_length=32), models.Pooling(32, pooling_mode=pooling)]
@@ -122,7 +126,7 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     out, sts = tmp_path / "run", sts_csv(tmp_path / "sts.csv")
     argv = ["run", "--task", "embedding", "--teacher", str(folder), "--dataset", str(tiny_csv), "--out", str(out)]
     extra = ["--baselines", "magnitude,distil", "--baseline-points", "key", "--recovery-epochs", "1"]
-    extra += ["--export", "onnx", "--eval-dataset", str(sts)]
+    extra += ["--export", "onnx", "--eval-dataset", str(sts), "--prune-vocab"]
     assert main([*argv, *FAST, *extra]) == 0, capsys.readouterr().err
     for name in ARTIFACTS:
         if name not in ("baselines.png",):
@@ -155,32 +159,44 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     for name in ("teacher", "student"):
         assert exported[name]["task"] == "embedding" and exported[name]["parity"]["passed"], name
         assert exported[name]["parity"]["output"] == "sentence_embedding"
-    assert exported["student_source"].endswith("model_recovered")
+    assert exported["student_source"].endswith("model_vocab")  # the vocabulary-pruned student exports with parity
+    pruned = json.loads((out / "vocab.json").read_text())
+    assert (
+        pruned["metric"] == "recall@10" and pruned["test_score_before"] == 1.0 and 0 < pruned["test_score_after"] <= 1
+    )
+    assert pruned["vocab_after"] < pruned["vocab_before"] and 0 < pruned["mean_cosine_to_unpruned"] <= 1
 
     from blockswap import export
 
     student = export.load(out / "model_recovered")
     assert student.config.blockswap["substituted"] == [0, 1, 2]
-    texts = ["good movie", "the plot was dull", "fun and smart"]
+    small = export.load(out / "model_vocab")  # substituted and vocabulary-pruned
+    assert small.config.blockswap["vocab"]["kept"] == pruned["vocab_after"]
+    assert small.encoder.get_input_embeddings().weight.shape[0] == pruned["vocab_after"]
+    texts = ["good movie", "the plot was dull", "fun and smart", "an unseen zebra"]
     batch = student.st[0].tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        want = student(**batch).logits
+        want = {name: m(**batch).logits for name, m in (("model_recovered", student), ("model_vocab", small))}
     script = textwrap.dedent(
         f"""
         import json, sys
         sys.modules["blockswap"] = None
         from sentence_transformers import SentenceTransformer
-        m = SentenceTransformer({str(out / "model_recovered")!r}, device="cpu", trust_remote_code=True)
-        print(json.dumps(m.encode({texts!r}).tolist()))
+        out = {{}}
+        for name in ("model_recovered", "model_vocab"):
+            m = SentenceTransformer({str(out)!r} + "/" + name, device="cpu", trust_remote_code=True)
+            out[name] = m.encode({texts!r}).tolist()
+        print(json.dumps(out))
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    got = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, emb in want.items():
+        torch.testing.assert_close(torch.tensor(got[name]), emb, atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("extra", [["--prune-vocab"], ["--baselines", "thesis"]])
+@pytest.mark.parametrize("extra", [["--baselines", "thesis"]])
 def test_what_the_embedding_task_does_not_offer_is_refused_in_one_line(tmp_path, capsys, tiny_csv, extra):
     argv = ["run", "--task", "embedding", "--dataset", str(tiny_csv), "--out", str(tmp_path / "r"), *extra]
     assert main(argv) == 2
@@ -266,3 +282,25 @@ def test_an_unusable_eval_dataset_is_refused_before_the_run_starts(tmp_path, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not (tmp_path / f"r{i}").exists()
+
+
+def test_prune_vocab_command_on_a_sentence_transformers_folder(tmp_path, capsys, tiny_csv):
+    from sentence_transformers import SentenceTransformer
+
+    from blockswap import export
+
+    folder, out = tiny_sentence_transformer(tmp_path), tmp_path / "small"
+    assert main(["prune-vocab", str(folder), "--out", str(out), "--dataset", str(tiny_csv)]) == 0
+    assert "recall@10 1.0000 ->" in capsys.readouterr().out
+    stats = json.loads((out / "vocab.json").read_text())
+    assert stats["vocab_after"] == stats["vocab_before"] - 3  # zebra, unseen, an
+    small = export.load(out)
+    assert small.encoder.get_input_embeddings().weight.shape[0] == stats["vocab_after"]
+    texts = ["good movie", "an unseen zebra", "the plot was dull"]
+    batch = small.st[0].tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = small(**batch).logits
+    teacher = SentenceTransformer(str(folder), device="cpu").encode(texts[:1], convert_to_tensor=True)
+    torch.testing.assert_close(want[:1], teacher, atol=1e-5, rtol=1e-5)  # every token kept: the same embedding
+    got = SentenceTransformer(str(out), device="cpu", trust_remote_code=True).encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -56,8 +56,6 @@ RECIPE: tuple[Stage, ...] = (
 
 def _check_embedding_options(cfg: Config) -> None:
     """What the embedding task does not offer, refused before anything loads."""
-    if cfg.run.prune_vocab:
-        raise ConfigError("--prune-vocab covers classifiers; drop it for --task embedding")
     if "thesis" in cfg.run.baselines:
         raise ConfigError("the thesis baseline trains on labels, which the embedding task does not use; drop it")
 
