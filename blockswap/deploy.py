@@ -106,7 +106,7 @@ def _base_config(model: PreTrainedModel) -> dict:
     """config.json of the base architecture: what ONNX Runtime users read (labels), no remote code."""
     cfg = model.config.to_dict()
     meta = cfg.get(export.META_KEY) or {}
-    if meta.get("substituted"):
+    if meta.get("substituted") or meta.get("vocab"):
         cfg["model_type"] = meta["base_model_type"]
     for key in ("auto_map", "architectures"):
         cfg.pop(key, None)

@@ -160,7 +160,7 @@ def load_tokenizer(name_or_dir: str | os.PathLike):
     cfg_path = path / "config.json"
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
-        if (cfg.get(META_KEY) or {}).get("substituted"):
+        if _customised(cfg.get(META_KEY)):  # its model_type is blockswap_<base>: give the base config instead
             kwargs["config"] = _base_config(cfg)
     try:
         return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else str(name_or_dir), **kwargs)

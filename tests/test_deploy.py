@@ -245,6 +245,7 @@ def test_vocab_pruned_models_reload_with_and_without_blockswap(tmp_path):
     for name, model in (("teacher", teacher), ("student", substitute(teacher, [1], CompactSpec(hidden=8, heads=2)))):
         pruned, _ = vocab.prune_vocabulary(model.eval(), tok, corpus)
         folders[name] = export.save(pruned, tmp_path / name, tokenizer=tok)
+        assert export.load_tokenizer(folders[name]).get_vocab() == tok.get_vocab()  # no remote-code prompt either
         with torch.no_grad():
             want[name] = pruned(input_ids=ids, attention_mask=mask).logits
             torch.testing.assert_close(

@@ -296,6 +296,9 @@ def test_prune_vocab_command_on_a_sentence_transformers_folder(tmp_path, capsys,
     assert stats["vocab_after"] == stats["vocab_before"] - 3  # zebra, unseen, an
     small = export.load(out)
     assert small.encoder.get_input_embeddings().weight.shape[0] == stats["vocab_after"]
+    capsys.readouterr()
+    assert len(export.load_tokenizer(out)) == stats["vocab_before"]  # the tokenizer as it was
+    assert "custom code" not in "".join(capsys.readouterr())  # and no remote-code prompt on the way
     texts = ["good movie", "an unseen zebra", "the plot was dull"]
     batch = small.st[0].tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
