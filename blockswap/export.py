@@ -19,11 +19,12 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import arch, embed
-from .compact import compact_from_meta, pruned_embedding_like
+from .compact import compact_from_meta
 from .embed import SentenceEncoder
 from .errors import ModelLoadError
 from .files import atomic_dir
 from .substitute import META_KEY, record
+from .vocab import install_pruned_embedding
 
 _REMOTE_TEMPLATE = """
 
@@ -193,7 +194,7 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     for i in meta["substituted"]:
         arch.put_block(model, i, compact_from_meta(meta))
     if meta.get("vocab"):
-        model.set_input_embeddings(pruned_embedding_like(model.get_input_embeddings(), meta["vocab"]))
+        install_pruned_embedding(model, kept=meta["vocab"]["kept"])
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"{directory} has no model.safetensors")
@@ -220,12 +221,9 @@ def _load_sentence_encoder(directory: Path, cfg: dict, meta: dict | None) -> Sen
     def put(model: SentenceEncoder) -> None:
         for i in meta["substituted"]:
             arch.put_block(model, i, compact_from_meta(meta))
-        if meta.get("vocab"):
-            encoder = model.encoder
-            encoder.set_input_embeddings(pruned_embedding_like(encoder.get_input_embeddings(), meta["vocab"]))
         record(model)
         if meta.get("vocab"):
-            model.config.blockswap["vocab"] = meta["vocab"]
+            install_pruned_embedding(model, kept=meta["vocab"]["kept"])
 
     return embed.load(directory, base, put)
 
