@@ -114,7 +114,7 @@ def _add_export(sub) -> None:
 
 def _add_prune_vocab(sub) -> None:
     pv = sub.add_parser("prune-vocab", help="keep only the word embeddings of the tokens the task's training texts use")
-    pv.add_argument("model", help="classifier folder")
+    pv.add_argument("model", help="classifier or sentence-transformers folder")
     pv.add_argument("--out", required=True, help="folder for the smaller model, its tokenizer and vocab.json")
     add_config_flags(pv, {"data": ""})
     pv.set_defaults(handler=_cmd_prune_vocab)
