@@ -164,3 +164,37 @@ def tiny_teacher_dir(tmp_path):
     model.config.label2id = {"neg": 0, "pos": 1}
     model.save_pretrained(folder)
     return folder
+
+
+def logits_without_blockswap(folders: dict, ids: torch.Tensor, mask: torch.Tensor, tmp_path) -> dict:
+    """Each saved classifier folder's logits on (ids, mask), computed in a process where blockswap cannot be
+    imported (``AutoModelForSequenceClassification`` with the folder's remote code)."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["blockswap"] = None  # blockswap must not be importable here
+        import torch
+        from transformers import AutoModelForSequenceClassification
+        try:
+            import blockswap  # noqa: F401
+            raise SystemExit("blockswap was importable")
+        except ImportError:
+            pass
+        t = torch.load({str(tmp_path / "inputs.pt")!r})
+        out = {{}}
+        for name, folder in { ({k: str(v) for k, v in folders.items()})!r}.items():
+            m = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+            with torch.no_grad():
+                out[name] = m(input_ids=t["ids"], attention_mask=t["mask"]).logits.tolist()
+        print(json.dumps(out))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {k: torch.tensor(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}

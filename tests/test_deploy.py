@@ -14,7 +14,7 @@ from blockswap.errors import DataError, DeployError, MissingDependency
 from blockswap.evaluate import predict
 from blockswap.substitute import substitute
 
-from .conftest import padded_batch, sentiment_rows, tiny_model, tiny_tokenizer
+from .conftest import logits_without_blockswap, padded_batch, sentiment_rows, tiny_model, tiny_tokenizer
 
 TEXTS = [t for t, _ in sentiment_rows(64, seed=5)]
 
@@ -251,28 +251,9 @@ def test_vocab_pruned_models_reload_with_and_without_blockswap(tmp_path):
             torch.testing.assert_close(
                 export.load(folders[name])(input_ids=ids, attention_mask=mask).logits, want[name], atol=0, rtol=0
             )
-    torch.save({"ids": ids, "mask": mask}, tmp_path / "inputs.pt")
-    script = f"""
-import json, sys
-sys.modules["blockswap"] = None
-import torch
-from transformers import AutoModelForSequenceClassification
-t = torch.load({str(tmp_path / "inputs.pt")!r})
-out = {{}}
-for name in ("teacher", "student"):
-    m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True).eval()
-    with torch.no_grad():
-        out[name] = m(input_ids=t["ids"], attention_mask=t["mask"]).logits.tolist()
-print(json.dumps(out))
-"""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = logits_without_blockswap(folders, ids, mask, tmp_path)
     for name in want:
-        torch.testing.assert_close(torch.tensor(got[name]), want[name], atol=1e-6, rtol=0, msg=name)
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0, msg=name)
 
 
 def test_vocab_pruned_student_exports_to_onnx_with_parity(tmp_path):
