@@ -253,6 +253,9 @@ def render(run_dir: str | Path) -> Path:
             "budgeted baselines' own cuts are in baselines.json: `distil` drops whole blocks at the nearest GMACs cut).",
         ]
         md += [""] + [f"- `{name}`: {text}" for name, text in base.get("descriptions", {}).items()]
+    pruned = _load(run_dir, "vocab.json")
+    if pruned:
+        md += ["", "## Smaller vocabulary (model_vocab)", ""] + _vocab_lines(pruned)
     exported = _load(run_dir, "export.json")
     if exported:
         md += ["", "## ONNX export", ""]
@@ -263,6 +266,29 @@ def render(run_dir: str | Path) -> Path:
     out = run_dir / "report.md"
     write_text(out, "\n".join(md) + "\n")
     return out
+
+
+def _vocab_lines(v: dict) -> list[str]:
+    """vocab.json in words: what was kept, what it cost on the test split (older runs' files lack some fields)."""
+    against = " of the unpruned student's embeddings" if v["metric"].startswith("recall@") else ""
+    score = f"- test {v['metric']}{against}: {v['test_score_before']:.4f} → {v['test_score_after']:.4f}"
+    if "kept" in v:
+        score += f", kept {_kept_ci(v['kept'], v.get('kept_ci95'))} (n = {v['n_test']})"
+    if "test_texts_all_tokens_kept" in v:
+        score += f"; {v['test_texts_all_tokens_kept']:.1%} of the test texts use only kept tokens (identical outputs)"
+    how = (
+        "The tokenizer is unchanged: each token the training texts never use reads the kept row nearest its own (cosine)."
+        if "test_texts_all_tokens_kept" in v
+        else "Made by an older blockswap: the tokenizer was pruned too, and unseen words were re-split into kept pieces."
+    )
+    lines = [
+        f"- {v['vocab_before']:,} → {v['vocab_after']:,} word-embedding rows kept (−{v['word_embedding_cut']:.1%}); "
+        f"parameters {v['params_before'] / 1e6:.2f} M → {v['params_after'] / 1e6:.2f} M. {how}",
+        score,
+    ]
+    if "mean_cosine_to_unpruned" in v:
+        lines.append(f"- mean cosine to the unpruned student's test embeddings: {v['mean_cosine_to_unpruned']:.4f}")
+    return lines
 
 
 def _recovered(summary: dict) -> str:

@@ -292,6 +292,10 @@ def test_run_with_vocab_pruning_and_onnx_export(tmp_path, capsys, tiny_csv, tiny
         assert result[name]["int8_scales"] == "per-tensor"  # auto: per tensor for classifiers
     report = (out / "report.md").read_text()
     assert "## ONNX export" in report and "- exported onnx/student:" in report and "per-tensor scales" in report
+    pruned = json.loads((out / "vocab.json").read_text())
+    assert "## Smaller vocabulary (model_vocab)" in report
+    assert f"{pruned['vocab_before']:,} → {pruned['vocab_after']:,} word-embedding rows kept" in report
+    assert f"→ {pruned['test_score_after']:.4f}, kept {pruned['kept']:.4f}" in report
 
 
 def test_vocab_benchmark_pools_its_models(tmp_path, tiny_teacher_dir):
@@ -327,3 +331,15 @@ def test_every_family_prunes_and_reloads_with_identical_covered_logits(family, t
         torch.testing.assert_close(pruned(**covered).logits, want, atol=0, rtol=0)
         torch.testing.assert_close(reloaded(**covered).logits, want, atol=0, rtol=0)
     assert reloaded.get_input_embeddings().weight.shape[0] == len(vocab.used_ids(tok, corpus))
+
+
+def test_report_words_for_new_and_older_vocab_files():
+    from blockswap import report
+
+    base = {"vocab_before": 30522, "vocab_after": 12818, "word_embedding_cut": 0.58, "params_before": 17.6e6,
+            "params_after": 10.8e6, "metric": "accuracy", "test_score_before": 0.8373, "test_score_after": 0.8392}  # fmt: skip
+    new = report._vocab_lines({**base, "kept": 1.0023, "kept_ci95": [0.993, 1.011], "n_test": 1057,
+                               "test_texts_all_tokens_kept": 0.689})  # fmt: skip
+    assert "nearest its own (cosine)" in new[0] and "kept 1.0023 [0.993, 1.011] (n = 1057)" in new[1]
+    older = report._vocab_lines({**base, "test_texts_tokenised_identically": 0.689})  # before the tokenizer was kept
+    assert "older blockswap" in older[0] and older[1] == "- test accuracy: 0.8373 → 0.8392"

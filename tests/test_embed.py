@@ -165,6 +165,7 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
         pruned["metric"] == "recall@10" and pruned["test_score_before"] == 1.0 and 0 < pruned["test_score_after"] <= 1
     )
     assert pruned["vocab_after"] < pruned["vocab_before"] and 0 < pruned["mean_cosine_to_unpruned"] <= 1
+    assert "test recall@10 of the unpruned student's embeddings: 1.0000 →" in (out / "report.md").read_text()
 
     from blockswap import export
 
