@@ -139,6 +139,16 @@ def not_a_model(path: Path) -> ModelLoadError:
     return ModelLoadError(f"{path} is not a model folder (no config.json)")
 
 
+def _refuse_onnx(path: Path) -> None:
+    """An ONNX export folder has a config.json but no PyTorch weights: say so instead of a missing-file error."""
+    if (path / "model.onnx").is_file() and not any(
+        (path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")
+    ):
+        raise ModelLoadError(
+            f"{path} is an ONNX export (model.onnx): this command needs the PyTorch folder it came from"
+        )
+
+
 def _base_config(cfg: dict):
     """The original architecture's config object from a blockswap folder's config.json dict."""
     meta = cfg[META_KEY]
@@ -183,6 +193,7 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise not_a_model(directory)
+    _refuse_onnx(directory)
     cfg = json.loads(cfg_path.read_text())
     meta = cfg.get(META_KEY)
     if embed.is_sentence_transformers_folder(directory):
@@ -238,6 +249,7 @@ def load_model(name_or_dir: str, *, head: str | None = None, **kwargs) -> PreTra
     if path.exists() and not (path / "config.json").is_file():
         raise not_a_model(path)
     if path.is_dir():
+        _refuse_onnx(path)
         cfg = path / "config.json"
         if cfg.is_file() and META_KEY in json.loads(cfg.read_text()) and not kwargs:
             return load(path)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -103,3 +105,23 @@ def test_unreachable_hub_id_gets_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(export.ModelLoadError, match="hub cannot be reached"):
         export.load_model("no-such-owner-xyz/no-such-model-xyz")
+
+
+@pytest.mark.parametrize("blockswap_meta", [False, True])
+def test_an_onnx_export_folder_is_named_as_such(tmp_path, capsys, blockswap_meta):
+    """export / prune-vocab on an ONNX folder (a config.json, no PyTorch weights): one line that says what it is."""
+    from blockswap.cli import main
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    cfg = {"model_type": "bert", "architectures": ["BertForSequenceClassification"]}
+    if blockswap_meta:  # a substituted student's export keeps its blockswap record
+        cfg["blockswap"] = {"substituted": [1], "base_model_type": "bert"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "model.onnx").write_bytes(b"not read")
+    for load in (export.load_model, export.load, export.load_classifier):
+        with pytest.raises(export.ModelLoadError, match="is an ONNX export"):
+            load(str(folder))
+    assert main(["prune-vocab", str(folder), "--out", str(tmp_path / "small")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PyTorch folder" in err[0] and not (tmp_path / "small").exists()
