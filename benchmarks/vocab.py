@@ -7,8 +7,9 @@ Each MODEL_DIR is a classifier folder (a run's ``model_recovered``, ``model_last
 DATASET (a packaged set or anything ``--dataset`` takes), or a sentence-transformers folder. Its vocabulary is
 pruned to DATASET's training texts exactly as ``blockswap prune-vocab`` does, and the test split is scored before
 and after (with the paired interval of ``kept`` = after / before); a sentence encoder by recall@10 of the
-unpruned model's neighbours (1 before), so its "points lost" are points of that recall. The summary pools the points lost over every model given, and per
-kind of model (the folder's name), since one model's test split is too small to tell 0.3 points from noise.
+unpruned model's neighbours (1 before), so its "points lost" are points of that recall. The summary pools the
+points lost over every model given, per kind of model (the folder's name) and per dataset, since one model's test
+split is too small to tell 0.3 points from noise.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def main() -> int:
     out = {
         "command": " ".join(["benchmarks/vocab.py", *sys.argv[1:]]),
         "host": machine(),
-        "method": "kept rows of the training texts' tokens; dropped tokens = mean of their kept pieces, else the "
-        "nearest kept row (blockswap.vocab, tokenizer unchanged)",
+        "method": "kept rows of the training texts' tokens; each dropped token reads the kept row nearest its own "
+        "(cosine); tokenizer unchanged (blockswap.vocab)",
         "summary": summarise(results),
         "models": results,
     }
