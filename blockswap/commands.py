@@ -282,7 +282,8 @@ def prune_vocab_command(cfg: Config, folder: str, out: Path) -> dict:
     is_embedding = embed.is_sentence_transformers_folder(Path(folder).expanduser())
     model = export.load(Path(folder).expanduser()) if is_embedding else export.load_classifier(folder)
     tokenizer = export.load_tokenizer(folder)
-    pruned, stats = prune_and_measure(model, tokenizer, load_source(cfg.data), max_length=cfg.data.max_length)
+    data = dataclasses.replace(cfg.data, task="embedding") if is_embedding else cfg.data  # texts need no labels
+    pruned, stats = prune_and_measure(model, tokenizer, load_source(data), max_length=cfg.data.max_length)
     stats["dataset"] = cfg.data.dataset
     export.save(pruned, out, tokenizer=tokenizer)
     files.write_json(out / "vocab.json", stats)

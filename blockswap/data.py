@@ -115,9 +115,11 @@ def _frame_to_dataset(
     return out, names
 
 
-def _features(names: list[str] | None, pair: bool = False) -> Features:
-    """Text column(s) and a class label, or a float32 label for regression (``names`` None)."""
+def _features(names: list[str] | None, pair: bool = False, labelled: bool = True) -> Features:
+    """Text column(s) and a class label, or a float32 label for regression (``names`` None), or no label."""
     texts = {"text": Value("string"), **({"text_pair": Value("string")} if pair else {})}
+    if not labelled:
+        return Features(texts)
     return Features({**texts, "label": Value("float32") if names is None else ClassLabel(names=names)})
 
 
@@ -128,12 +130,14 @@ def _strata(labels: np.ndarray, regression: bool) -> np.ndarray:
     return np.digitize(labels, np.quantile(labels, [0.2, 0.4, 0.6, 0.8]))
 
 
-def _split_frame(df: pd.DataFrame, names: list[str], cfg: DataConfig) -> DatasetDict:
+def _split_frame(df: pd.DataFrame, names: list[str] | None, cfg: DataConfig) -> DatasetDict:
+    """Train / validation / test, stratified by label; texts without a ``label`` column are split at random."""
     if len(df) < 3:
         raise DataError(f"the dataset has only {len(df)} usable rows; need at least a few per split")
-    strata = _strata(df["label"].to_numpy(), names is None)
+    labelled = "label" in df.columns
+    strata = _strata(df["label"].to_numpy(), names is None) if labelled else np.zeros(len(df), dtype=np.int64)
     tr, va, te = stratified_split(strata, (cfg.val_fraction, cfg.test_fraction), cfg.split_seed)
-    feats = _features(names, "text_pair" in df.columns)
+    feats = _features(names, "text_pair" in df.columns, labelled)
     return DatasetDict(
         {
             name: Dataset.from_pandas(df.iloc[idx].reset_index(drop=True), features=feats, preserve_index=False)
@@ -143,8 +147,14 @@ def _split_frame(df: pd.DataFrame, names: list[str], cfg: DataConfig) -> Dataset
 
 
 def read_local(path: Path) -> pd.DataFrame:
-    """Read a CSV / TSV / JSONL / Parquet file into a DataFrame."""
+    """Read a CSV / TSV / JSONL / Parquet file into a DataFrame; a .txt file is one text per line (no labels)."""
     suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read {path}: {e}") from None
+        return pd.DataFrame({"text": [line.strip() for line in lines if line.strip()]})
     try:
         if suffix == ".csv":
             return pd.read_csv(path)
@@ -156,7 +166,9 @@ def read_local(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
     except Exception as e:  # pandas raises many types; the user needs one line
         raise DataError(f"cannot parse {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    raise DataError(f"unsupported file type {suffix!r} for {path}; use .csv, .tsv, .jsonl or .parquet")
+    raise DataError(
+        f"unsupported file type {suffix!r} for {path}; use .csv, .tsv, .jsonl, .parquet (or .txt for texts)"
+    )
 
 
 def _load_hub(what: str, source: str, offline_hint: str, **kwargs):
@@ -257,7 +269,7 @@ def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
         dsd = _split_frame(df, ["negative", "positive"], cfg)
     else:
         path = Path(cfg.dataset).expanduser()
-        if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet") or path.exists():
+        if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt") or path.exists():
             if not path.is_file():
                 raise DataError(f"data file {path} does not exist")
             raw = read_local(path)
@@ -268,8 +280,15 @@ def load_source(cfg: DataConfig, *, log=print) -> DatasetDict:
                 split = partial(stratified_split, fractions=(cfg.val_fraction, cfg.test_fraction), seed=cfg.split_seed)
                 return _limit(tagging.split_dataset(ds, split), cfg)
             text_col, pair_col = _text_columns(cols, cfg)
-            label_col = _pick_column(cols, cfg.label_column, LABEL_CANDIDATES, "label")
-            df, names = _frame_to_dataset(raw, text_col, label_col, pair_col, cfg.task)
+            if cfg.task == "embedding" and cfg.label_column is None and not set(cols) & set(LABEL_CANDIDATES):
+                df, names = pd.DataFrame(_texts(raw, text_col, pair_col)), None  # texts alone: no probe
+            else:
+                if path.suffix.lower() == ".txt":
+                    raise DataError(
+                        f"{path} holds texts without labels: give a table with a label column for this task"
+                    )
+                label_col = _pick_column(cols, cfg.label_column, LABEL_CANDIDATES, "label")
+                df, names = _frame_to_dataset(raw, text_col, label_col, pair_col, cfg.task)
             dsd = _split_frame(df, names, cfg)
         else:
             dsd = _from_hub(cfg)

@@ -53,7 +53,7 @@ def tokenize(dsd: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
         return tokenizer(batch["text"], batch["text_pair"] if pair else None, truncation=True, max_length=max_length)
 
     out = dsd.map(enc, batched=True, remove_columns=["text", "text_pair"] if pair else ["text"], desc="tokenising")
-    return out.rename_column("label", "labels")
+    return out.rename_column("label", "labels") if "label" in columns else out  # unlabelled texts (embedding task)
 
 
 def collate(tokenizer):
@@ -166,7 +166,9 @@ def prepare_embedding(cfg: DataConfig, teacher, *, log: Callable[[str], None] = 
     tokenizer = teacher.st[0].tokenizer
     dsd = load_source(cfg, log=log)
     names = label_names(dsd) if "label" in dsd["train"].column_names else []
-    splits = tokenize(dsd, tokenizer, cfg.max_length).rename_column("labels", "class_label")
+    splits = tokenize(dsd, tokenizer, cfg.max_length)
+    if "labels" in splits["train"].column_names:
+        splits = splits.rename_column("labels", "class_label")
     out = {}
     for name, ds in splits.items():
         ds = ds.add_column("labels", [[0.0]] * len(ds))  # placeholder so the loader's batches carry labels

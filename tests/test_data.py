@@ -9,7 +9,7 @@ from blockswap import data, loaders, packaged
 from blockswap.cli import main
 from blockswap.config import DataConfig
 
-from .conftest import sentiment_rows
+from .conftest import sentiment_rows, tiny_tokenizer
 
 
 def _write(tmp_path, kind, rows, columns=("text", "label")):
@@ -232,3 +232,20 @@ def test_length_batches_put_outputs_back_in_input_order(tmp_path):
     for i, text in enumerate(texts):
         assert first_ids[i, 0] == tok(text, max_length=16, truncation=True)["input_ids"][1]
     assert loaders.in_input_order(lambda b: b["input_ids"], []).numel() == 0
+
+
+def test_the_embedding_task_takes_texts_without_labels(tmp_path):
+    texts = [t for t, _ in sentiment_rows(50)]
+    txt = tmp_path / "passages.txt"
+    txt.write_text("\n".join(texts[:25]) + "\n\n" + "\n".join(texts[25:]) + "\n")  # a blank line is skipped
+    table = _write(tmp_path, "csv", [(t,) for t in texts], columns=("text",))
+    for path in (txt, table):
+        dsd = data.load_source(DataConfig(dataset=str(path), task="embedding"))
+        assert sum(len(s) for s in dsd.values()) == 50 and dsd["train"].column_names == ["text"]
+        assert sorted(t for s in dsd.values() for t in s["text"]) == sorted(texts)  # every text once, none twice
+        tokenised = loaders.tokenize(dsd, tiny_tokenizer(tmp_path / "tok"), 16)
+        assert "labels" not in tokenised["train"].column_names and "input_ids" in tokenised["train"].column_names
+    with pytest.raises(data.DataError, match="no label column"):  # a classifier still needs labels
+        data.load_source(DataConfig(dataset=str(table)))
+    with pytest.raises(data.DataError, match="texts without labels"):
+        data.load_source(DataConfig(dataset=str(txt)))

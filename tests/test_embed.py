@@ -308,3 +308,18 @@ def test_prune_vocab_command_on_a_sentence_transformers_folder(tmp_path, capsys,
     torch.testing.assert_close(want[:1], teacher, atol=1e-5, rtol=1e-5)  # every token kept: the same embedding
     got = SentenceTransformer(str(out), device="cpu", trust_remote_code=True).encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_an_embedding_run_on_texts_without_labels(tmp_path, capsys):
+    """Unlabelled text (a .txt, one per line) is all the embedding task needs: no probe, everything else runs."""
+    from .conftest import sentiment_rows
+
+    folder, texts = tiny_sentence_transformer(tmp_path), tmp_path / "passages.txt"
+    texts.write_text("\n".join(t for t, _ in sentiment_rows(120)) + "\n")
+    out = tmp_path / "run"
+    argv = ["run", "--task", "embedding", "--teacher", str(folder), "--dataset", str(texts), "--out", str(out)]
+    assert main([*argv, *FAST, "--baselines", "none", "--prune-vocab"]) == 0, capsys.readouterr().err
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert "probe" not in ev and 0 < ev["student"]["test"]["mean_cosine"] <= 1
+    assert json.loads((out / "vocab.json").read_text())["metric"] == "recall@10"
+    assert (out / "model_vocab" / "modules.json").is_file() and (out / "report.md").is_file()
