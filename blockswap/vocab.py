@@ -71,10 +71,14 @@ def prune_vocabulary(model, tokenizer, texts: list[str]):
     """A copy of ``model`` (a classifier or a ``SentenceEncoder``) whose word embeddings keep only the tokens of
     ``texts``; returns (model, stats). The tokenizer is unchanged; the original model is not touched.
     """
+    return prune_to(model, used_ids(tokenizer, texts))
+
+
+def prune_to(model, keep: list[int]):
+    """A copy of ``model`` whose word embeddings keep only the rows ``keep`` (sorted token ids); (model, stats)."""
     old = _transformer(model).get_input_embeddings()
     if isinstance(old, PrunedEmbedding):
         raise DeployError("this model's vocabulary is already pruned; prune the model it was made from")
-    keep = used_ids(tokenizer, texts)
     if keep[-1] >= old.num_embeddings:
         raise DeployError(f"the tokenizer gives ids up to {keep[-1]} but the model has {old.num_embeddings} rows")
     rows, similarity = nearest_rows(old.weight.detach(), keep)
@@ -138,9 +142,9 @@ def prune_and_measure(model, tokenizer, dsd, *, max_length: int):
     """
     from .evaluate import kept_interval, per_example
 
-    train_texts = _all_texts(dsd["train"])
-    pruned, stats = prune_vocabulary(model, tokenizer, train_texts)
-    stats["test_texts_all_tokens_kept"] = coverage(tokenizer, used_ids(tokenizer, train_texts), _all_texts(dsd["test"]))
+    keep = used_ids(tokenizer, _all_texts(dsd["train"]))  # tokenised once: pruning and coverage both need it
+    pruned, stats = prune_to(model, keep)
+    stats["test_texts_all_tokens_kept"] = coverage(tokenizer, keep, _all_texts(dsd["test"]))
     results = _scores(model, pruned, tokenizer, dsd["test"], max_length=max_length)
     for name, m in (("before", model), ("after", pruned)):
         stats["metric"], stats[f"test_score_{name}"] = results[name]["metric"], results[name]["score"]
