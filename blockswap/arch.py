@@ -38,6 +38,7 @@ class ArchSpec:
     head: str = "sequence"  # how the classifier head reads the final hidden states (see head_logits)
     returns_tuple: bool = False  # block returns (hidden, attention) instead of a bare tensor
     block_attrs: tuple[str, ...] = ()  # attributes the encoder loop reads off each block; substitutes carry them
+    padding_masks: bool = True  # every block's mask is a padding mask (the same keys for every query)
 
 
 # In transformers 5.x every block below is called as block(hidden_states, attention_mask, ...) where
@@ -69,6 +70,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         out_norm_path=None,
         head="forward",
         block_attrs=("attention_type",),  # picks the global or sliding-window mask and rotary table
+        padding_masks=False,  # local layers' sliding windows differ per query
     ),
 }
 
@@ -250,6 +252,45 @@ def model_from_config(
         raise UnsupportedModelError(f"model type {config.model_type!r} has no {head} classifier: {e}") from None
     spec_for(model)
     return model
+
+
+# Self-attention modules of the plain kind — softmax(q k^T / sqrt(d)) v over linear q, k, v projections,
+# content only, within a padding mask — named as (query, key, value, output or None, head-count attribute):
+# BERT / RoBERTa / XLM-R / CamemBERT / ELECTRA's *SelfAttention, DistilBERT's. MPNet (a relative position
+# bias), DeBERTa (disentangled attention) and ModernBERT (rotary, local windows) use other names: never matched.
+_PLAIN_ATTENTION = (
+    ("query", "key", "value", None, "num_attention_heads"),
+    ("q_lin", "k_lin", "v_lin", "out_lin", "n_heads"),
+)
+
+
+def plain_attention_parts(module: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Module | None, int] | None:
+    """``(q, k, v, out, heads)`` of a plain self-attention module (see ``_PLAIN_ATTENTION``), else None.
+
+    ``out`` is the output projection when the module applies it itself (DistilBERT), else None.
+    """
+    for q, k, v, out, heads in _PLAIN_ATTENTION:
+        parts = [getattr(module, name, None) for name in (q, k, v)]
+        n = getattr(module, heads, None)
+        if not all(isinstance(p, nn.Linear) for p in parts) or not isinstance(n, int) or n <= 0:
+            continue
+        width = parts[0].out_features
+        config = getattr(module, "config", None)
+        plain = (
+            width % n == 0
+            and all(p.out_features == width for p in parts)
+            and abs(getattr(module, "scaling", (width // n) ** -0.5) - (width // n) ** -0.5) < 1e-9
+            and not getattr(module, "is_decoder", False)
+            and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
+        )
+        return (*parts, getattr(module, out) if out else None, n) if plain else None
+    return None
+
+
+def padding_masks_only(config: PretrainedConfig) -> bool:
+    """Whether every block of this (listed) family attends within a padding mask only; False when unknown."""
+    spec = ARCHITECTURES.get(getattr(config, "model_type", None))
+    return spec is not None and spec.padding_masks
 
 
 def set_attention(model: PreTrainedModel, implementation: str) -> str:

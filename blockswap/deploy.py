@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from . import arch, embed, export
+from . import arch, embed, export, ort_attention
 from .arch import forward_inputs
 from .errors import ConfigError, DeployError, MissingDependency
 from .files import atomic_dir, write_json
@@ -77,8 +77,11 @@ def _quiet():
             lg.setLevel(level)
 
 
-def _export_graph(model: PreTrainedModel, tokenizer, path: Path, opset: int) -> None:
-    """torch.onnx (dynamo) export with dynamic batch and sequence axes; logits (or the embedding) as the one output."""
+def _export_graph(model: PreTrainedModel, tokenizer, path: Path, opset: int, *, fuse_attention: bool) -> int:
+    """torch.onnx (dynamo) export with dynamic batch and sequence axes; logits (or the embedding) as the one output.
+
+    With ``fuse_attention`` each plain or compact attention becomes ONNX Runtime's fused Attention operator
+    (``ort_attention``); returns how many attentions were fused."""
     names = _input_names(model)
     sample = tokenizer(["a short one", "a somewhat longer example sentence, padded"], padding=True, return_tensors="pt")
     kwargs = {n: sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names}
@@ -93,13 +96,15 @@ def _export_graph(model: PreTrainedModel, tokenizer, path: Path, opset: int) -> 
             extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
-    with _quiet():
+    fused = ort_attention.fused_attention(model) if fuse_attention else contextlib.nullcontext(({}, 0))
+    with _quiet(), fused as (table, attentions):
         program = torch.onnx.export(
             Logits(model.eval()).eval(), (), kwargs=kwargs, dynamo=True, opset_version=opset, verbose=False,
             dynamic_shapes={n: {0: batch, 1: seq} for n in names}, input_names=names,
-            output_names=[output_name(model)],
+            output_names=[output_name(model)], custom_translation_table=table or None,
         )  # fmt: skip
         program.save(str(path))
+    return attentions
 
 
 def _base_config(model: PreTrainedModel) -> dict:
@@ -247,6 +252,20 @@ def parity_batches(tokenizer, texts: list[str], *, max_length: int = 128) -> lis
     return [enc(g) for g in groups if g]
 
 
+def _checked_graph(model, tokenizer, folder: Path, opset: int, batches, *, fuse_attention: bool):
+    """Export into ``folder`` (which holds the tokenizer and config), apply ONNX Runtime's fusions, check parity;
+    the fusions are dropped again where they break it. Returns (attentions fused, fusions, parity)."""
+    path = folder / ONNX_FILE
+    attentions = _export_graph(model, tokenizer, path, opset, fuse_attention=fuse_attention)
+    plain = path.read_bytes()
+    fused = optimise_graph(path)
+    check = parity(model, OnnxClassifier.load(folder), batches)
+    if not check["passed"] and fused:  # keep the fusions only where they keep parity
+        path.write_bytes(plain)
+        fused, check = {}, parity(model, OnnxClassifier.load(folder), batches)
+    return attentions, fused, check
+
+
 def export_onnx(
     model: PreTrainedModel,
     tokenizer,
@@ -270,16 +289,12 @@ def export_onnx(
     longest = min(128, getattr(model.config, "max_position_embeddings", 130) - 2)  # RoBERTa offsets by 2
     batches = parity_batches(tokenizer, check_texts, max_length=longest)
     with atomic_dir(out) as tmp:
-        _export_graph(model, tokenizer, tmp / ONNX_FILE, opset)
         tokenizer.save_pretrained(tmp)
         (tmp / "config.json").write_text(json.dumps(_base_config(model), indent=2, sort_keys=True, default=str))
-        plain = (tmp / ONNX_FILE).read_bytes()
-        fused = optimise_graph(tmp / ONNX_FILE)
-        check = parity(model, OnnxClassifier.load(tmp), batches)
-        if not check["passed"] and fused:  # keep the fusions only where they keep parity
-            (tmp / ONNX_FILE).write_bytes(plain)
-            fused, check = {}, parity(model, OnnxClassifier.load(tmp), batches)
-        meta = {"opset": opset, "ort_fusions": fused, "parity": check}
+        attentions, fused, check = _checked_graph(model, tokenizer, tmp, opset, batches, fuse_attention=True)
+        if not check["passed"] and attentions:  # the fused attention operator only where it keeps parity
+            attentions, fused, check = _checked_graph(model, tokenizer, tmp, opset, batches, fuse_attention=False)
+        meta = {"opset": opset, "attention_fused": attentions, "ort_fusions": fused, "parity": check}
         if int8:
             quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, scales=scales)
             meta["int8_scales"] = scales

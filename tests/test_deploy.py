@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from blockswap import arch, deploy, export, vocab
+from blockswap import arch, deploy, export, ort_attention, vocab
 from blockswap.cli import main
 from blockswap.compact import CompactSpec
 from blockswap.errors import DataError, DeployError, MissingDependency
@@ -47,6 +47,62 @@ def test_bert_export_matches_pytorch_and_int8_mostly_agrees(tmp_path):
     batch = deploy.parity_batches(tok, TEXTS)[4]  # 32 real sentences
     assert deploy.parity(student, q, [batch])["argmax_agreement"] >= 0.9
     assert (tmp_path / "onnx" / deploy.INT8_FILE).stat().st_size < (tmp_path / "onnx" / deploy.ONNX_FILE).stat().st_size
+
+
+def _op_types(path) -> list[str]:
+    import onnx
+
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_attention_exports_as_one_fused_operator_for_kept_blocks_and_substitutes(tmp_path):
+    student, tok = _student("bert", tmp_path)  # block 1 kept, blocks 0 and 2 substituted (2 compact layers each)
+    meta = deploy.export_onnx(student, tok, tmp_path / "onnx", check_texts=TEXTS, int8=True)
+    assert meta["parity"]["passed"] and meta["attention_fused"] == 1 + 2 * 2
+    ops = _op_types(tmp_path / "onnx" / deploy.ONNX_FILE)
+    assert ops.count("Attention") == 5 and "Softmax" not in ops and "Transpose" not in ops
+    assert _op_types(tmp_path / "onnx" / deploy.INT8_FILE).count("QAttention") == 5
+
+
+def test_fused_attention_computes_what_the_modules_did():
+    ids, mask = padded_batch(lengths=(9, 3, 6), seq=9)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    for family in ("bert", "distilbert", "roberta"):
+        model = substitute(tiny_model(family, layers=2), [1], CompactSpec(hidden=8, heads=2, ffn=16)).eval()
+        with torch.no_grad():
+            ref = model(**arch.forward_inputs(model, batch)).logits
+            with ort_attention.fused_attention(model) as (table, fused):
+                got = model(**arch.forward_inputs(model, batch)).logits
+            after = model(**arch.forward_inputs(model, batch)).logits
+        assert table and fused == 1 + 2, family  # one plain self-attention, the substitute's two layers
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+        assert torch.equal(after, ref)  # the modules' own forward is back
+
+
+def test_only_plain_attention_of_padding_mask_families_is_fused():
+    counts = {f: sum(arch.plain_attention_parts(m) is not None for m in tiny_model(f, layers=2).modules())
+              for f in ("bert", "distilbert", "electra", "mpnet", "deberta-v2", "modernbert")}  # fmt: skip
+    assert counts == {"bert": 2, "distilbert": 2, "electra": 2, "mpnet": 0, "deberta-v2": 0, "modernbert": 0}
+    local = substitute(tiny_model("modernbert", layers=2), [0], CompactSpec(hidden=8, heads=2, ffn=16))
+    with ort_attention.fused_attention(local) as (table, fused):  # sliding windows: one key mask would be wrong
+        assert (table, fused) == ({}, 0)
+
+
+def test_fused_attention_is_dropped_where_it_breaks_parity(tmp_path, monkeypatch):
+    student, tok = _student("bert", tmp_path)
+    real = deploy.parity
+
+    def fails_when_fused(model, onnx_model, batches):
+        check = real(model, onnx_model, batches)
+        graph = onnx_model.session._model_path if hasattr(onnx_model.session, "_model_path") else None
+        if graph and "Attention" in _op_types(graph):
+            check = {**check, "passed": False}
+        return check
+
+    monkeypatch.setattr(deploy, "parity", fails_when_fused)
+    meta = deploy.export_onnx(student, tok, tmp_path / "onnx", check_texts=TEXTS, int8=False)
+    assert meta["parity"]["passed"] and meta["attention_fused"] == 0
+    assert "Attention" not in _op_types(tmp_path / "onnx" / deploy.ONNX_FILE)
 
 
 def _weight_scale_sizes(path) -> set[int]:
