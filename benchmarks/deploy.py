@@ -1,19 +1,22 @@
 """Latency where users run models: eager PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime dynamic int8.
 
-    .venv/bin/python benchmarks/deploy.py RUN_DIR [--repeats 20] [--threads 2] [--json FILE]
+    .venv/bin/python benchmarks/deploy.py RUN_DIR [--repeats 20] [--threads 2] [--unfused] [--json FILE]
 
 For the run's teacher, its chosen student (RUN/model) and its most compressed student (RUN/model_last,
 when the curve went further than the chosen step): batch 1 and 32 at sequence 128, and 32 real test
-sentences (dynamic padding). The same thread count for torch and ONNX Runtime; warm-up, repeats,
+sentences (dynamic padding). The same thread count for torch and ONNX Runtime; every (model, runtime)
+is timed in shuffled rounds of short warm bursts, so drifts of a shared machine fall on all alike;
 median and p10-p90. Exports each model with `blockswap export` machinery (parity-checked, test
-accuracy per runtime) into RUN_DIR/bench_onnx/ unless already there. Speed-ups are quoted against the
-teacher *in the same runtime* and, separately, against the eager fp32 teacher (end to end).
+accuracy per runtime) into RUN_DIR/bench_onnx/ unless already there; with ``--unfused`` also without
+the fused attention operator (RUN_DIR/bench_onnx_unfused/, runtimes ``ort_*_unfused``). Speed-ups are
+quoted against the teacher *in the same runtime* and, separately, against the eager fp32 teacher.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from blockswap.data import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ("eager_fp32", "ort_fp32", "ort_int8")
+BURST = 4  # timed calls per runner per round
 
 
 def _inputs(tokenizer, texts, n, seq):
@@ -39,20 +43,54 @@ def _inputs(tokenizer, texts, n, seq):
     return {k: enc[k] for k in ("input_ids", "attention_mask")} | {"token_type_ids": torch.zeros_like(enc["input_ids"])}
 
 
-def _runner(name: str, folder: Path, onnx_dir: Path, threads: int):
-    if name == "eager_fp32":
+def _runner(runtime: str, name: str, folder: Path, run: Path, threads: int):
+    """One batch in ``runtime``: eager_fp32, or ort_{fp32,int8}[_unfused] (the export in RUN/bench_onnx[_unfused])."""
+    if runtime == "eager_fp32":
         model = export.load_classifier(str(folder))
         return lambda b: model(**forward_inputs(model, b))
-    return deploy.OnnxClassifier.load(onnx_dir, int8=name == "ort_int8", threads=threads).logits
+    variant = "_unfused" if runtime.endswith("_unfused") else ""
+    return deploy.OnnxClassifier.load(
+        run / f"bench_onnx{variant}" / name, int8="int8" in runtime, threads=threads
+    ).logits
+
+
+def _export(name: str, folder: Path, onnx_dir: Path, *, dsd, data_cfg, scales: str, fused: bool) -> dict:
+    """Export ``folder`` unless ``onnx_dir`` holds an export of the same kind; returns its metadata."""
+    meta_file = onnx_dir / deploy.META_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if "attention_fused" not in meta or (meta["attention_fused"] > 0) != fused:  # absent: made before fusion existed
+        model = export.load_classifier(str(folder))
+        meta = deploy.export_checked(
+            model, export.load_tokenizer(folder), onnx_dir, dsd=dsd, max_length=data_cfg.max_length, int8=True,
+            int8_scales=scales, fuse_attention=fused,
+        )  # fmt: skip
+    return meta
+
+
+def _time_round_robin(runners: dict, batch: dict, *, repeats: int, warmup: int, seed: int = 0) -> dict:
+    """Median and spread of each runner: rounds in a shuffled order, each a warm burst of ``warmup`` untimed and
+    up to BURST timed calls, so slow drifts of the machine fall on every runner alike."""
+    rng, times = random.Random(seed), {k: [] for k in runners}
+    while min(len(t) for t in times.values()) < repeats:
+        order = list(runners)
+        rng.shuffle(order)
+        for key in order:
+            with torch.inference_mode():
+                times[key] += measure.wall_times(
+                    lambda fn=runners[key]: fn(batch), repeats=min(BURST, repeats - len(times[key])) or 1,
+                    warmup=warmup,
+                )  # fmt: skip
+    return {k: measure.spread(v[:repeats]) for k, v in times.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each burst of timed ones")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--int8-scales", default="auto", choices=["auto", "per-tensor", "per-channel"])
+    parser.add_argument("--unfused", action="store_true", help="also time exports without the fused attention op")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "deploy.json"))
     args = parser.parse_args()
     run = Path(args.run_dir)
@@ -63,60 +101,45 @@ def main() -> int:
     folders = {"teacher": Path(json.loads((run / "teacher.json").read_text())["source"]), "chosen": run / "model"}
     if (run / "model_last").is_dir():  # the curve's last (most compressed) step, when it is not the chosen one
         folders["last"] = run / "model_last"
+    runtimes = RUNTIMES + (("ort_fp32_unfused", "ort_int8_unfused") if args.unfused else ())
     result: dict = {"run_dir": str(run), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+                    "timing": f"round robin: shuffled rounds, each runner {args.warmup} untimed + up to {BURST} timed calls",
                     "host": measure.machine(), "models": {}, "cases": {}}  # fmt: skip
     texts = sorted(dsd["test"]["text"], key=len)[len(dsd["test"]) // 2 :][::-1]  # a batch of typical-to-long sentences
     for name, folder in folders.items():
-        onnx_dir = run / "bench_onnx" / name
-        if not (onnx_dir / deploy.META_FILE).is_file():
-            model = export.load_classifier(str(folder))
-            deploy.export_checked(
-                model,
-                export.load_tokenizer(folder),
-                onnx_dir,
-                dsd=dsd,
-                max_length=data_cfg.max_length,
-                int8=True,
-                int8_scales=args.int8_scales,
-            )
-        meta = json.loads((onnx_dir / deploy.META_FILE).read_text())
+        variants = {"": True, **({"_unfused": False} if args.unfused else {})}
+        metas = {v: _export(name, folder, run / f"bench_onnx{v}" / name, dsd=dsd, data_cfg=data_cfg,
+                            scales=args.int8_scales, fused=fused) for v, fused in variants.items()}  # fmt: skip
+        meta = metas[""]
         model = export.load_classifier(str(folder))
         result["models"][name] = {
             "folder": str(folder), "substituted": (getattr(model.config, "blockswap", None) or {}).get("substituted", []), "params": measure.count_params(model)["total"], "parity": meta["parity"],
-            "test": meta["test"], "bytes": {**meta["bytes"], "model.safetensors": (folder / "model.safetensors").stat().st_size},
+            "attention_fused": meta["attention_fused"], "test": meta["test"], "bytes": {**meta["bytes"], "model.safetensors": (folder / "model.safetensors").stat().st_size},
+            **({"unfused": {k: metas["_unfused"][k] for k in ("attention_fused", "parity", "test")}} if args.unfused else {}),
         }  # fmt: skip
     tok = export.load_tokenizer(folders["teacher"])
     cases = {"b1_s128": (None, 1, 128), "b32_s128": (None, 32, 128), "b32_real": (texts, 32, data_cfg.max_length)}
     for case, (src, n, seq) in cases.items():
         batch = _inputs(tok, src, n, seq)
         row = {"batch": list(batch["input_ids"].shape)}
+        runners = {(name, rt): _runner(rt, name, folder, run, args.threads) for name, folder in folders.items()
+                   for rt in runtimes}  # fmt: skip
+        timed = _time_round_robin(runners, batch, repeats=args.repeats, warmup=args.warmup)
         for name, folder in folders.items():
-            model = export.load_classifier(str(folder))
-            row[name] = {
-                "gmacs": measure.count_macs(
-                    model, batch=batch["input_ids"].shape[0], seq_len=batch["input_ids"].shape[1]
-                )["gmacs"]
-            }
-            for rt in RUNTIMES:
-                fn = _runner(rt, folder, run / "bench_onnx" / name, args.threads)
-                with torch.inference_mode():
-                    row[name][rt] = measure.spread(
-                        measure.wall_times(
-                            lambda fn=fn, batch=batch: fn(batch), repeats=args.repeats, warmup=args.warmup
-                        )
-                    )
+            macs = measure.count_macs(export.load_classifier(str(folder)), batch=n, seq_len=batch["input_ids"].shape[1])
+            row[name] = {"gmacs": macs["gmacs"], **{rt: timed[(name, rt)] for rt in runtimes}}
         teacher = row["teacher"]
         for name in folders:
             if name == "teacher":
                 continue
             s = row[name]
             s["macs_ratio"] = teacher["gmacs"] / s["gmacs"]
-            for rt in RUNTIMES:
+            for rt in runtimes:
                 s[f"speedup_{rt}"] = teacher[rt]["median_ms"] / s[rt]["median_ms"]
                 s[f"speedup_{rt}_over_macs_ratio"] = s[f"speedup_{rt}"] / s["macs_ratio"]
                 s[f"speedup_{rt}_vs_eager_fp32_teacher"] = teacher["eager_fp32"]["median_ms"] / s[rt]["median_ms"]
         result["cases"][case] = row
-        print(case, {n: {rt: round(row[n][rt]["median_ms"], 1) for rt in RUNTIMES} for n in folders})
+        print(case, {n: {rt: round(row[n][rt]["median_ms"], 1) for rt in runtimes} for n in folders})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
