@@ -275,9 +275,11 @@ def export_onnx(
     int8: bool,
     int8_scales: str = "auto",
     opset: int = OPSET,
+    fuse_attention: bool = True,
 ) -> dict:
     """Export ``model`` to ``out`` (atomically), check parity, optionally quantise (``int8_scales``: see
-    ``int8_scales_for``); returns the metadata.
+    ``int8_scales_for``); returns the metadata. ``fuse_attention=False`` leaves attention as plain operators
+    (what the export wrote before ``ort_attention``; for comparisons).
 
     Raises DeployError *after* writing the folder (marked failed) when parity fails.
     """
@@ -291,7 +293,7 @@ def export_onnx(
     with atomic_dir(out) as tmp:
         tokenizer.save_pretrained(tmp)
         (tmp / "config.json").write_text(json.dumps(_base_config(model), indent=2, sort_keys=True, default=str))
-        attentions, fused, check = _checked_graph(model, tokenizer, tmp, opset, batches, fuse_attention=True)
+        attentions, fused, check = _checked_graph(model, tokenizer, tmp, opset, batches, fuse_attention=fuse_attention)
         if not check["passed"] and attentions:  # the fused attention operator only where it keeps parity
             attentions, fused, check = _checked_graph(model, tokenizer, tmp, opset, batches, fuse_attention=False)
         meta = {"opset": opset, "attention_fused": attentions, "ort_fusions": fused, "parity": check}
@@ -356,7 +358,15 @@ def embedding_report(model, folder: Path, tokenizer, texts: list[str], *, max_le
 
 
 def export_checked(
-    model: PreTrainedModel, tokenizer, out: Path, *, dsd, max_length: int, int8: bool, int8_scales: str = "auto"
+    model: PreTrainedModel,
+    tokenizer,
+    out: Path,
+    *,
+    dsd,
+    max_length: int,
+    int8: bool,
+    int8_scales: str = "auto",
+    fuse_attention: bool = True,
 ) -> dict:
     """Export, check parity on the test sentences of ``dsd``, evaluate every runtime on its test split (for an
     embedding model: how close each runtime's embeddings of the test texts are to PyTorch's)."""
@@ -365,7 +375,9 @@ def export_checked(
     from .loaders import loader, tokenize
 
     texts = list(dsd["test"]["text"])
-    meta = export_onnx(model, tokenizer, out, check_texts=texts, int8=int8, int8_scales=int8_scales)
+    meta = export_onnx(
+        model, tokenizer, out, check_texts=texts, int8=int8, int8_scales=int8_scales, fuse_attention=fuse_attention
+    )
     if isinstance(model, embed.SentenceEncoder):
         meta["test"] = embedding_report(model, out, tokenizer, texts, max_length=max_length, int8=int8)
     else:
