@@ -58,7 +58,7 @@ def _export(name: str, folder: Path, onnx_dir: Path, *, dsd, data_cfg, scales: s
     """Export ``folder`` unless ``onnx_dir`` holds an export of the same kind; returns its metadata."""
     meta_file = onnx_dir / deploy.META_FILE
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    if "attention_fused" not in meta or (meta["attention_fused"] > 0) != fused:  # absent: made before fusion existed
+    if "attention_fused" not in meta or (not fused and meta["attention_fused"]):  # absent: made before fusion existed
         model = export.load_classifier(str(folder))
         meta = deploy.export_checked(
             model, export.load_tokenizer(folder), onnx_dir, dsd=dsd, max_length=data_cfg.max_length, int8=True,

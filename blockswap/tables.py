@@ -86,8 +86,9 @@ def export_summary(folder: str, meta: dict) -> str:
     what, agreement = p.get("output", "logits"), p["argmax_agreement"]
     agreement = "" if agreement is None else f", argmax agreement {agreement:.4f}"
     scales = f", int8 with {meta['int8_scales']} scales" if "int8_scales" in meta else ""
+    fused = f", {meta['attention_fused']} attention layers as one fused operator" if meta.get("attention_fused") else ""
     lines = [
-        f"exported {folder}: {sizes} (opset {meta['opset']}{scales})",
+        f"exported {folder}: {sizes} (opset {meta['opset']}{scales}{fused})",
         f"parity vs PyTorch on {p['n']} real sentences (batch x length {p['shapes']}): max |Δ{what}| "
         f"{p['max_abs_logit_diff']:.2e}{agreement} -> {'passed' if p['passed'] else 'FAILED'}",
     ]

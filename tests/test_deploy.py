@@ -348,6 +348,7 @@ def test_run_with_vocab_pruning_and_onnx_export(tmp_path, capsys, tiny_csv, tiny
         assert result[name]["int8_scales"] == "per-tensor"  # auto: per tensor for classifiers
     report = (out / "report.md").read_text()
     assert "## ONNX export" in report and "- exported onnx/student:" in report and "per-tensor scales" in report
+    assert result["teacher"]["attention_fused"] >= 1 and "attention layers as one fused operator" in report
     pruned = json.loads((out / "vocab.json").read_text())
     assert "## Smaller vocabulary (model_vocab)" in report
     assert f"{pruned['vocab_before']:,} → {pruned['vocab_after']:,} word-embedding rows kept" in report
@@ -415,5 +416,5 @@ def test_deploy_benchmark_times_every_runner_in_interleaved_rounds():
     assert {k: v["repeats"] for k, v in timed.items()} == {"a": 10, "b": 10, "c": 10}
     rounds = -(-10 // bench.BURST)
     assert calls.count("a") == 10 + rounds  # each round: one untimed warm-up call, then the burst
-    switches = sum(x != y for x, y in zip(calls, calls[1:]))
+    switches = sum(x != y for x, y in zip(calls[:-1], calls[1:], strict=True))
     assert switches >= 2 * rounds  # runners alternate round by round (one after the other: 2 switches)
