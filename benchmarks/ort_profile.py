@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from blockswap.deploy import SLOW_FUSIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,7 +34,9 @@ def profile(folder: Path, feeds_for, *, int8: bool, threads: int, repeats: int) 
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         path = folder / ("model.int8.onnx" if int8 else "model.onnx")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(  # the session blockswap opens (deploy.OnnxClassifier)
+            str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=list(SLOW_FUSIONS)
+        )
         feeds = feeds_for(session)
         for _ in range(3):
             session.run(None, feeds)

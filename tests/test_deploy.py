@@ -61,6 +61,7 @@ def test_attention_exports_as_one_fused_operator_for_kept_blocks_and_substitutes
     assert meta["parity"]["passed"] and meta["attention_fused"] == 1 + 2 * 2
     ops = _op_types(tmp_path / "onnx" / deploy.ONNX_FILE)
     assert ops.count("Attention") == 5 and "Softmax" not in ops and "Transpose" not in ops
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops  # deploy.SLOW_FUSIONS
     assert _op_types(tmp_path / "onnx" / deploy.INT8_FILE).count("QAttention") == 5
 
 
@@ -102,7 +103,8 @@ def test_fused_attention_is_dropped_where_it_breaks_parity(tmp_path, monkeypatch
     monkeypatch.setattr(deploy, "parity", fails_when_fused)
     meta = deploy.export_onnx(student, tok, tmp_path / "onnx", check_texts=TEXTS, int8=False)
     assert meta["parity"]["passed"] and meta["attention_fused"] == 0
-    assert "Attention" not in _op_types(tmp_path / "onnx" / deploy.ONNX_FILE)
+    ops = _op_types(tmp_path / "onnx" / deploy.ONNX_FILE)
+    assert "Attention" not in ops and "SkipLayerNormalization" not in ops  # deploy.SLOW_FUSIONS, unfused graph too
 
 
 def _weight_scale_sizes(path) -> set[int]:
