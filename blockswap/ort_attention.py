@@ -5,9 +5,9 @@ transposes, scaled matmul, mask, softmax, matmul, transpose back); ONNX Runtime'
 recognise them in today's torch exports. Within ``fused_attention(model)`` every compact substitute's attention
 and every plain Hugging Face self-attention (``arch.plain_attention_parts``: BERT, RoBERTa, ELECTRA, XLM-R,
 DistilBERT, ...) is traced as one custom torch op that the exporter writes as ONNX Runtime's fused operator —
-the teacher's attention as well as the student's, so same-runtime speed-ups compare like with like. The op
-computes exactly what the module did (its eager reference is the same arithmetic), and ``deploy`` keeps the
-fused graph only where the parity check passes.
+the teacher's attention as well as the student's, so same-runtime speed-ups compare like with like. The op's
+eager reference is the compact attention's arithmetic (a Hugging Face module's to float rounding), and
+``deploy`` keeps the fused graph only where the parity check passes.
 """
 
 from __future__ import annotations
