@@ -223,6 +223,22 @@ class OnnxClassifier:
         return torch.from_numpy(self.session.run([self.output], feed)[0]).float()
 
 
+def ort_latency(folder: Path, cases: dict[str, dict], *, threads: int, repeats: int, warmup: int = 2) -> dict:
+    """``{case: {ort_fp32|ort_int8: median and spread (ms), batch shape}}`` of an export's ONNX Runtime sessions
+    (the ones ``OnnxClassifier`` opens, ``threads`` intra-op threads) on each named tokenised batch."""
+    from . import measure
+
+    out: dict = {case: {} for case in cases}
+    for runtime, int8 in (("ort_fp32", False), ("ort_int8", True)):
+        if int8 and not (Path(folder) / INT8_FILE).is_file():
+            continue
+        session = OnnxClassifier.load(folder, int8=int8, threads=threads)
+        for case, batch in cases.items():
+            times = measure.wall_times(lambda b=batch, o=session: o.logits(b), repeats=repeats, warmup=warmup)
+            out[case][runtime] = {**measure.spread(times), "batch": list(batch["input_ids"].shape)}
+    return out
+
+
 def parity(model: PreTrainedModel, onnx_model: OnnxClassifier, batches: list[dict]) -> dict:
     """Largest |logit difference| and argmax agreement between PyTorch and ONNX Runtime on ``batches``.
 

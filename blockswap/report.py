@@ -262,10 +262,35 @@ def render(run_dir: str | Path) -> Path:
         for name in ("teacher", "student"):
             if name in exported:
                 md += [f"- {line}" for line in tables.export_summary(f"onnx/{name}", exported[name]).splitlines()]
+        if "latency" in exported.get("teacher", {}) and "latency" in exported.get("student", {}):
+            md += [""] + _ort_latency_lines(exported)
     md += ["", "Plots: " + ", ".join(plots)]
     out = run_dir / "report.md"
     write_text(out, "\n".join(md) + "\n")
     return out
+
+
+def _ort_latency_lines(exported: dict) -> list[str]:
+    """export.json's ONNX Runtime latencies: teacher and student per batch and precision, the student's speed-up
+    over the teacher in the same runtime."""
+    t, s, setup = exported["teacher"]["latency"], exported["student"]["latency"], exported["latency_setup"]
+    cols = [(case, rt) for case in t for rt in ("ort_fp32", "ort_int8") if rt in t[case] and rt in s.get(case, {})]
+    shape = {case: "×".join(map(str, t[case][rt]["batch"])) for case, rt in cols}
+    md = [
+        "| ONNX Runtime, median ms | " + " | ".join(f"{rt[4:]} {shape[case]}" for case, rt in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+        "| teacher | " + " | ".join(f"{t[case][rt]['median_ms']:.1f}" for case, rt in cols) + " |",
+        "| student | " + " | ".join(
+            f"{s[case][rt]['median_ms']:.1f} (×{t[case][rt]['median_ms'] / s[case][rt]['median_ms']:.2f})"
+            for case, rt in cols
+        ) + " |",
+        "",
+        f"Median of {setup['repeats']} after {setup['warmup']} warm-up, {setup['threads']} threads (as torch); batch ×"
+        " sequence in each header: random full-length ids at the measurement length, then the test split's (up to 32)"
+        " longer-half sentences padded to their longest; (×N): the student's speed-up over the teacher in the same"
+        " runtime.",
+    ]  # fmt: skip
+    return md
 
 
 def _vocab_lines(v: dict) -> list[str]:

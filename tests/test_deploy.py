@@ -351,6 +351,11 @@ def test_run_with_vocab_pruning_and_onnx_export(tmp_path, capsys, tiny_csv, tiny
     report = (out / "report.md").read_text()
     assert "## ONNX export" in report and "- exported onnx/student:" in report and "per-tensor scales" in report
     assert result["teacher"]["attention_fused"] >= 1 and "attention layers as one fused operator" in report
+    for name in ("teacher", "student"):  # ONNX Runtime latency of both, same batches, fp32 and int8
+        latency = result[name]["latency"]
+        assert set(latency) == {"b1", "b32", "b32_real"} and latency["b32"]["ort_int8"]["batch"][0] == 32
+        assert all(set(v) == {"ort_fp32", "ort_int8"} and v["ort_fp32"]["median_ms"] > 0 for v in latency.values())
+    assert result["latency_setup"]["repeats"] >= 20 and "| ONNX Runtime, median ms | fp32 1×" in report
     pruned = json.loads((out / "vocab.json").read_text())
     assert "## Smaller vocabulary (model_vocab)" in report
     assert f"{pruned['vocab_before']:,} → {pruned['vocab_after']:,} word-embedding rows kept" in report

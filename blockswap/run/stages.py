@@ -224,14 +224,29 @@ def onnx_export(state: RunState) -> None:
         "student": (export.load(final), export.load_tokenizer(final)),
     }
     result = {}
+    setup = {"threads": torch.get_num_threads(), "repeats": max(20, state.cfg.run.latency_repeats), "warmup": 2}
     for name, (model, tokenizer) in models.items():
         out = state.path("onnx") / name
         result[name] = deploy.export_checked(
             model, tokenizer, out, dsd=dsd, max_length=cfg.max_length, int8=True, int8_scales=state.cfg.run.int8_scales
         )
         state.log(f"onnx {name}: parity max |Δlogit| {result[name]['parity']['max_abs_logit_diff']:.1e}")
-    result["student_source"] = str(final)
+        result[name]["latency"] = deploy.ort_latency(out, _latency_batches(state, model, tokenizer, dsd), **setup)
+    result["student_source"], result["latency_setup"] = str(final), setup
     state.write("export.json", result)
+
+
+def _latency_batches(state: RunState, model, tokenizer, dsd) -> dict[str, dict]:
+    """Batch 1 and 32 at the run's measurement length (the eager latency's inputs) and the 32 longer-half test
+    sentences padded to their longest (``b32_real``)."""
+    seq = state.cfg.run.eval_seq_len
+    texts = sorted(dsd["test"]["text"], key=len)[len(dsd["test"]) // 2 :][::-1][:32]
+    real = tokenizer(texts, truncation=True, max_length=state.cfg.data.max_length, padding=True, return_tensors="pt")
+    return {
+        "b1": measure.dummy_batch(model, 1, seq),
+        "b32": measure.dummy_batch(model, 32, seq),
+        "b32_real": dict(real),
+    }
 
 
 def summary(state: RunState) -> None:
