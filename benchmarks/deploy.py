@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from blockswap.data import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ("eager_fp32", "ort_fp32", "ort_int8")
-BURST = 4  # timed calls per runner per round
 
 
 def _inputs(tokenizer, texts, n, seq):
@@ -67,22 +65,6 @@ def _export(name: str, folder: Path, onnx_dir: Path, *, dsd, data_cfg, scales: s
     return meta
 
 
-def _time_round_robin(runners: dict, batch: dict, *, repeats: int, warmup: int, seed: int = 0) -> dict:
-    """Median and spread of each runner: rounds in a shuffled order, each a warm burst of ``warmup`` untimed and
-    up to BURST timed calls, so slow drifts of the machine fall on every runner alike."""
-    rng, times = random.Random(seed), {k: [] for k in runners}
-    while min(len(t) for t in times.values()) < repeats:
-        order = list(runners)
-        rng.shuffle(order)
-        for key in order:
-            with torch.inference_mode():
-                times[key] += measure.wall_times(
-                    lambda fn=runners[key]: fn(batch), repeats=min(BURST, repeats - len(times[key])) or 1,
-                    warmup=warmup,
-                )  # fmt: skip
-    return {k: measure.spread(v[:repeats]) for k, v in times.items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
@@ -103,7 +85,7 @@ def main() -> int:
         folders["last"] = run / "model_last"
     runtimes = RUNTIMES + (("ort_fp32_unfused", "ort_int8_unfused") if args.unfused else ())
     result: dict = {"run_dir": str(run), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-                    "timing": f"round robin: shuffled rounds, each runner {args.warmup} untimed + up to {BURST} timed calls",
+                    "timing": f"measure.round_robin: shuffled rounds, each runner {args.warmup} untimed + up to {measure.ROUND_ROBIN_BURST} timed calls",
                     "host": measure.machine(), "models": {}, "cases": {}}  # fmt: skip
     texts = sorted(dsd["test"]["text"], key=len)[len(dsd["test"]) // 2 :][::-1]  # a batch of typical-to-long sentences
     for name, folder in folders.items():
@@ -124,7 +106,12 @@ def main() -> int:
         row = {"batch": list(batch["input_ids"].shape)}
         runners = {(name, rt): _runner(rt, name, folder, run, args.threads) for name, folder in folders.items()
                    for rt in runtimes}  # fmt: skip
-        timed = _time_round_robin(runners, batch, repeats=args.repeats, warmup=args.warmup)
+        with torch.inference_mode():
+            timed = measure.round_robin(
+                {k: (lambda fn=fn, b=batch: fn(b)) for k, fn in runners.items()},
+                repeats=args.repeats,
+                warmup=args.warmup,
+            )
         for name, folder in folders.items():
             macs = measure.count_macs(export.load_classifier(str(folder)), batch=n, seq_len=batch["input_ids"].shape[1])
             row[name] = {"gmacs": macs["gmacs"], **{rt: timed[(name, rt)] for rt in runtimes}}

@@ -223,19 +223,24 @@ class OnnxClassifier:
         return torch.from_numpy(self.session.run([self.output], feed)[0]).float()
 
 
-def ort_latency(folder: Path, cases: dict[str, dict], *, threads: int, repeats: int, warmup: int = 2) -> dict:
-    """``{case: {ort_fp32|ort_int8: median and spread (ms), batch shape}}`` of an export's ONNX Runtime sessions
-    (the ones ``OnnxClassifier`` opens, ``threads`` intra-op threads) on each named tokenised batch."""
+def ort_latency(exports: dict[str, tuple[Path, dict]], *, threads: int, repeats: int, warmup: int = 2) -> dict:
+    """``{name: {case: {ort_fp32|ort_int8: median and spread (ms), batch shape}}}`` for exports given as
+    ``name -> (folder, {case: tokenised batch})``: the sessions ``OnnxClassifier`` opens (``threads`` intra-op
+    threads), every (export, precision, batch) timed in the same shuffled rounds (``measure.round_robin``)."""
     from . import measure
 
-    out: dict = {case: {} for case in cases}
-    for runtime, int8 in (("ort_fp32", False), ("ort_int8", True)):
-        if int8 and not (Path(folder) / INT8_FILE).is_file():
-            continue
-        session = OnnxClassifier.load(folder, int8=int8, threads=threads)
-        for case, batch in cases.items():
-            times = measure.wall_times(lambda b=batch, o=session: o.logits(b), repeats=repeats, warmup=warmup)
-            out[case][runtime] = {**measure.spread(times), "batch": list(batch["input_ids"].shape)}
+    runners = {}
+    for name, (folder, cases) in exports.items():
+        for runtime, int8 in (("ort_fp32", False), ("ort_int8", True)):
+            if int8 and not (Path(folder) / INT8_FILE).is_file():
+                continue
+            session = OnnxClassifier.load(folder, int8=int8, threads=threads)
+            for case, batch in cases.items():
+                runners[(name, case, runtime)] = lambda o=session, b=batch: o.logits(b)
+    timed = measure.round_robin(runners, repeats=repeats, warmup=warmup)
+    out: dict = {name: {case: {} for case in cases} for name, (_, cases) in exports.items()}
+    for (name, case, runtime), stats in timed.items():
+        out[name][case][runtime] = {**stats, "batch": list(exports[name][1][case]["input_ids"].shape)}
     return out
 
 

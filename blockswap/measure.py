@@ -118,6 +118,25 @@ def wall_times(
     return times
 
 
+ROUND_ROBIN_BURST = 4  # timed calls per callable per round
+
+
+def round_robin(runners: dict, *, repeats: int, warmup: int, seed: int = 0) -> dict:
+    """Median and spread (``spread``) of each of ``runners`` (name -> callable with no arguments): shuffled rounds,
+    in each a warm burst per callable of ``warmup`` untimed and up to ``ROUND_ROBIN_BURST`` timed calls, until each
+    has ``repeats``. On a shared machine whose speed drifts, the drift falls on every callable alike."""
+    import random
+
+    rng, times = random.Random(seed), {k: [] for k in runners}
+    while min(len(t) for t in times.values()) < repeats:
+        order = list(runners)
+        rng.shuffle(order)
+        for key in order:
+            n = min(ROUND_ROBIN_BURST, repeats - len(times[key])) or 1
+            times[key] += wall_times(runners[key], repeats=n, warmup=warmup)
+    return {k: spread(v[:repeats]) for k, v in times.items()}
+
+
 def spread(times: list[float]) -> dict[str, float]:
     """Median, p10, p90 and minimum of timings (ms)."""
     return {"median_ms": statistics.median(times), "p10_ms": _quantile(times, 0.1), "p90_ms": _quantile(times, 0.9),

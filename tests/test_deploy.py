@@ -409,19 +409,14 @@ def test_report_words_for_new_and_older_vocab_files():
     assert "older blockswap" in older[0] and older[1] == "- test accuracy: 0.8373 → 0.8392"
 
 
-def test_deploy_benchmark_times_every_runner_in_interleaved_rounds():
-    import importlib.util
-    from pathlib import Path
+def test_round_robin_times_every_runner_in_interleaved_rounds():
+    from blockswap import measure
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy.py"
-    spec = importlib.util.spec_from_file_location("deploy_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     calls = []
-    runners = {name: (lambda batch, name=name: calls.append(name)) for name in ("a", "b", "c")}
-    timed = bench._time_round_robin(runners, {}, repeats=10, warmup=1)
+    runners = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    timed = measure.round_robin(runners, repeats=10, warmup=1)
     assert {k: v["repeats"] for k, v in timed.items()} == {"a": 10, "b": 10, "c": 10}
-    rounds = -(-10 // bench.BURST)
+    rounds = -(-10 // measure.ROUND_ROBIN_BURST)
     assert calls.count("a") == 10 + rounds  # each round: one untimed warm-up call, then the burst
     switches = sum(x != y for x, y in zip(calls[:-1], calls[1:], strict=True))
     assert switches >= 2 * rounds  # runners alternate round by round (one after the other: 2 switches)

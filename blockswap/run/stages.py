@@ -231,7 +231,11 @@ def onnx_export(state: RunState) -> None:
             model, tokenizer, out, dsd=dsd, max_length=cfg.max_length, int8=True, int8_scales=state.cfg.run.int8_scales
         )
         state.log(f"onnx {name}: parity max |Δlogit| {result[name]['parity']['max_abs_logit_diff']:.1e}")
-        result[name]["latency"] = deploy.ort_latency(out, _latency_batches(state, model, tokenizer, dsd), **setup)
+    exports = {
+        name: (state.path("onnx") / name, _latency_batches(state, m, tok, dsd)) for name, (m, tok) in models.items()
+    }
+    for name, latency in deploy.ort_latency(exports, **setup).items():  # teacher and student in the same rounds
+        result[name]["latency"] = latency
     result["student_source"], result["latency_setup"] = str(final), setup
     state.write("export.json", result)
 
