@@ -101,19 +101,20 @@ def main() -> int:
         }  # fmt: skip
     tok = export.load_tokenizer(folders["teacher"])
     cases = {"b1_s128": (None, 1, 128), "b32_s128": (None, 32, 128), "b32_real": (texts, 32, data_cfg.max_length)}
+    runners = {(name, rt): _runner(rt, name, folder, run, args.threads) for name, folder in folders.items()
+               for rt in runtimes}  # fmt: skip
+    models = {name: export.load_classifier(str(folder)) for name, folder in folders.items()}  # MACs per shape
     for case, (src, n, seq) in cases.items():
         batch = _inputs(tok, src, n, seq)
         row = {"batch": list(batch["input_ids"].shape)}
-        runners = {(name, rt): _runner(rt, name, folder, run, args.threads) for name, folder in folders.items()
-                   for rt in runtimes}  # fmt: skip
         with torch.inference_mode():
             timed = measure.round_robin(
                 {k: (lambda fn=fn, b=batch: fn(b)) for k, fn in runners.items()},
                 repeats=args.repeats,
                 warmup=args.warmup,
             )
-        for name, folder in folders.items():
-            macs = measure.count_macs(export.load_classifier(str(folder)), batch=n, seq_len=batch["input_ids"].shape[1])
+        for name, model in models.items():
+            macs = measure.count_macs(model, batch=n, seq_len=batch["input_ids"].shape[1])
             row[name] = {"gmacs": macs["gmacs"], **{rt: timed[(name, rt)] for rt in runtimes}}
         teacher = row["teacher"]
         for name in folders:

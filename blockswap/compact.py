@@ -98,15 +98,22 @@ class CompactAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        b, s, d = x.shape  # (B, S, h)
-        q, k, v = self.qkv(x).view(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, nh, S, S)
-        if keep is not None:
-            # masked_fill with a finite minimum: a row with no real key (padding query) stays finite
-            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-        probs = self.dropout(scores.softmax(dim=-1))
-        ctx = (probs @ v).transpose(1, 2).reshape(b, s, d)  # (B, S, h)
-        return self.out(ctx)
+        return self.out(attend(self.qkv(x), keep, self.heads, self.dropout))  # (B, S, h)
+
+
+def attend(qkv: torch.Tensor, keep: torch.Tensor | None, heads: int, dropout=None) -> torch.Tensor:
+    """Multi-head attention of packed projections ``qkv`` (B, S, 3D) — query, key, value, each ``heads`` heads —
+    within ``keep`` (``keep_mask``'s form, or None) -> (B, S, D). Explicit matmuls: MAC counters see them."""
+    b, s, d3 = qkv.shape
+    d = d3 // 3
+    q, k, v = qkv.view(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)  # (B, nh, S, S)
+    if keep is not None:
+        # masked_fill with a finite minimum: a row with no real key (padding query) stays finite
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1)
+    probs = dropout(probs) if dropout is not None else probs
+    return (probs @ v).transpose(1, 2).reshape(b, s, d)  # (B, S, D)
 
 
 class CompactLayer(nn.Module):

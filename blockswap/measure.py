@@ -132,9 +132,9 @@ def round_robin(runners: dict, *, repeats: int, warmup: int, seed: int = 0) -> d
         order = list(runners)
         rng.shuffle(order)
         for key in order:
-            n = min(ROUND_ROBIN_BURST, repeats - len(times[key])) or 1
+            n = min(ROUND_ROBIN_BURST, repeats - len(times[key]))  # every runner has as many as the others
             times[key] += wall_times(runners[key], repeats=n, warmup=warmup)
-    return {k: spread(v[:repeats]) for k, v in times.items()}
+    return {k: spread(v) for k, v in times.items()}
 
 
 def spread(times: list[float]) -> dict[str, float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import types
 from collections.abc import Iterator
 
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from . import arch
-from .compact import CompactAttention, keep_mask
+from .compact import CompactAttention, attend, keep_mask
 
 OP_NAME = "blockswap::fused_attention"
 
@@ -30,12 +29,7 @@ OP_NAME = "blockswap::fused_attention"
 def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
     """``x`` (B, S, H_in) through packed projections ``w`` (H_in, 3D), ``b`` (3D) and multi-head attention over
     the keys where ``mask`` (B, S) is non-zero -> (B, S, D): what ONNX Runtime's Attention computes."""
-    bsz, s, _ = x.shape
-    d = w.shape[1] // 3
-    q, k, v = (x @ w + b).view(bsz, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)
-    scores = scores.masked_fill(~(mask > 0)[:, None, None, :], torch.finfo(scores.dtype).min)
-    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(bsz, s, d)
+    return attend(x @ w + b, (mask > 0)[:, None, None, :], heads)
 
 
 @functools.cache
