@@ -301,11 +301,12 @@ def _vocab_lines(v: dict) -> list[str]:
         score += f", kept {_kept_ci(v['kept'], v.get('kept_ci95'))} (n = {v['n_test']})"
     if "test_texts_all_tokens_kept" in v:
         score += f"; {v['test_texts_all_tokens_kept']:.1%} of the test texts use only kept tokens (identical outputs)"
-    how = (
-        "The tokenizer is unchanged: each token the training texts never use reads the kept row nearest its own (cosine)."
-        if "test_texts_all_tokens_kept" in v
-        else "Made by an older blockswap: the tokenizer was pruned too, and unseen words were re-split into kept pieces."
-    )
+    if "dropped_rows" in v:
+        how = f"The tokenizer is unchanged: each token the training texts never use reads {v['dropped_rows']}."
+    elif "test_texts_all_tokens_kept" in v:
+        how = "The tokenizer is unchanged: each token the training texts never use reads the kept row nearest its own (cosine)."
+    else:
+        how = "Made by an older blockswap: the tokenizer was pruned too, and unseen words were re-split into kept pieces."
     lines = [
         f"- {v['vocab_before']:,} → {v['vocab_after']:,} word-embedding rows kept (−{v['word_embedding_cut']:.1%}); "
         f"parameters {v['params_before'] / 1e6:.2f} M → {v['params_after'] / 1e6:.2f} M. {how}",

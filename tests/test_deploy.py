@@ -242,8 +242,8 @@ def test_vocab_pruning_keeps_covered_logits_and_maps_dropped_tokens_to_the_neare
     tok = tiny_tokenizer(tmp_path / "tok")
     model = tiny_model("bert", layers=2, vocab_size=len(tok)).eval()
     emb = model.get_input_embeddings().weight
-    with torch.no_grad():  # 'dull' never occurs in the corpus; the kept row nearest to it is 'movie'
-        emb[tok.convert_tokens_to_ids("dull")] = 3 * emb[tok.convert_tokens_to_ids("movie")] + 0.01
+    with torch.no_grad():  # 'dull' never occurs in the corpus; the kept row nearest to it, and answered alike, is 'movie'
+        emb[tok.convert_tokens_to_ids("dull")] = emb[tok.convert_tokens_to_ids("movie")] + 1e-4
     corpus = ["the movie was good", "a super plot", "great actors and a fun story"]
     pruned, stats = vocab.prune_vocabulary(model, tok, corpus)
     kept = vocab.used_ids(tok, corpus)
@@ -259,7 +259,7 @@ def test_vocab_pruning_keeps_covered_logits_and_maps_dropped_tokens_to_the_neare
             assert any(
                 torch.equal(_row(pruned, tok, token), _row(model, tok, k)) for k in tok.convert_ids_to_tokens(kept)
             )
-    assert 0 < stats["dropped_mean_cosine_to_nearest"] < 1
+    assert 0 < stats["dropped_mean_cosine_to_row_read"] < 1
     assert vocab.coverage(tok, kept, ["the movie", "superb"]) == 0.5
     with pytest.raises(DataError, match="empty"):
         vocab.prune_vocabulary(model, tok, [])
@@ -272,6 +272,30 @@ def test_nearest_rows_by_cosine():
     rows, similarity = vocab.nearest_rows(weight, [1, 2, 4])  # rows 1 and 4 are equal: each maps to itself
     assert rows.tolist() == [1, 0, 1, 0, 2]
     assert similarity[[1, 2, 4]].tolist() == [1.0, 1.0, 1.0] and 0.99 < similarity[0] < 1 and 0.89 < similarity[3] < 0.9
+
+
+def test_nearest_rows_chooses_among_the_most_similar_by_the_models_answer():
+    weight = torch.tensor([[1.0, 0.0], [0.9, 0.3], [1.0, 0.1], [0.0, 1.0]])  # row 2 is dropped: nearest is row 0
+    answers = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 0.9], [0.5, 0.5]])  # ... but it is answered like row 1
+    assert vocab.nearest_rows(weight, [0, 1, 3])[0][2] == 0
+    assert vocab.nearest_rows(weight, [0, 1, 3], answers, candidates=1)[0][2] == 0
+    for candidates in (2, 3):  # row 3 is a candidate too, but answered less alike
+        rows, similarity = vocab.nearest_rows(weight, [0, 1, 3], answers, candidates=candidates)
+        assert rows.tolist() == [0, 1, 1, 2]
+        assert similarity[2].item() == pytest.approx(0.93 / (0.9487 * 1.00499), abs=1e-3)  # to the row it reads
+
+
+def test_token_responses_are_the_models_answer_to_each_token_alone(tmp_path):
+    tok = tiny_tokenizer(tmp_path / "tok")
+    model = tiny_model("bert", layers=2, vocab_size=len(tok)).eval()
+    answers = vocab.token_responses(model, tok, len(tok), batch_size=7)  # batches of 7: several, the last partial
+    assert answers.shape == (len(tok), model.config.num_labels)
+    for token in ("movie", "dull", "[UNK]"):
+        enc = tok(token, return_tensors="pt")  # [CLS] token [SEP]
+        assert enc["input_ids"].shape[1] == 3
+        with torch.no_grad():
+            expected = model(**enc).logits.softmax(-1)[0]
+        torch.testing.assert_close(answers[tok.convert_tokens_to_ids(token)], expected)
 
 
 def test_vocab_pruning_works_for_bpe():
