@@ -306,7 +306,9 @@ def _vocab_lines(v: dict) -> list[str]:
     elif "test_texts_all_tokens_kept" in v:
         how = "The tokenizer is unchanged: each token the training texts never use reads the kept row nearest its own (cosine)."
     else:
-        how = "Made by an older blockswap: the tokenizer was pruned too, and unseen words were re-split into kept pieces."
+        how = (
+            "Made by an older blockswap: the tokenizer was pruned too, and unseen words were re-split into kept pieces."
+        )
     lines = [
         f"- {v['vocab_before']:,} → {v['vocab_after']:,} word-embedding rows kept (−{v['word_embedding_cut']:.1%}); "
         f"parameters {v['params_before'] / 1e6:.2f} M → {v['params_after'] / 1e6:.2f} M. {how}",

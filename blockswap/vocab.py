@@ -210,7 +210,7 @@ def prune_and_measure(model, tokenizer, dsd, *, max_length: int):
     if "mean_cosine" in results["after"]:
         stats["mean_cosine_to_unpruned"] = results["after"]["mean_cosine"]
     if "correct" in results["before"]:  # texts the pruned model gets right where the unpruned got them wrong, or back
-        pairs = zip(results["before"]["correct"], results["after"]["correct"])
+        pairs = zip(results["before"]["correct"], results["after"]["correct"], strict=True)
         stats["test_texts_correctness_changed"] = sum(a != b for a, b in pairs)
     interval = kept_interval(per_example(results["before"]), per_example(results["after"]))
     stats.update(kept=interval["kept"], kept_ci95=interval["ci95"], n_test=interval["n"])

@@ -242,7 +242,8 @@ def test_vocab_pruning_keeps_covered_logits_and_maps_dropped_tokens_to_the_neare
     tok = tiny_tokenizer(tmp_path / "tok")
     model = tiny_model("bert", layers=2, vocab_size=len(tok)).eval()
     emb = model.get_input_embeddings().weight
-    with torch.no_grad():  # 'dull' never occurs in the corpus; the kept row nearest to it, and answered alike, is 'movie'
+    # 'dull' never occurs in the corpus; the kept row nearest to it, and answered alike, is 'movie'
+    with torch.no_grad():
         emb[tok.convert_tokens_to_ids("dull")] = emb[tok.convert_tokens_to_ids("movie")] + 1e-4
     corpus = ["the movie was good", "a super plot", "great actors and a fun story"]
     pruned, stats = vocab.prune_vocabulary(model, tok, corpus)
