@@ -1,7 +1,7 @@
 """What vocabulary pruning costs: the test metric of trained models before and after, over runs and seeds.
 
     .venv/bin/python benchmarks/vocab.py DATASET=MODEL_DIR [DATASET=MODEL_DIR ...]
-        [--json benchmarks/results/vocab.json]
+        [--candidates K] [--json benchmarks/results/vocab.json]
 
 Each MODEL_DIR is a classifier folder (a run's ``model_recovered``, ``model_last_recovered``, ...) trained on
 DATASET (a packaged set or anything ``--dataset`` takes), or a sentence-transformers folder. Its vocabulary is
@@ -9,7 +9,9 @@ pruned to DATASET's training texts exactly as ``blockswap prune-vocab`` does, an
 and after (with the paired interval of ``kept`` = after / before); a sentence encoder by recall@10 of the
 unpruned model's neighbours (1 before), so its "points lost" are points of that recall. The summary pools the
 points lost over every model given, per kind of model (the folder's name) and per dataset, since one model's test
-split is too small to tell 0.3 points from noise.
+split is too small to tell 0.3 points from noise; and the test texts whose correctness changed (either way), a far
+less noisy count. ``--candidates 1`` maps each dropped token to the most similar kept row (cosine) alone, as
+blockswap did before the model's answer chose among the most similar.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure(folder: Path, dataset: str) -> dict:
+def measure(folder: Path, dataset: str, candidates: int) -> dict:
     from blockswap import embed, export
     from blockswap.config import DataConfig
     from blockswap.data import load_source
@@ -34,7 +36,9 @@ def measure(folder: Path, dataset: str) -> dict:
     cfg = DataConfig(dataset=dataset)
     t0 = time.perf_counter()
     model = export.load(folder) if embed.is_sentence_transformers_folder(folder) else export.load_classifier(folder)
-    _, stats = prune_and_measure(model, export.load_tokenizer(folder), load_source(cfg), max_length=cfg.max_length)
+    _, stats = prune_and_measure(
+        model, export.load_tokenizer(folder), load_source(cfg), max_length=cfg.max_length, candidates=candidates
+    )
     stats.update(folder=str(folder), dataset=dataset, seconds=time.perf_counter() - t0)
     stats["points_lost"] = 100 * (stats["test_score_before"] - stats["test_score_after"])
     return stats
@@ -65,18 +69,22 @@ def summarise(results: list[dict]) -> dict:
 
 
 def main() -> int:
+    from blockswap import vocab
     from blockswap.measure import machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="DATASET=MODEL_DIR")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "vocab.json"))
+    parser.add_argument(
+        "--candidates", type=int, default=None, help="kept rows a dropped token's row is chosen among (1: the nearest)"
+    )
     args = parser.parse_args()
     results = []
     for item in args.models:
         dataset, _, folder = item.partition("=")
         if not folder:
             parser.error(f"{item!r}: give DATASET=MODEL_DIR")
-        results.append(measure(Path(folder), dataset))
+        results.append(measure(Path(folder), dataset, args.candidates or vocab.CANDIDATES))
         r = results[-1]
         print(
             f"{dataset} {folder}: {r['vocab_before']} -> {r['vocab_after']} tokens, {r['metric']} "

@@ -127,17 +127,18 @@ def prune_vocabulary(model, tokenizer, texts: list[str]):
     return prune_to(model, used_ids(tokenizer, texts), tokenizer)
 
 
-def prune_to(model, keep: list[int], tokenizer=None):
+def prune_to(model, keep: list[int], tokenizer=None, *, candidates: int = CANDIDATES):
     """A copy of ``model`` whose word embeddings keep only the rows ``keep`` (sorted token ids); (model, stats).
-    With ``tokenizer``, each dropped token reads the kept row the model's answer chooses among its most similar
-    (``nearest_rows``); without, the most similar."""
+    With ``tokenizer``, each dropped token reads the kept row the model's answer chooses among its ``candidates``
+    most similar (``nearest_rows``); without it, or with one candidate, the most similar."""
     old = _transformer(model).get_input_embeddings()
     if isinstance(old, PrunedEmbedding):
         raise DeployError("this model's vocabulary is already pruned; prune the model it was made from")
     if keep[-1] >= old.num_embeddings:
         raise DeployError(f"the tokenizer gives ids up to {keep[-1]} but the model has {old.num_embeddings} rows")
-    responses = None if tokenizer is None else token_responses(model, tokenizer, old.num_embeddings)
-    rows, similarity = nearest_rows(old.weight.detach(), keep, responses)
+    by_answer = tokenizer is not None and candidates > 1
+    responses = token_responses(model, tokenizer, old.num_embeddings) if by_answer else None
+    rows, similarity = nearest_rows(old.weight.detach(), keep, responses, candidates=candidates)
     pruned = copy.deepcopy(model)
     new = install_pruned_embedding(pruned, kept=len(keep))
     with torch.no_grad():
@@ -149,8 +150,8 @@ def prune_to(model, keep: list[int], tokenizer=None):
     stats = {"vocab_before": old.num_embeddings, "vocab_after": len(keep), "word_embedding_params_before": before,
              "word_embedding_params_after": after, "word_embedding_cut": 1 - after / before,
              "dropped_mean_cosine_to_row_read": similarity[dropped].mean().item() if dropped.any() else 1.0,
-             "dropped_rows": f"the kept row the model answers most alike among the {CANDIDATES} most similar to its own "
-             "(cosine)" if tokenizer is not None else "the kept row most similar to its own (cosine)"}  # fmt: skip
+             "dropped_rows": f"the kept row the model answers most alike among the {candidates} most similar to its own "
+             "(cosine)" if by_answer else "the kept row most similar to its own (cosine)"}  # fmt: skip
     return pruned, stats
 
 
@@ -193,7 +194,7 @@ def _scores(model, pruned, tokenizer, test, *, max_length: int) -> dict[str, dic
     return {"before": embedding_metrics(before, before), "after": embedding_metrics(after, before)}
 
 
-def prune_and_measure(model, tokenizer, dsd, *, max_length: int):
+def prune_and_measure(model, tokenizer, dsd, *, max_length: int, candidates: int = CANDIDATES):
     """Prune to the training texts of ``dsd``; measure the test metric before and after. Returns (model, stats).
 
     ``kept`` is the pruned model's score over the unpruned one's, with its 95 % paired-bootstrap interval.
@@ -201,7 +202,7 @@ def prune_and_measure(model, tokenizer, dsd, *, max_length: int):
     from .evaluate import kept_interval, per_example
 
     keep = used_ids(tokenizer, _all_texts(dsd["train"]))  # tokenised once: pruning and coverage both need it
-    pruned, stats = prune_to(model, keep, tokenizer)
+    pruned, stats = prune_to(model, keep, tokenizer, candidates=candidates)
     stats["test_texts_all_tokens_kept"] = coverage(tokenizer, keep, _all_texts(dsd["test"]))
     results = _scores(model, pruned, tokenizer, dsd["test"], max_length=max_length)
     for name, m in (("before", model), ("after", pruned)):
