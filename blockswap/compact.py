@@ -200,7 +200,7 @@ class PrunedEmbedding(nn.Module):
     """Word embeddings of a pruned vocabulary behind the unchanged tokenizer: ``(batch, seq)`` ids -> ``(batch, seq, dim)``.
 
     ``weight`` holds only the kept tokens' rows; ``rows`` maps every original id to one of them: a kept token
-    to its own row (its vector is exactly the old one), a dropped token to the kept row nearest its old one.
+    to its own row (its vector is exactly the old one), a dropped token to one chosen when pruning (``blockswap.vocab.nearest_rows``).
     Called like ``nn.Embedding``; ``num_embeddings`` stays the tokenizer's vocabulary size.
     """
 
