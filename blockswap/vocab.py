@@ -18,6 +18,7 @@ import copy
 
 import torch
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .arch import forward_inputs
@@ -88,7 +89,7 @@ def token_responses(model, tokenizer, vocab_size: int, *, batch_size: int = 1024
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, vocab_size, batch_size):
+    for start in tqdm(range(0, vocab_size, batch_size), desc="the model's answer to each token", disable=None):
         ids = torch.arange(start, min(start + batch_size, vocab_size))[:, None]
         x = torch.cat([before.expand(len(ids), -1), ids, after.expand(len(ids), -1)], 1)
         batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "token_type_ids": torch.zeros_like(x)}
