@@ -53,14 +53,14 @@ def nearest_rows(
     keep_t = torch.tensor(keep)
     kept = F.normalize(weight[keep_t].float(), dim=1)
     k = 1 if responses is None else min(candidates, len(keep))
+    kept_answers = None if responses is None else responses[keep_t]
     rows, similarity = torch.empty(weight.shape[0], dtype=torch.long), torch.empty(weight.shape[0])
     for start in range(0, weight.shape[0], 2048):
         end = min(start + 2048, weight.shape[0])
         top = (F.normalize(weight[start:end].float(), dim=1) @ kept.T).topk(k, dim=1)
         pick = torch.zeros(end - start, 1, dtype=torch.long)
         if k > 1:  # (chunk, k) distances between each token's answer and its candidates' answers
-            answers = responses[keep_t][top.indices]
-            pick = (answers - responses[start:end, None]).norm(dim=-1).argmin(1, keepdim=True)
+            pick = (kept_answers[top.indices] - responses[start:end, None]).norm(dim=-1).argmin(1, keepdim=True)
         rows[start:end] = top.indices.gather(1, pick).squeeze(1)
         similarity[start:end] = top.values.gather(1, pick).squeeze(1)
     rows[keep_t] = torch.arange(len(keep))  # exactly itself, also where two rows are equal
