@@ -116,6 +116,13 @@ def _add_prune_vocab(sub) -> None:
     pv = sub.add_parser("prune-vocab", help="keep only the word embeddings of the tokens the task's training texts use")
     pv.add_argument("model", help="classifier or sentence-transformers folder")
     pv.add_argument("--out", required=True, help="folder for the smaller model, its tokenizer and vocab.json")
+    pv.add_argument(
+        "--candidates",
+        type=_positive_int,
+        default=10,
+        help="a dropped token reads, of its K most similar kept rows, the one whose token the model answers most alike "
+        "(one forward pass over the vocabulary); 1: the most similar, no pass (default 10)",
+    )
     add_config_flags(pv, {"data": ""})
     pv.set_defaults(handler=_cmd_prune_vocab)
 
@@ -235,7 +242,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_prune_vocab(args: argparse.Namespace) -> int:
     from . import commands
 
-    s = commands.prune_vocab_command(config_from_args(args), args.model, Path(args.out))
+    s = commands.prune_vocab_command(config_from_args(args), args.model, Path(args.out), candidates=args.candidates)
     print(
         f"vocabulary {s['vocab_before']} -> {s['vocab_after']} tokens (word embeddings -{s['word_embedding_cut']:.1%}, "
         f"parameters {s['params_before'] / 1e6:.2f} M -> {s['params_after'] / 1e6:.2f} M); test {s['metric']} "

@@ -19,7 +19,7 @@ from .evaluate import evaluate, logits_fn
 from .loaders import in_input_order, length_batches, prepare
 from .substitute import check_blocks, substitute
 from .train import default_base_model, make_accelerator, train_teacher
-from .vocab import prune_and_measure
+from .vocab import CANDIDATES, prune_and_measure
 
 
 def _model_for(model: str | None, builtin: str | None) -> PreTrainedModel:
@@ -274,7 +274,7 @@ def export_command(cfg: Config, folder: str, out: Path, *, int8: bool, int8_scal
     )
 
 
-def prune_vocab_command(cfg: Config, folder: str, out: Path) -> dict:
+def prune_vocab_command(cfg: Config, folder: str, out: Path, *, candidates: int = CANDIDATES) -> dict:
     """Keep the tokens of the configured dataset's training texts; save the smaller model with vocab.json.
 
     A classifier is scored on the test split's task metric; a sentence-transformers folder by how well the pruned
@@ -283,7 +283,9 @@ def prune_vocab_command(cfg: Config, folder: str, out: Path) -> dict:
     model = export.load(Path(folder).expanduser()) if is_embedding else export.load_classifier(folder)
     tokenizer = export.load_tokenizer(folder)
     data = dataclasses.replace(cfg.data, task="embedding") if is_embedding else cfg.data  # texts need no labels
-    pruned, stats = prune_and_measure(model, tokenizer, load_source(data), max_length=cfg.data.max_length)
+    pruned, stats = prune_and_measure(
+        model, tokenizer, load_source(data), max_length=cfg.data.max_length, candidates=candidates
+    )
     stats["dataset"] = cfg.data.dataset
     export.save(pruned, out, tokenizer=tokenizer)
     files.write_json(out / "vocab.json", stats)

@@ -358,6 +358,21 @@ def test_prune_vocab_command_writes_a_smaller_model(tmp_path, capsys, tiny_teach
     small = export.load(out)
     assert small.get_input_embeddings().weight.shape[0] == stats["vocab_after"] < small.config.vocab_size
     assert (out / "tokenizer.json").is_file() and "test_texts_all_tokens_kept" in stats
+    assert stats["dropped_rows"].startswith("the kept row the model answers most alike among the 10")
+    nearest = tmp_path / "nearest"
+    assert (
+        main(
+            ["prune-vocab", str(tiny_teacher_dir), "--out", str(nearest), "--dataset", str(corpus), "--candidates", "1"]
+        )
+        == 0
+    )
+    assert (
+        json.loads((nearest / "vocab.json").read_text())["dropped_rows"]
+        == "the kept row most similar to its own (cosine)"
+    )
+    capsys.readouterr()
+    assert main(["prune-vocab", str(tiny_teacher_dir), "--out", str(tmp_path / "x"), "--candidates", "0"]) == 2
+    assert "--candidates" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
