@@ -299,6 +299,20 @@ def test_token_responses_are_the_models_answer_to_each_token_alone(tmp_path):
         torch.testing.assert_close(answers[tok.convert_tokens_to_ids(token)], expected)
 
 
+def test_token_responses_of_a_token_classifier_and_a_regression_head(tmp_path):
+    from .conftest import tiny_config
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    tagger = arch.model_from_config(tiny_config("bert", vocab_size=len(tok), num_labels=3), head="token").eval()
+    regressor = tiny_model("bert", layers=2, vocab_size=len(tok), num_labels=1).eval()
+    enc = tok("movie", return_tensors="pt")  # [CLS] movie [SEP]
+    movie = tok.convert_tokens_to_ids("movie")
+    with torch.no_grad():
+        tags, score = tagger(**enc).logits[0, 1].softmax(-1), regressor(**enc).logits[0]
+    torch.testing.assert_close(vocab.token_responses(tagger, tok, len(tok))[movie], tags)  # its answer at the token
+    torch.testing.assert_close(vocab.token_responses(regressor, tok, len(tok))[movie], score)  # the value, no softmax
+
+
 def test_vocab_pruning_works_for_bpe():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
