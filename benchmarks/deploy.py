@@ -87,7 +87,7 @@ def main() -> int:
     result: dict = {"run_dir": str(run), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
                     "timing": f"measure.round_robin: shuffled rounds, each runner {args.warmup} untimed + up to {measure.ROUND_ROBIN_BURST} timed calls",
                     "host": measure.machine(), "models": {}, "cases": {}}  # fmt: skip
-    texts = sorted(dsd["test"]["text"], key=len)[len(dsd["test"]) // 2 :][::-1]  # a batch of typical-to-long sentences
+    texts = deploy.latency_texts(list(dsd["test"]["text"]))  # a batch of typical-to-long sentences, as a run's report
     for name, folder in folders.items():
         variants = {"": True, **({"_unfused": False} if args.unfused else {})}
         metas = {v: _export(name, folder, run / f"bench_onnx{v}" / name, dsd=dsd, data_cfg=data_cfg,

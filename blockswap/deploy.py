@@ -223,6 +223,12 @@ class OnnxClassifier:
         return torch.from_numpy(self.session.run([self.output], feed)[0]).float()
 
 
+def latency_texts(texts: list[str], n: int = 32) -> list[str]:
+    """The ``b32_real`` latency batch (the run's report and ``benchmarks/deploy.py``): the ``n`` longest of the
+    longer half of ``texts``, longest first — typical-to-long sentences."""
+    return sorted(texts, key=len)[len(texts) // 2 :][::-1][:n]
+
+
 def ort_latency(exports: dict[str, tuple[Path, dict]], *, threads: int, repeats: int, warmup: int = 2) -> dict:
     """``{name: {case: {ort_fp32|ort_int8: median and spread (ms), batch shape}}}`` for exports given as
     ``name -> (folder, {case: tokenised batch})``: the sessions ``OnnxClassifier`` opens (``threads`` intra-op

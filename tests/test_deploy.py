@@ -474,3 +474,9 @@ def test_round_robin_times_every_runner_in_interleaved_rounds():
     assert calls.count("a") == 10 + rounds  # each round: one untimed warm-up call, then the burst
     switches = sum(x != y for x, y in zip(calls[:-1], calls[1:], strict=True))
     assert switches >= 2 * rounds  # runners alternate round by round (one after the other: 2 switches)
+
+
+def test_latency_texts_are_the_longer_half_longest_first():
+    texts = ["a", "bbb", "cc", "dddd", "eeeee", "f"]
+    assert deploy.latency_texts(texts) == ["eeeee", "dddd", "bbb"]
+    assert deploy.latency_texts(texts, n=2) == ["eeeee", "dddd"]

@@ -244,8 +244,13 @@ def _latency_batches(state: RunState, model, tokenizer, dsd) -> dict[str, dict]:
     """Batch 1 and 32 at the run's measurement length (the eager latency's inputs) and the 32 longer-half test
     sentences padded to their longest (``b32_real``)."""
     seq = state.cfg.run.eval_seq_len
-    texts = sorted(dsd["test"]["text"], key=len)[len(dsd["test"]) // 2 :][::-1][:32]
-    real = tokenizer(texts, truncation=True, max_length=state.cfg.data.max_length, padding=True, return_tensors="pt")
+    real = tokenizer(
+        deploy.latency_texts(list(dsd["test"]["text"])),
+        truncation=True,
+        max_length=state.cfg.data.max_length,
+        padding=True,
+        return_tensors="pt",
+    )
     return {
         "b1": measure.dummy_batch(model, 1, seq),
         "b32": measure.dummy_batch(model, 32, seq),
