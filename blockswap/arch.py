@@ -376,10 +376,15 @@ class IdentityBlock(nn.Module):
 
 
 def put_block(model: PreTrainedModel, index: int, block: nn.Module) -> None:
-    """Install ``block`` as block ``index``, carrying over the attributes the encoder loop reads."""
+    """Install ``block`` as block ``index``, carrying over the attributes the encoder loop reads, on the device
+    and in the floating dtype of the block it replaces (a substitute built or loaded on the CPU joins a model on
+    the GPU)."""
     layers = blocks(model)
     for name in spec_for(model).block_attrs:
         setattr(block, name, getattr(layers[index], name))
+    old = next((p for p in layers[index].parameters() if p.is_floating_point()), None)
+    if old is not None:
+        block.to(device=old.device, dtype=old.dtype)
     layers[index] = block
 
 

@@ -12,6 +12,7 @@ so the session alone gives what ``SentenceTransformer.encode`` gives. ``OnnxClas
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -292,6 +293,14 @@ def parity_batches(tokenizer, texts: list[str], *, max_length: int = 128) -> lis
     return [enc(g) for g in groups if g]
 
 
+def on_cpu(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` itself when it lies on the CPU, else a CPU copy: the export traces it on the CPU and ONNX Runtime's
+    parity check compares with it there."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def _checked_graph(model, tokenizer, folder: Path, opset: int, batches, *, fuse_attention: bool):
     """Export into ``folder`` (which holds the tokenizer and config), apply ONNX Runtime's fusions, check parity;
     the fusions are dropped again where they break it. Returns (attentions fused, fusions, parity)."""
@@ -324,6 +333,7 @@ def export_onnx(
     Raises DeployError *after* writing the folder (marked failed) when parity fails.
     """
     require_onnx()
+    model = on_cpu(model)
     scales = int8_scales_for(model, int8_scales)
     if arch.is_token_model(model):
         raise DeployError("ONNX export covers sequence classifiers; a token classifier stays a PyTorch folder for now")
@@ -414,7 +424,7 @@ def export_checked(
 
     from .loaders import loader, tokenize
 
-    texts = list(dsd["test"]["text"])
+    texts, model = list(dsd["test"]["text"]), on_cpu(model)
     meta = export_onnx(
         model, tokenizer, out, check_texts=texts, int8=int8, int8_scales=int8_scales, fuse_attention=fuse_attention
     )

@@ -205,7 +205,12 @@ class StsSet:
 
         was_training = model.training
         model.eval()
-        emb = in_input_order(lambda b: model(**forward_inputs(model, b)).logits.double(), self.batches)
+        device = next(model.parameters()).device
+
+        def forward(b: dict) -> torch.Tensor:
+            return model(**{k: v.to(device) for k, v in forward_inputs(model, b).items()}).logits.double().cpu()
+
+        emb = in_input_order(forward, self.batches)
         model.train(was_training)
         cos = F.cosine_similarity(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]], dim=-1)
         return regression_metrics(cos, self.scores)["spearman"]

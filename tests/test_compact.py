@@ -135,3 +135,19 @@ def test_post_norm_starts_as_the_blocks_own_layernorm(family):
     with torch.no_grad():
         out = sub(x)
         torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, norm(x))
+
+
+def test_a_substitute_joins_the_device_and_dtype_of_the_block_it_replaces():
+    # the curve swaps substitutes loaded on the CPU into a student on the GPU (it crashed there); "meta" stands in
+    # for a second device here, float64 for a second dtype
+    from blockswap.substitute import swap_in
+
+    spec = dataclasses.replace(TINY_COMPACT)
+    model = tiny_model("bert").to(torch.float64)
+    swap_in(model, 1, CompactBlock(arch.hidden_size(model.config), spec))
+    assert {p.dtype for p in arch.blocks(model)[1].parameters()} == {torch.float64}
+    ids = torch.randint(5, 90, (2, 6))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))  # one dtype throughout: runs
+    on_meta = tiny_model("bert").to("meta")
+    swap_in(on_meta, 0, CompactBlock(arch.hidden_size(on_meta.config), spec))
+    assert {p.device.type for p in arch.blocks(on_meta)[0].parameters()} == {"meta"}

@@ -157,8 +157,8 @@ def student_dir(state: RunState):
 
 def evaluation(state: RunState) -> None:
     """evaluation.json: teacher and chosen student on the test split (fp32), with their costs."""
-    student = export.load(student_dir(state))
-    teacher_cost, student_cost = state.cost(state.teacher, (1, 32)), state.cost(student, (1, 32))
+    student, teacher = state.place(export.load(student_dir(state))), state.place(state.teacher)  # measured alike
+    teacher_cost, student_cost = state.cost(teacher, (1, 32)), state.cost(student, (1, 32))
     teacher_test = state.teacher_test()  # the same fp32 evaluation, already done
     result = {
         "teacher": {"test": teacher_test, **teacher_cost.as_dict()},
@@ -188,11 +188,12 @@ PROBE_TRAIN_TEXTS = 2000
 @torch.no_grad()
 def _probe(state: RunState, model) -> float:
     """Test accuracy of a logistic-regression probe on ``model``'s embeddings of (up to 2,000) training texts."""
-    parts = {}
+    parts, device = {}, next(model.parameters()).device
     for split in ("train", "test"):
         x, y = [], []
         for batch in state.data.loader(split, shuffle=split == "train", seed=state.cfg.run.seed):  # a random subset
-            x.append(model(**arch.forward_inputs(model, batch)).logits.float())
+            inputs = {k: v.to(device) for k, v in arch.forward_inputs(model, batch).items()}
+            x.append(model(**inputs).logits.float().cpu())
             y.append(batch["class_label"])
             if split == "train" and sum(len(t) for t in y) >= PROBE_TRAIN_TEXTS:
                 break

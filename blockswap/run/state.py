@@ -88,6 +88,10 @@ class RunState:
         per_example = any(k in test for k in ("correct", "preds", "entity_counts", "recall_per_text"))
         return test if per_example and "score" in test else evaluate(self.teacher, self.data.loader("test"))
 
+    def place(self, model: PreTrainedModel) -> PreTrainedModel:
+        """``model`` moved (in place) to the run's device, where the teacher trains and is measured."""
+        return model.to(self.accelerator.device)
+
     def cost(self, model: PreTrainedModel, latency_batches: tuple[int, ...] = (1,)) -> measure.Cost:
         """Parameters, GMACs and latency at the run's measurement sequence length."""
         return measure.cost(
