@@ -175,8 +175,23 @@ def quantize_int8(src: Path, dst: Path, *, scales: str) -> None:
 
     if scales not in ("per-tensor", "per-channel"):
         raise ValueError(f"scales must be per-tensor or per-channel, got {scales!r}")
-    with _quiet():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=scales == "per-channel")
+    import onnx
+
+    # The exporter's intermediate shape annotations are optional; ONNX Runtime before 1.32 re-infers shapes before
+    # quantising and refuses the graph where an annotation (traced at the sample's batch of 2) disagrees with what it
+    # infers for the fused Attention operator. The quantiser reads the graph without them.
+    graph = onnx.load(str(src))
+    del graph.graph.value_info[:]
+    plain = dst.with_name(dst.name + ".plain")
+    onnx.save(graph, str(plain))
+    try:
+        with _quiet():
+            quantize_dynamic(
+                str(plain), str(dst), weight_type=QuantType.QInt8, per_channel=scales == "per-channel",
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # the fused Attention's outputs
+            )  # fmt: skip
+    finally:
+        plain.unlink(missing_ok=True)
 
 
 @dataclass
