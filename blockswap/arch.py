@@ -120,6 +120,18 @@ def spec_for(model: PreTrainedModel | PretrainedConfig) -> ArchSpec:
     return _DISCOVERED[key]
 
 
+def is_decoder_block(params: list[str], config) -> bool:
+    """Whether a block called with ``params`` is a decoder's: it takes a key/value cache, unless it is a BERT-style
+    layer that can also cross-attend (``encoder_hidden_states``, no ``use_cache``) in a model that is no decoder.
+    transformers 5.17 gives ERNIE's and Megatron-BERT's encoder layers a ``past_key_values`` argument, later
+    versions a ``cache``; GPT-2's and Llama's blocks take ``use_cache``."""
+    if "use_cache" in params or "layer_past" in params:
+        return True
+    if not any(p in params for p in ("past_key_values", "past_key_value", "cache")):
+        return False
+    return "encoder_hidden_states" not in params or bool(getattr(config, "is_decoder", False))
+
+
 def discover(model: PreTrainedModel) -> ArchSpec:
     """Find an unlisted encoder's blocks: the one ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
 
@@ -147,7 +159,7 @@ def discover(model: PreTrainedModel) -> ArchSpec:
             f"model type {model_type!r}: found {what} list of {n} encoder blocks of one class; {how}"
         )
     params = list(inspect.signature(model.get_submodule(found[0])[0].forward).parameters)
-    if any(p in params for p in ("past_key_values", "past_key_value", "layer_past", "use_cache")):
+    if is_decoder_block(params, model.config):
         raise UnsupportedModelError(
             f"model type {model_type!r}: its blocks take a key/value cache (a decoder); blockswap substitutes encoder blocks"
         )

@@ -71,3 +71,18 @@ def test_builtin_configs_of_newer_families_build(name):
     cfg = arch.builtin_config(name)
     assert cfg.model_type in arch.ARCHITECTURES
     assert cfg.hidden_size == 768
+
+
+def test_a_cache_argument_marks_a_decoder_block_unless_it_is_a_bert_style_layer():
+    from types import SimpleNamespace
+
+    encoder, decoder = SimpleNamespace(is_decoder=False), SimpleNamespace(is_decoder=True)
+    bert_like = ["hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask"]
+    assert not arch.is_decoder_block(bert_like + ["past_key_values", "kwargs"], encoder)  # ERNIE, transformers 5.17
+    assert not arch.is_decoder_block(bert_like + ["cache", "kwargs"], encoder)  # the same layer, later versions
+    assert arch.is_decoder_block(bert_like + ["cache", "kwargs"], decoder)
+    assert arch.is_decoder_block(["hidden_states", "attention_mask", "position_ids", "cache", "kwargs"], encoder)
+    assert arch.is_decoder_block(["hidden_states", "attention_mask", "position_ids", "use_cache"], encoder)  # Llama
+    gpt2 = ["hidden_states", "past_key_values", "attention_mask", "encoder_hidden_states", "use_cache"]
+    assert arch.is_decoder_block(gpt2, encoder)
+    assert not arch.is_decoder_block(["hidden_states", "attention_mask", "output_attentions"], encoder)
