@@ -394,7 +394,8 @@ def put_block(model: PreTrainedModel, index: int, block: nn.Module) -> None:
     layers = blocks(model)
     for name in spec_for(model).block_attrs:
         setattr(block, name, getattr(layers[index], name))
-    old = next((p for p in layers[index].parameters() if p.is_floating_point()), None)
+    floating = (p for m in (layers[index], model) for p in m.parameters() if p.is_floating_point())
+    old = next(floating, None)  # the replaced block's (an identity has none: then the model's)
     if old is not None:
         block.to(device=old.device, dtype=old.dtype)
     layers[index] = block

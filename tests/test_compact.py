@@ -146,6 +146,9 @@ def test_a_substitute_joins_the_device_and_dtype_of_the_block_it_replaces():
     model = tiny_model("bert").to(torch.float64)
     swap_in(model, 1, CompactBlock(arch.hidden_size(model.config), spec))
     assert {p.dtype for p in arch.blocks(model)[1].parameters()} == {torch.float64}
+    arch.put_block(model, 2, arch.identity_block(model))
+    swap_in(model, 2, CompactBlock(arch.hidden_size(model.config), spec))  # replacing a block with no parameters
+    assert {p.dtype for p in arch.blocks(model)[2].parameters()} == {torch.float64}
     ids = torch.randint(5, 90, (2, 6))
     model(input_ids=ids, attention_mask=torch.ones_like(ids))  # one dtype throughout: runs
     on_meta = tiny_model("bert").to("meta")
