@@ -14,6 +14,7 @@ on the data's own labels where it has them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -117,6 +118,19 @@ def _without_pruned_embedding(weights: Path) -> None:
         save_file({k: v for k, v in state.items() if k.rpartition(".")[0] not in pruned}, weights)
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' warnings (its load report) off inside the context, its own level back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load(directory: Path, base_config: dict, put_substitutes) -> SentenceEncoder:
     """A saved student: its folder with the *original* transformer config loaded by sentence-transformers,
     then the recorded substitutes put in and every weight loaded from the folder (strictly)."""
@@ -129,7 +143,8 @@ def load(directory: Path, base_config: dict, put_substitutes) -> SentenceEncoder
         shutil.copytree(directory, plain, ignore=shutil.ignore_patterns("modeling_blockswap.py"))
         (plain / "config.json").write_text(json.dumps(base_config))
         _without_pruned_embedding(plain / "model.safetensors")
-        model = load_teacher(plain)
+        with _quiet_transformers():  # its report of those keys is expected here, and alarming to a library user
+            model = load_teacher(plain)
     put_substitutes(model)
     state = load_file(directory / "model.safetensors")
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)

@@ -323,3 +323,19 @@ def test_an_embedding_run_on_texts_without_labels(tmp_path, capsys):
     assert "probe" not in ev and 0 < ev["student"]["test"]["mean_cosine"] <= 1
     assert json.loads((out / "vocab.json").read_text())["metric"] == "recall@10"
     assert (out / "model_vocab" / "modules.json").is_file() and (out / "report.md").is_file()
+
+
+def test_loading_a_saved_embedding_student_prints_no_load_report(tmp_path):
+    # the original architecture reads the student's weights first (substituted blocks' keys left over): transformers'
+    # report of them ("MISSING ... newly initialized") is expected there and would only alarm a library user
+    from blockswap import export
+    from blockswap.compact import CompactSpec
+    from blockswap.substitute import substitute
+
+    teacher = embed.load_teacher(tiny_sentence_transformer(tmp_path))
+    export.save(substitute(teacher, [1], CompactSpec(hidden=8, heads=2, ffn=16)), tmp_path / "student")
+    code = f"from blockswap import arch, export; print(type(arch.blocks(export.load({str(tmp_path / 'student')!r}))[1]).__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "CompactBlock"
+    assert "LOAD REPORT" not in proc.stderr and "MISSING" not in proc.stderr, proc.stderr
