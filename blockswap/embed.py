@@ -90,7 +90,7 @@ def load_teacher(path: str | Path) -> SentenceEncoder:
         model = st.SentenceTransformer(str(path), device="cpu")
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load sentence-transformers model {path}: {str(e).splitlines()[0]}") from None
-    return SentenceEncoder(model).eval().requires_grad_(False)
+    return SentenceEncoder(model.float()).eval().requires_grad_(False)  # fp32 whatever dtype it was saved in
 
 
 def default_teacher() -> str:

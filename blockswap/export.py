@@ -200,7 +200,7 @@ def load(directory: str | os.PathLike) -> PreTrainedModel:
         return _load_sentence_encoder(directory, cfg, meta)
     head = arch.head_kind(cfg.get("architectures"))
     if not _customised(meta):
-        return arch.HEADS[head].from_pretrained(directory)
+        return arch.HEADS[head].from_pretrained(directory).float()  # fp32 whatever dtype it was saved in
     model = arch.model_from_config(_base_config(cfg), head=head)
     for i in meta["substituted"]:
         arch.put_block(model, i, compact_from_meta(meta))
@@ -259,7 +259,7 @@ def load_model(name_or_dir: str, *, head: str | None = None, **kwargs) -> PreTra
             raise ModelLoadError(f"{path} is not a model folder: {str(e).splitlines()[0]}") from None
         arch.check_config(config)
         head = head or arch.head_kind(getattr(config, "architectures", None))
-        model = arch.HEADS[head].from_pretrained(path, **kwargs)
+        model = arch.HEADS[head].from_pretrained(path, **kwargs).float()  # a checkpoint saved in fp16/bf16 too
         arch.spec_for(model)
         return model
     if _looks_like_path(name_or_dir):
@@ -273,7 +273,7 @@ def load_model(name_or_dir: str, *, head: str | None = None, **kwargs) -> PreTra
         ) from None
     arch.check_config(config)
     head = head or arch.head_kind(getattr(config, "architectures", None))
-    model = arch.HEADS[head].from_pretrained(name_or_dir, **kwargs)
+    model = arch.HEADS[head].from_pretrained(name_or_dir, **kwargs).float()  # many hub checkpoints are fp16/bf16
     arch.spec_for(model)
     return model
 

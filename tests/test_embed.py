@@ -339,3 +339,12 @@ def test_loading_a_saved_embedding_student_prints_no_load_report(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "CompactBlock"
     assert "LOAD REPORT" not in proc.stderr and "MISSING" not in proc.stderr, proc.stderr
+
+
+def test_a_sentence_transformer_saved_in_half_precision_is_loaded_in_fp32(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    folder = tiny_sentence_transformer(tmp_path)
+    SentenceTransformer(str(folder), device="cpu").half().save(str(tmp_path / "half"))
+    teacher = embed.load_teacher(tmp_path / "half")
+    assert {p.dtype for p in teacher.parameters()} == {torch.float32}

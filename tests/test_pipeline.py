@@ -204,3 +204,18 @@ def test_two_process_accelerate_launch_smoke(tmp_path, tiny_csv, tiny_teacher_di
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "summary.json").exists() and (out / "model" / "model.safetensors").exists()
+
+
+def test_a_teacher_saved_in_half_precision_is_run_in_fp32(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    # many hub checkpoints are saved in fp16/bf16 and transformers loads them so: blockswap's run crashed in its
+    # importance stage ("mixed dtype (CPU)") on such a teacher
+    half = tmp_path / "half"
+    export.load_classifier(tiny_teacher_dir).half().save_pretrained(half)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (tiny_teacher_dir / name).is_file():
+            (half / name).write_bytes((tiny_teacher_dir / name).read_bytes())
+    assert json.loads((half / "config.json").read_text()).get("dtype") == "float16"
+    assert {p.dtype for p in export.load_classifier(half).parameters()} == {torch.float32}
+    code = main(["run", "--teacher", str(half), "--dataset", str(tiny_csv), "--out", str(tmp_path / "run"), *FAST])
+    assert code == 0, capsys.readouterr().err
+    assert {p.dtype for p in export.load(tmp_path / "run" / "model").parameters()} == {torch.float32}
