@@ -79,6 +79,8 @@ def main() -> int:
         "--candidates", type=int, default=None, help="kept rows a dropped token's row is chosen among (1: the nearest)"
     )
     args = parser.parse_args()
+    if args.candidates is not None and args.candidates < 1:
+        parser.error("--candidates must be at least 1")
     results = []
     for item in args.models:
         dataset, _, folder = item.partition("=")

@@ -182,16 +182,11 @@ def quantize_int8(src: Path, dst: Path, *, scales: str) -> None:
     # infers for the fused Attention operator. The quantiser reads the graph without them.
     graph = onnx.load(str(src))
     del graph.graph.value_info[:]
-    plain = dst.with_name(dst.name + ".plain")
-    onnx.save(graph, str(plain))
-    try:
-        with _quiet():
-            quantize_dynamic(
-                str(plain), str(dst), weight_type=QuantType.QInt8, per_channel=scales == "per-channel",
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # the fused Attention's outputs
-            )  # fmt: skip
-    finally:
-        plain.unlink(missing_ok=True)
+    with _quiet():
+        quantize_dynamic(
+            graph, str(dst), weight_type=QuantType.QInt8, per_channel=scales == "per-channel",
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # the fused Attention's outputs
+        )  # fmt: skip
 
 
 @dataclass

@@ -214,18 +214,13 @@ class StsSet:
     @torch.no_grad()
     def spearman(self, model) -> float:
         """Spearman correlation of ``model``'s cosine similarity of each pair with the gold scores."""
-        from .arch import forward_inputs
-        from .evaluate import regression_metrics
+        from .evaluate import logits_fn, regression_metrics
         from .loaders import in_input_order
 
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-
-        def forward(b: dict) -> torch.Tensor:
-            return model(**{k: v.to(device) for k, v in forward_inputs(model, b).items()}).logits.double().cpu()
-
-        emb = in_input_order(forward, self.batches)
+        forward = logits_fn(model)  # on the model's device, back on the CPU
+        emb = in_input_order(lambda b: forward(b).double(), self.batches)
         model.train(was_training)
         cos = F.cosine_similarity(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]], dim=-1)
         return regression_metrics(cos, self.scores)["spearman"]

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from .. import arch, deploy, distill, embed, export, importance, measure
 from ..data import load_source
 from ..errors import RunError
-from ..evaluate import evaluate, kept_interval, per_example
+from ..evaluate import evaluate, kept_interval, logits_fn, per_example
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
 from ..vocab import prune_and_measure
@@ -188,12 +188,11 @@ PROBE_TRAIN_TEXTS = 2000
 @torch.no_grad()
 def _probe(state: RunState, model) -> float:
     """Test accuracy of a logistic-regression probe on ``model``'s embeddings of (up to 2,000) training texts."""
-    parts, device = {}, next(model.parameters()).device
+    parts, forward = {}, logits_fn(model)  # on the model's device, back on the CPU
     for split in ("train", "test"):
         x, y = [], []
         for batch in state.data.loader(split, shuffle=split == "train", seed=state.cfg.run.seed):  # a random subset
-            inputs = {k: v.to(device) for k, v in arch.forward_inputs(model, batch).items()}
-            x.append(model(**inputs).logits.float().cpu())
+            x.append(forward(batch))
             y.append(batch["class_label"])
             if split == "train" and sum(len(t) for t in y) >= PROBE_TRAIN_TEXTS:
                 break
