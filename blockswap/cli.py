@@ -80,6 +80,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--json", help="write the metrics here [default: MODEL/eval_<dataset>_<split>.json when a folder]")
     e.add_argument("--batch-size", type=_positive_int, default=64)
     e.add_argument("--int8", action="store_true", help="evaluate an ONNX folder's int8 model")
+    e.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present (default: the GPU)")
     add_config_flags(e, {"data": ""})
     e.set_defaults(handler=_cmd_evaluate)
 
@@ -123,6 +124,7 @@ def _add_prune_vocab(sub) -> None:
         help="a dropped token reads, of its K most similar kept rows, the one whose token the model answers most alike "
         "(one forward pass over the vocabulary); 1: the most similar, no pass (default 10)",
     )
+    pv.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present (default: the GPU)")
     add_config_flags(pv, {"data": ""})
     pv.set_defaults(handler=_cmd_prune_vocab)
 
@@ -145,6 +147,7 @@ def _add_predict(sub) -> None:
     pr.add_argument("--batch-size", type=_positive_int, default=64)
     pr.add_argument("--max-length", type=_positive_int, default=512, help="truncation length in tokens [default: 512]")
     pr.add_argument("--int8", action="store_true", help="use the ONNX folder's int8 model")
+    pr.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present (default: the GPU)")
     pr.set_defaults(handler=_cmd_predict)
 
 
@@ -208,7 +211,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import commands
 
     result, path = commands.evaluate_command(
-        config_from_args(args), args.model, args.split, args.json, args.batch_size, int8=args.int8
+        config_from_args(args), args.model, args.split, args.json, args.batch_size, int8=args.int8, cpu=args.cpu
     )
     print(tables.metrics_table(result))
     if path:
@@ -242,7 +245,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_prune_vocab(args: argparse.Namespace) -> int:
     from . import commands
 
-    s = commands.prune_vocab_command(config_from_args(args), args.model, Path(args.out), candidates=args.candidates)
+    s = commands.prune_vocab_command(
+        config_from_args(args), args.model, Path(args.out), candidates=args.candidates, cpu=args.cpu
+    )
     print(
         f"vocabulary {s['vocab_before']} -> {s['vocab_after']} tokens (word embeddings -{s['word_embedding_cut']:.1%}, "
         f"parameters {s['params_before'] / 1e6:.2f} M -> {s['params_after'] / 1e6:.2f} M); test {s['metric']} "
@@ -268,6 +273,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             int8=args.int8,
             progress=bar.update,
+            cpu=args.cpu,
         )
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if args.out == "-":

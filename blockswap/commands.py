@@ -111,10 +111,17 @@ def finetune_command(cfg: Config, out: Path, *, log: Callable[[str], None]) -> d
 
 
 def evaluate_command(
-    cfg: Config, model_name: str, split: str, json_path: str | None, batch_size: int, *, int8: bool = False
+    cfg: Config,
+    model_name: str,
+    split: str,
+    json_path: str | None,
+    batch_size: int,
+    *,
+    int8: bool = False,
+    cpu: bool = False,
 ):
     """Metrics of a classifier (PyTorch or ONNX folder) on a split of ``cfg.data``; returns (metrics, path or None)."""
-    model, tokenizer = open_model(model_name, int8=int8)
+    model, tokenizer = open_model(model_name, int8=int8, cpu=cpu)
     if is_embedding_model(model):
         raise ConfigError(
             f"{model_name} is a sentence-embedding model: `evaluate` scores classifiers; an embedding student is "
@@ -135,15 +142,21 @@ def evaluate_command(
     return result, path
 
 
-def open_model(folder: str, *, int8: bool = False, threads: int | None = None):
-    """A PyTorch classifier (or sentence-transformers model) or, for an ONNX folder, an ``OnnxClassifier``; plus
-    its tokenizer."""
+def compute_device(cpu: bool = False) -> torch.device:
+    """Where a command runs a PyTorch model: the GPU when there is one (CUDA), unless ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+
+
+def open_model(folder: str, *, int8: bool = False, threads: int | None = None, cpu: bool = False):
+    """A PyTorch classifier (or sentence-transformers model; on ``compute_device(cpu)``) or, for an ONNX folder,
+    an ``OnnxClassifier`` (ONNX Runtime on the CPU); plus its tokenizer."""
     if deploy.is_onnx_folder(folder):
         model = deploy.OnnxClassifier.load(folder, int8=int8, threads=threads)
     else:
         if int8:
             raise ConfigError(f"--int8 needs an ONNX folder; {folder} has no {deploy.ONNX_FILE}")
         model = export.load(folder) if embed.is_sentence_transformers_folder(folder) else export.load_classifier(folder)
+        model.to(compute_device(cpu))
     return model, export.load_tokenizer(folder)
 
 
@@ -160,10 +173,11 @@ def predict_command(
     max_length: int,
     int8: bool,
     progress=None,
+    cpu: bool = False,
 ):
     """One dict per text (or ``(text, text_pair)`` pair), in input order: label, its probability, every label's
     (a regressor's value; a tagger's tags; a sentence-embedding model's embedding)."""
-    model, tokenizer = open_model(folder, int8=int8)
+    model, tokenizer = open_model(folder, int8=int8, cpu=cpu)
     forward = logits_fn(model)
     pairs = bool(texts) and isinstance(texts[0], tuple)
     if is_embedding_model(model):
@@ -274,19 +288,23 @@ def export_command(cfg: Config, folder: str, out: Path, *, int8: bool, int8_scal
     )
 
 
-def prune_vocab_command(cfg: Config, folder: str, out: Path, *, candidates: int = CANDIDATES) -> dict:
+def prune_vocab_command(
+    cfg: Config, folder: str, out: Path, *, candidates: int = CANDIDATES, cpu: bool = False
+) -> dict:
     """Keep the tokens of the configured dataset's training texts; save the smaller model with vocab.json.
 
     A classifier is scored on the test split's task metric; a sentence-transformers folder by how well the pruned
-    model's test embeddings agree with the unpruned one's (recall@10 of its neighbours, mean cosine)."""
+    model's test embeddings agree with the unpruned one's (recall@10 of its neighbours, mean cosine). The pass over
+    the vocabulary and the scoring run on ``compute_device(cpu)``; the folder is saved from the CPU."""
     is_embedding = embed.is_sentence_transformers_folder(Path(folder).expanduser())
     model = export.load(Path(folder).expanduser()) if is_embedding else export.load_classifier(folder)
+    model.to(compute_device(cpu))
     tokenizer = export.load_tokenizer(folder)
     data = dataclasses.replace(cfg.data, task="embedding") if is_embedding else cfg.data  # texts need no labels
     pruned, stats = prune_and_measure(
         model, tokenizer, load_source(data), max_length=cfg.data.max_length, candidates=candidates
     )
     stats["dataset"] = cfg.data.dataset
-    export.save(pruned, out, tokenizer=tokenizer)
+    export.save(pruned.cpu(), out, tokenizer=tokenizer)
     files.write_json(out / "vocab.json", stats)
     return stats

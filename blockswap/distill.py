@@ -37,9 +37,11 @@ def init_linear(
     Statistics stream over ``batches``.
     """
     teacher.eval()
+    device = next(teacher.parameters()).device
     stats: dict[int, dict[str, torch.Tensor]] = {}
     with capture_blocks(teacher, pre_norm=True) as rec:
         for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
             teacher(**forward_inputs(teacher, b))
             m = b["attention_mask"].bool()
             for i in substitutes:

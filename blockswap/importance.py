@@ -105,7 +105,7 @@ def softmax_weight(model: PreTrainedModel, batches: Batches, *, steps: int = 60,
     """A learned softmax weighting of all block outputs feeding the frozen head; score = weight."""
     cache = _cached_outputs(model, batches)
     n = len(cache[0][0])
-    w = nn.Parameter(torch.zeros(n))
+    w = nn.Parameter(torch.zeros(n, device=cache[0][0][0].device))
     opt = torch.optim.Adam([w], lr=0.05)
     for step in range(steps):
         outs, batch = cache[step % len(cache)]
@@ -127,7 +127,7 @@ def scale(
     model.eval()
     layers = arch.blocks(model)
     n = len(layers)
-    s = nn.Parameter(torch.ones(n))
+    s = nn.Parameter(torch.ones(n, device=next(model.parameters()).device))
     opt = torch.optim.Adam([s], lr=0.02)
     requires = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -207,6 +207,8 @@ def rank(
     """
     n = arch.num_blocks(model)
     candidates = list(range(n)) if candidates is None else list(candidates)
+    device = next(model.parameters()).device  # the signals run where the model is (a GPU run's teacher: there)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     raw, norm = {}, {}
     for name in weights:
         torch.manual_seed(seed)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from .config import DataConfig
 from .data import load_source
+from .evaluate import logits_fn
 from .tagging import IGNORE, tokenize_words
 
 EVAL_BATCH_SIZE = 64
@@ -176,10 +177,9 @@ def prepare_embedding(cfg: DataConfig, teacher, *, log: Callable[[str], None] = 
         by_length = DataLoader(
             ds.select(order.tolist()).with_format(None), batch_size=EVAL_BATCH_SIZE, collate_fn=collate(tokenizer)
         )
-        parts = []
-        for batch in by_length:
-            emb = teacher(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-            parts.append(emb.logits.float())
+        forward = logits_fn(teacher)  # where the teacher is (a GPU run's: there), back on the CPU
+        with torch.no_grad():
+            parts = [forward(batch) for batch in by_length]
         embeddings = torch.empty(len(ds), parts[0].shape[-1]) if parts else torch.empty(0, 0)
         embeddings[torch.from_numpy(order)] = torch.cat(parts) if parts else embeddings
         log(f"teacher embeddings of the {name} split: {len(ds)} texts")

@@ -502,3 +502,44 @@ def test_latency_texts_are_the_longer_half_longest_first():
     texts = ["a", "bbb", "cc", "dddd", "eeeee", "f"]
     assert deploy.latency_texts(texts) == ["eeeee", "dddd", "bbb"]
     assert deploy.latency_texts(texts, n=2) == ["eeeee", "dddd"]
+
+
+def test_commands_run_pytorch_models_on_the_gpu_when_present_unless_told_cpu(
+    tmp_path, monkeypatch, capsys, tiny_teacher_dir, tiny_csv
+):
+    from blockswap import commands
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert commands.compute_device().type == "cuda" and commands.compute_device(cpu=True).type == "cpu"
+    # open_model places the model where compute_device says ('meta' stands in for a GPU here)
+    monkeypatch.setattr(commands, "compute_device", lambda cpu=False: torch.device("cpu" if cpu else "meta"))
+    model, _ = commands.open_model(str(tiny_teacher_dir))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    model, _ = commands.open_model(str(tiny_teacher_dir), cpu=True)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    # --cpu reaches it from evaluate, predict and prune-vocab
+    seen = []
+    monkeypatch.setattr(commands, "compute_device", lambda cpu=False: seen.append(cpu) or torch.device("cpu"))
+    (tmp_path / "in.txt").write_text("a fine film\n")
+    model_dir, data = str(tiny_teacher_dir), ["--dataset", str(tiny_csv)]
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                model_dir,
+                "--input",
+                str(tmp_path / "in.txt"),
+                "--out",
+                str(tmp_path / "p"),
+                "--cpu",
+            ]
+        )
+        == 0
+    )
+    assert main(["evaluate", "--model", model_dir, *data, "--json", str(tmp_path / "e.json"), "--cpu"]) == 0
+    assert main(["prune-vocab", model_dir, "--out", str(tmp_path / "small"), *data, "--candidates", "1", "--cpu"]) == 0
+    assert (
+        main(["predict", "--model", model_dir, "--input", str(tmp_path / "in.txt"), "--out", str(tmp_path / "q")]) == 0
+    )
+    assert seen == [True, True, True, False]

@@ -74,7 +74,7 @@ def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) 
     set_seed(cfg.run.seed)
     if cfg.data.task == "embedding":  # the teacher is used as it is: its embeddings are the data's targets
         _check_embedding_options(cfg)
-        teacher = embed.load_teacher(cfg.run.teacher or embed.default_teacher())
+        teacher = embed.load_teacher(cfg.run.teacher or embed.default_teacher()).to(accelerator.device)
         sts = None
         if cfg.run.eval_dataset is not None:  # read (and refused if unusable) before the folder exists
             sts = embed.StsSet.build(

@@ -64,6 +64,7 @@ def block_importance(state: RunState) -> None:
     """importance.json: every signal's scores per block, combined, and the order (least important first)."""
     cfg = state.cfg.importance
     batches = state.first_batches("validation", cfg.importance_batches, batch_size=32, seed=1)
+    state.place(state.teacher)  # on a GPU run, ranked there (and kept there for block-wise KD)
     with state.accelerator.autocast():  # a ranking: the training precision suffices, and bf16 halves it on CPU
         result = importance.rank(
             state.teacher, batches, cfg.signals, probe_steps=cfg.probe_steps, seed=state.cfg.run.seed
