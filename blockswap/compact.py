@@ -5,6 +5,7 @@ This module imports nothing but ``torch``: its source is copied verbatim into ev
 folder (``modeling_blockswap.py``) so that a saved model loads where blockswap is not installed.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass, field, fields
 
@@ -101,12 +102,36 @@ class CompactAttention(nn.Module):
         return self.out(attend(self.qkv(x), keep, self.heads, self.dropout))  # (B, S, h)
 
 
+_EXPLICIT = [False]  # set by explicit_attention(): attention as written-out matmuls
+
+
+@contextlib.contextmanager
+def explicit_attention():
+    """Within it, compact attention runs as explicit matmuls (operator-level MAC counters see every one, as in
+    the eager attention they count for the teacher); outside, as one ``scaled_dot_product_attention`` call (a
+    fused kernel on GPUs: the scores of every head are not written out; the same arithmetic)."""
+    before, _EXPLICIT[0] = _EXPLICIT[0], True
+    try:
+        yield
+    finally:
+        _EXPLICIT[0] = before
+
+
 def attend(qkv: torch.Tensor, keep: torch.Tensor | None, heads: int, dropout=None) -> torch.Tensor:
     """Multi-head attention of packed projections ``qkv`` (B, S, 3D) — query, key, value, each ``heads`` heads —
-    within ``keep`` (``keep_mask``'s form, or None) -> (B, S, D). Explicit matmuls: MAC counters see them."""
+    within ``keep`` (``keep_mask``'s form, or None) -> (B, S, D)."""
     b, s, d3 = qkv.shape
     d = d3 // 3
     q, k, v = qkv.view(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
+    p = dropout.p if dropout is not None and dropout.training else 0.0
+    if not _EXPLICIT[0]:
+        # an additive mask with a finite minimum, as below: a row with no real key (padding query) stays finite
+        bias = (
+            None
+            if keep is None
+            else torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
+        )
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p).transpose(1, 2).reshape(b, s, d)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // heads)  # (B, nh, S, S)
     if keep is not None:
         # masked_fill with a finite minimum: a row with no real key (padding query) stays finite

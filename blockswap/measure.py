@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 
 from . import arch
+from .compact import explicit_attention
 
 
 def count_params(model: PreTrainedModel) -> dict:
@@ -56,7 +57,7 @@ def count_macs(model: PreTrainedModel, *, batch: int = 1, seq_len: int = 128) ->
     model.eval()
     counter = FlopCounterMode(display=False)
     try:
-        with counter, torch.no_grad():
+        with counter, torch.no_grad(), explicit_attention():
             model(**dummy_batch(model, batch, seq_len))
     finally:
         arch.set_attention(model, previous)

@@ -139,7 +139,7 @@ def prune_to(model, keep: list[int], tokenizer=None, *, candidates: int = CANDID
         raise DeployError(f"the tokenizer gives ids up to {keep[-1]} but the model has {old.num_embeddings} rows")
     by_answer = tokenizer is not None and candidates > 1
     responses = token_responses(model, tokenizer, old.num_embeddings) if by_answer else None
-    rows, similarity = nearest_rows(old.weight.detach(), keep, responses, candidates=candidates)
+    rows, similarity = nearest_rows(old.weight.detach().cpu(), keep, responses, candidates=candidates)  # on the CPU
     pruned = copy.deepcopy(model)
     new = install_pruned_embedding(pruned, kept=len(keep))
     with torch.no_grad():

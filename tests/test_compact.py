@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blockswap import arch
-from blockswap.compact import CompactBlock, CompactSpec, keep_mask
+from blockswap.compact import CompactBlock, CompactSpec, explicit_attention, keep_mask
 from blockswap.errors import ConfigError
 from blockswap.substitute import drop_blocks, substitute, substituted_blocks
 
@@ -80,6 +80,27 @@ def test_padding_query_rows_stay_finite():
     x = torch.randn(1, 4, 16)
     fully_masked = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     assert torch.isfinite(block(x, fully_masked)).all()
+    with explicit_attention():
+        assert torch.isfinite(block(x, fully_masked)).all()
+
+
+def test_fused_attention_computes_what_the_explicit_matmuls_do():
+    torch.manual_seed(0)
+    block = CompactBlock(16, CompactSpec(hidden=8, layers=2, heads=2, ffn=16)).eval()
+    for layer in block.layers:  # residual branches on (they start at zero only after init_linear)
+        torch.nn.init.normal_(layer.attn.out.weight, std=0.5)
+    x = torch.randn(3, 5, 16)
+    pad = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    additive = torch.where(pad.bool(), 0.0, torch.finfo(torch.float32).min)[:, None, None, :]
+    for mask in (None, pad, pad.bool()[:, None, None, :], additive):
+        fused = block(x, mask)
+        with explicit_attention():
+            explicit = block(x, mask)
+        torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+    changed = x.clone()
+    changed[1, 3:] = torch.randn(2, 16)  # sample 1's padding: its real tokens must not see it
+    torch.testing.assert_close(block(changed, pad)[1, :3], block(x, pad)[1, :3], atol=1e-6, rtol=0)
+    assert not torch.allclose(block(changed, None)[1, :3], block(x, None)[1, :3])
 
 
 @pytest.mark.parametrize(
