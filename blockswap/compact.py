@@ -102,19 +102,23 @@ class CompactAttention(nn.Module):
         return self.out(attend(self.qkv(x), keep, self.heads, self.dropout))  # (B, S, h)
 
 
-_EXPLICIT = [False]  # set by explicit_attention(): attention as written-out matmuls
+_KERNEL = ["auto"]  # how compact attention computes: see attention_kernel()
 
 
 @contextlib.contextmanager
-def explicit_attention():
-    """Within it, compact attention runs as explicit matmuls (operator-level MAC counters see every one, as in
-    the eager attention they count for the teacher); outside, as one ``scaled_dot_product_attention`` call (a
-    fused kernel on GPUs: the scores of every head are not written out; the same arithmetic)."""
-    before, _EXPLICIT[0] = _EXPLICIT[0], True
+def attention_kernel(kind: str):
+    """Within it, compact attention runs as ``kind``: "explicit" — written-out matmuls, which operator-level MAC
+    counters see one by one (as the eager attention they count for the teacher); "fused" — one
+    ``scaled_dot_product_attention`` call (on a GPU a fused kernel that never writes out every head's scores);
+    "auto", the default — fused on accelerators, explicit on the CPU (where fused measured no faster in fp32
+    and slower under bf16 autocast). The same arithmetic either way."""
+    if kind not in ("auto", "explicit", "fused"):
+        raise ValueError(f"attention kernel {kind!r} unknown; use auto, explicit or fused")
+    before, _KERNEL[0] = _KERNEL[0], kind
     try:
         yield
     finally:
-        _EXPLICIT[0] = before
+        _KERNEL[0] = before
 
 
 def attend(qkv: torch.Tensor, keep: torch.Tensor | None, heads: int, dropout=None) -> torch.Tensor:
@@ -124,7 +128,7 @@ def attend(qkv: torch.Tensor, keep: torch.Tensor | None, heads: int, dropout=Non
     d = d3 // 3
     q, k, v = qkv.view(b, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, S, hd)
     p = dropout.p if dropout is not None and dropout.training else 0.0
-    if not _EXPLICIT[0]:
+    if _KERNEL[0] == "fused" or (_KERNEL[0] == "auto" and q.device.type != "cpu"):
         # an additive mask with a finite minimum, as below: a row with no real key (padding query) stays finite
         bias = (
             None

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 
 from . import arch
-from .compact import explicit_attention
+from .compact import attention_kernel
 
 
 def count_params(model: PreTrainedModel) -> dict:
@@ -57,7 +57,7 @@ def count_macs(model: PreTrainedModel, *, batch: int = 1, seq_len: int = 128) ->
     model.eval()
     counter = FlopCounterMode(display=False)
     try:
-        with counter, torch.no_grad(), explicit_attention():
+        with counter, torch.no_grad(), attention_kernel("explicit"):
             model(**dummy_batch(model, batch, seq_len))
     finally:
         arch.set_attention(model, previous)

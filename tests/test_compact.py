@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blockswap import arch
-from blockswap.compact import CompactBlock, CompactSpec, explicit_attention, keep_mask
+from blockswap.compact import CompactBlock, CompactSpec, attention_kernel, keep_mask
 from blockswap.errors import ConfigError
 from blockswap.substitute import drop_blocks, substitute, substituted_blocks
 
@@ -79,9 +79,9 @@ def test_padding_query_rows_stay_finite():
     block = CompactBlock(16, CompactSpec(hidden=8, layers=1, heads=2, ffn=16))
     x = torch.randn(1, 4, 16)
     fully_masked = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
-    assert torch.isfinite(block(x, fully_masked)).all()
-    with explicit_attention():
-        assert torch.isfinite(block(x, fully_masked)).all()
+    for kind in ("explicit", "fused"):
+        with attention_kernel(kind):
+            assert torch.isfinite(block(x, fully_masked)).all()
 
 
 def test_fused_attention_computes_what_the_explicit_matmuls_do():
@@ -93,14 +93,20 @@ def test_fused_attention_computes_what_the_explicit_matmuls_do():
     pad = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
     additive = torch.where(pad.bool(), 0.0, torch.finfo(torch.float32).min)[:, None, None, :]
     for mask in (None, pad, pad.bool()[:, None, None, :], additive):
-        fused = block(x, mask)
-        with explicit_attention():
+        with attention_kernel("fused"):
+            fused = block(x, mask)
+        with attention_kernel("explicit"):
             explicit = block(x, mask)
         torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+        torch.testing.assert_close(block(x, mask), explicit, atol=0, rtol=0)  # on the CPU by default: explicit
     changed = x.clone()
     changed[1, 3:] = torch.randn(2, 16)  # sample 1's padding: its real tokens must not see it
-    torch.testing.assert_close(block(changed, pad)[1, :3], block(x, pad)[1, :3], atol=1e-6, rtol=0)
-    assert not torch.allclose(block(changed, None)[1, :3], block(x, None)[1, :3])
+    with attention_kernel("fused"):
+        torch.testing.assert_close(block(changed, pad)[1, :3], block(x, pad)[1, :3], atol=1e-6, rtol=0)
+        assert not torch.allclose(block(changed, None)[1, :3], block(x, None)[1, :3])
+    with pytest.raises(ValueError, match="unknown"):
+        with attention_kernel("flash"):
+            pass
 
 
 @pytest.mark.parametrize(
