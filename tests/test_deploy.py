@@ -521,25 +521,9 @@ def test_commands_run_pytorch_models_on_the_gpu_when_present_unless_told_cpu(
     seen = []
     monkeypatch.setattr(commands, "compute_device", lambda cpu=False: seen.append(cpu) or torch.device("cpu"))
     (tmp_path / "in.txt").write_text("a fine film\n")
-    model_dir, data = str(tiny_teacher_dir), ["--dataset", str(tiny_csv)]
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                model_dir,
-                "--input",
-                str(tmp_path / "in.txt"),
-                "--out",
-                str(tmp_path / "p"),
-                "--cpu",
-            ]
-        )
-        == 0
-    )
+    model_dir, data, texts = str(tiny_teacher_dir), ["--dataset", str(tiny_csv)], str(tmp_path / "in.txt")
+    assert main(["predict", "--model", model_dir, "--input", texts, "--out", str(tmp_path / "p"), "--cpu"]) == 0
     assert main(["evaluate", "--model", model_dir, *data, "--json", str(tmp_path / "e.json"), "--cpu"]) == 0
     assert main(["prune-vocab", model_dir, "--out", str(tmp_path / "small"), *data, "--candidates", "1", "--cpu"]) == 0
-    assert (
-        main(["predict", "--model", model_dir, "--input", str(tmp_path / "in.txt"), "--out", str(tmp_path / "q")]) == 0
-    )
+    assert main(["predict", "--model", model_dir, "--input", texts, "--out", str(tmp_path / "q")]) == 0
     assert seen == [True, True, True, False]
