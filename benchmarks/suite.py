@@ -51,7 +51,8 @@ def points(folder: Path) -> dict[str, dict]:
     budget includes recovery, as the baselines' does) and ``blockswap_curve`` the curve's student before it.
     """
     curve = json.loads((folder / "curve.json").read_text())
-    base = json.loads((folder / "baselines.json").read_text())
+    base_file = folder / "baselines.json"  # absent when the run was given no baselines (`-- --baselines ""`)
+    base = json.loads(base_file.read_text()) if base_file.is_file() else {}
     rec_file = folder / "recovery.json"
     recovered = json.loads(rec_file.read_text()).get("students", {}) if rec_file.is_file() else {}
     keys = key_rows(curve["rows"][1:])

@@ -94,3 +94,33 @@ def test_pooled_advantage_averages_runs_and_combines_their_sampling_errors():
     half = 1.96 * (se**2 + 2 * se**2) ** 0.5 / 2  # an unpaired run counts both students' errors
     assert abs(out["ci95"][0] - (0.03 - half)) < 1e-9 and abs(out["ci95"][1] - (0.03 + half)) < 1e-9
     assert abs(out["sd"] - (0.04 - 0.02) / 2**0.5) < 1e-12
+
+
+def test_suite_reads_a_run_given_no_baselines(tmp_path):
+    # `benchmarks/suite.py ... -- --baselines ""` (a substitute shape's runs, compared offline): no baselines.json
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from suite import points
+
+    row = {"gmacs_cut": 0.0, "params_cut": 0.0, "kept": 1.0, "kept_test": 1.0, "kept_test_ci95": [1.0, 1.0]}
+    rows = [row | {"step": 0}, row | {"step": 1, "gmacs_cut": 0.45}, row | {"step": 2, "gmacs_cut": 0.7}]
+    (tmp_path / "curve.json").write_text(json.dumps({"rows": rows}))
+    out = points(tmp_path)
+    assert set(out) == {"half", "every"} and out["half"]["step"] == 1 and out["every"]["step"] == 2
+    assert "distil" not in out["half"]
+    (tmp_path / "baselines.json").write_text(json.dumps({"distil": [row | {"step": 2, "kept_test": 0.9}]}))
+    assert points(tmp_path)["every"]["distil"]["kept_test"] == 0.9
+
+
+def test_shapes_benchmark_names_and_session_summary():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from shapes import parse_shape, session_summary
+
+    spec = parse_shape("h192_l1_a2_f384_relu")
+    assert (spec.hidden, spec.layers, spec.heads, spec.ffn, spec.activation) == (192, 1, 2, 384, "relu")
+    assert parse_shape("h128_l2_a2_f512").activation == "gelu"
+    with pytest.raises(SystemExit):
+        parse_shape("h128_l2_a2")
+    sessions = [{"median_ms": m, "p10_ms": m - 1, "p90_ms": m + 1, "min_ms": m - 2, "repeats": 10} for m in (40, 60, 41)]
+    out = session_summary(sessions)
+    assert out["median_ms"] == 41 and out["session_medians_ms"] == [40, 41, 60]  # a slow session does not decide it
+    assert out["min_ms"] == 38 and out["repeats"] == 30 and out["sessions"] == 3
