@@ -120,7 +120,9 @@ def test_shapes_benchmark_names_and_session_summary():
     assert parse_shape("h128_l2_a2_f512").activation == "gelu"
     with pytest.raises(SystemExit):
         parse_shape("h128_l2_a2")
-    sessions = [{"median_ms": m, "p10_ms": m - 1, "p90_ms": m + 1, "min_ms": m - 2, "repeats": 10} for m in (40, 60, 41)]
+    sessions = [
+        {"median_ms": m, "p10_ms": m - 1, "p90_ms": m + 1, "min_ms": m - 2, "repeats": 10} for m in (40, 60, 41)
+    ]
     out = session_summary(sessions)
     assert out["median_ms"] == 41 and out["session_medians_ms"] == [40, 41, 60]  # a slow session does not decide it
     assert out["min_ms"] == 38 and out["repeats"] == 30 and out["sessions"] == 3
