@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,9 +163,21 @@ def test_dry_run_prints_the_thesis_structure(capsys, preset, params_cut, gmacs_c
 def test_presets_load_and_validate():
     from blockswap.config import load_config
 
-    for name in ("default", "bert-base-imdb", "distilbert-imdb", "tiny"):
-        cfg = load_config(f"configs/{name}.yaml")
+    presets = sorted(Path("configs").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"default", "bert-base-imdb", "distilbert-imdb", "tiny", "deploy"}
+    for preset in presets:
+        cfg = load_config(str(preset))
         assert cfg.compact.hidden > 0
+
+
+def test_the_deploy_preset_is_the_default_with_a_wider_single_layer_substitute(capsys):
+    from blockswap.config import load_config
+
+    default, deploy = load_config(None), load_config("configs/deploy.yaml")  # `blockswap run` with no flags
+    assert deploy.compact != default.compact and (deploy.data, deploy.distill, deploy.run) == (
+        default.data, default.distill, default.run)  # fmt: skip
+    assert main(["run", "--config", "configs/deploy.yaml", "--dry-run"]) == 0
+    assert "73.7%" in capsys.readouterr().out  # every block, 384 -> 192 x 1 layer: the README's every-block cut
 
 
 def test_dry_run_of_the_offline_default_plans_the_packaged_teacher(capsys):
