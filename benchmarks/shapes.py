@@ -3,16 +3,17 @@
     .venv/bin/python benchmarks/shapes.py CLASSIFIER_DIR [--shape h128_l2_a2_f512 ...] [--repeats 40] [--sessions 4]
         [--json FILE]
 
-Each shape ``h<width>_l<layers>_a<heads>_f<feed-forward>[_<activation>]`` (activation gelu by default, or relu, silu,
-tanh) substitutes every block of the classifier with random
-weights (speed does not depend on the weights); teacher and students are exported as `blockswap export` does
-(fused attention, parity-checked, per-tensor dynamic int8) into ``--work`` and timed with 2 ONNX Runtime threads
-on the 32 longer-half test sentences of the snippets (padded to their longest), all models in shuffled rounds
-(``measure.round_robin``), each model and precision in ``--sessions`` independent sessions: one session of a small
-int8 model can run its element-wise operators 2-3x slower than another session of the same file for its whole life
-(measured here, cause not found), so the median of the sessions' medians is compared. Reports per shape: MACs ratio to the teacher at that batch, fp32 and int8 medians and
-the speed-up over the teacher in the same runtime divided by the MACs ratio (#11's target: >= 0.9). Accuracy is
-not measured here: a shape's accuracy needs `blockswap run --compact-hidden ... ` (or benchmarks/suite.py).
+Each shape ``h<width>_l<layers>_a<heads>_f<feed-forward>[_<activation>]`` (activation gelu by default, or relu,
+silu, tanh) substitutes every block of the classifier with random weights (speed does not depend on the weights);
+teacher and students are exported as `blockswap export` does (fused attention, parity-checked, per-tensor dynamic
+int8) into ``--work`` and timed with 2 ONNX Runtime threads on the 32 longer-half test sentences of the snippets
+(padded to their longest), all models in shuffled rounds (``measure.round_robin``), each model and precision in
+``--sessions`` independent sessions: one session of a small int8 model can run its element-wise operators 2-3x
+slower than another session of the same file for its whole life (measured here, cause not found), so the median
+of the sessions' medians is compared. Reports per shape: MACs ratio to the teacher at that batch, fp32 and int8
+medians and the speed-up over the teacher in the same runtime divided by the MACs ratio (#11's target: >= 0.9).
+Accuracy is not measured here: a shape's accuracy needs `blockswap run --compact-hidden ... ` (or
+benchmarks/suite.py).
 """
 
 from __future__ import annotations
