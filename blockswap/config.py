@@ -224,7 +224,14 @@ class RunConfig:
 
     teacher: str | None = _help("fine-tuned teacher folder or hub id (default: fine-tune one)", default=None)
     min_kept: float = _help(
-        "choose the last step keeping at least this fraction of the teacher's validation accuracy", default=0.97
+        "the chosen student keeps at least this fraction of the teacher's validation score (see --stop-rule)",
+        default=0.97,
+    )
+    stop_rule: str = _help(
+        "'recovered': the curve's last (most compressed) student if, after recovery, it keeps --min-kept on "
+        "validation, else the last curve step that kept it before recovery, recovered (one recovery more when the "
+        "last fails); 'curve': the last curve step keeping --min-kept before recovery. Without recovery: 'curve'",
+        default="recovered",
     )
     target_gmacs_cut: float | None = _help("stop once this fraction of GMACs is cut", default=None)
     max_blocks: int | None = _help("substitute at most this many blocks", default=None)
@@ -285,6 +292,8 @@ class RunConfig:
         _positive("run", latency_repeats=self.latency_repeats)
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.stop_rule not in ("recovered", "curve"):
+            raise ConfigError(f"--stop-rule must be recovered or curve, got {self.stop_rule!r}")
         if self.baseline_points not in ("all", "key"):
             raise ConfigError(f"--baseline-points must be all or key, got {self.baseline_points!r}")
         if self.export not in ("none", "onnx"):

@@ -137,14 +137,16 @@ def _kept_ci(kept: float | None, ci: list[float] | None) -> str:
     return "" if kept is None else f"{kept:.4f} {_interval(ci)}"
 
 
-def _curve_table(curve: dict) -> list[str]:
+def _curve_table(curve: dict, final: int | None = None) -> list[str]:
+    """The curve's rows; ``final`` (the summary's chosen step, which recovery may have moved) is marked chosen."""
+    final = curve.get("chosen_step") if final is None else final
     lines = [
         f"| step | block | substituted | params (M) | params cut | GMACs | GMACs cut | val {_metric(curve)} | kept (val) | test {_metric(curve)} "
         "| kept (test) [95 % CI] | latency ms |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in curve["rows"]:
-        mark = " **(chosen)**" if r["step"] == curve.get("chosen_step") else ""
+        mark = " **(chosen)**" if r["step"] == final else ""
         lines.append(
             f"| {r['step']}{mark} | {'' if r['block'] is None else r['block']} | {r['substituted']} | {r['params'] / 1e6:.2f} | "
             f"{_pct(r['params_cut'])} | {r['gmacs']:.3f} | {_pct(r['gmacs_cut'])} | {r['score']:.4f} | {r['kept']:.4f} | "
@@ -230,8 +232,13 @@ def render(run_dir: str | Path) -> Path:
     recovered = (_load(run_dir, "recovery.json") or {}).get("students", {})  # older runs: a flat dict, not shown
     plots = _plots(run_dir, curve, imp, base, recovered)
     md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher)
-    md += ["## Substitution curve", "", "![curve](curve.png)", ""] + _curve_table(curve) + [""]
+    md += (
+        ["## Substitution curve", "", "![curve](curve.png)", ""]
+        + _curve_table(curve, (summary or {}).get("chosen_step"))
+        + [""]
+    )
     md += _metrics_table(curve)
+    md += _stop_rule_line(summary, curve)
     md += [f"`kept (val)` = validation {_metric(curve)} / the teacher's (the stop rule uses it); `kept (test)` = the same on "
            "the test split with a 95 % paired-bootstrap interval (teacher and student resampled on the same "
            "sentences); where two points' intervals overlap, their difference is within noise. Cuts are fractions "
@@ -317,6 +324,17 @@ def _vocab_lines(v: dict) -> list[str]:
     if "mean_cosine_to_unpruned" in v:
         lines.append(f"- mean cosine to the unpruned student's test embeddings: {v['mean_cosine_to_unpruned']:.4f}")
     return lines
+
+
+def _stop_rule_line(summary: dict | None, curve: dict) -> list[str]:
+    """How the chosen step was chosen, when recovery moved it past the curve's own choice."""
+    if not summary or summary.get("chosen_step") in (None, curve.get("chosen_step")):
+        return []
+    return [
+        f"Stop rule `recovered`: before recovery, step {curve.get('chosen_step')} was the last to keep the minimum "
+        f"on validation; after recovery the last step's student keeps it, so it is the chosen one.",
+        "",
+    ]
 
 
 def _recovered(summary: dict) -> str:

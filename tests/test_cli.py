@@ -42,6 +42,7 @@ def run_cli(capsys, *argv):
         (["measure", "--arch", "bert-base-uncased", "--blocks", "a,b"], "comma-separated"),
         (["measure"], "required"),
         (["frobnicate"], "invalid choice"),
+        (["run", "--arch", "bert-base-uncased", "--dry-run", "--stop-rule", "best"], "--stop-rule must be recovered"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(capsys, argv, message):

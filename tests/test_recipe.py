@@ -259,6 +259,7 @@ def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
     argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--recover-last", "--baselines", "distil,thesis"]
+    argv += ["--stop-rule", "curve"]  # the last step is recovered because --recover-last asks, not to be chosen
     assert main([*argv, "--baseline-points", "all"]) == 0, capsys.readouterr().err
     rec = json.loads((out / "recovery.json").read_text())["students"]
     assert {k: v["folder"] for k, v in rec.items()} == {"1": "model_recovered", "3": "model_last_recovered"}
@@ -281,7 +282,7 @@ def test_recover_key_recovers_the_key_points_whatever_the_stop_rule_chose(
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
     argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--recover-key", "--baselines", "distil"]
-    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--stop-rule", "curve"]) == 0, capsys.readouterr().err
     curve = json.loads((out / "curve.json").read_text())
     assert curve["chosen_step"] == 1 and [r["step"] for r in key_rows(curve["rows"][1:])] == [2, 3]
     rec = json.loads((out / "recovery.json").read_text())["students"]
@@ -300,6 +301,76 @@ def test_recover_key_recovers_the_key_points_whatever_the_stop_rule_chose(
                             seed=b["step"])  # fmt: skip
         assert (b["blockswap_advantage"]["kept_test"], b["blockswap_advantage"]["ci95"]) == (d["difference"], d["ci95"])
     assert "; blockswap " in (out / "report.md").read_text()
+
+
+def _recovered_validation_kept(monkeypatch, kept: float) -> list[int]:
+    """Every recovered student keeps ``kept`` on validation; returns the curve steps recovered, in order."""
+    from blockswap.run import stages
+
+    original, recovered = stages._recover, []
+
+    def fixed(state, curve, source, step):
+        entry, student = original(state, curve, source, step)
+        recovered.append(step)
+        return {**entry, "kept_validation_after": kept}, student
+
+    monkeypatch.setattr(stages, "_recover", fixed)
+    return recovered
+
+
+def _substituted(folder) -> list[int]:
+    return export.load(folder).config.blockswap["substituted"]
+
+
+def test_the_recovered_stop_rule_chooses_the_last_step_when_it_keeps_enough_after_recovery(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    """Before recovery only step 1 keeps --min-kept; the last step, recovered first, keeps it after recovery: it
+    is the final student (RUN/model_recovered), measured, reported and summarised as the chosen one, and step 1 is
+    never recovered."""
+    _stop_rule_chooses_step_one(monkeypatch)
+    recovered = _recovered_validation_kept(monkeypatch, 0.95)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, "--min-kept", "0.9", "--recovery-epochs", "0.5", "--baselines", "none"]) == 0
+    curve, rec = (json.loads((out / f).read_text()) for f in ("curve.json", "recovery.json"))
+    assert curve["chosen_step"] == 1 and recovered == [3]
+    assert (rec["chosen_step"], rec["curve_chosen_step"], rec["stop_rule"]) == (3, 1, "recovered")
+    assert {k: v["folder"] for k, v in rec["students"].items()} == {"3": "model_recovered"}
+    assert not (out / "model_last_recovered").exists()
+    assert _substituted(out / "model_recovered") == curve["rows"][3]["substituted"] == _substituted(out / "model_last")
+    summary, ev = (json.loads((out / f).read_text()) for f in ("summary.json", "evaluation.json"))
+    assert (summary["chosen_step"], summary["curve_chosen_step"]) == (3, 1)
+    assert summary["chosen_blocks"] == curve["rows"][3]["substituted"] and summary["kept_validation"] == 0.95
+    assert ev["student_source"].endswith("model_recovered")
+    assert summary["gmacs_cut"] == pytest.approx(curve["rows"][3]["gmacs_cut"], rel=1e-6)
+    report = (out / "report.md").read_text()
+    assert "| 3 **(chosen)**" in report and "| 1 **(chosen)**" not in report and "Stop rule `recovered`" in report
+
+
+def test_the_recovered_stop_rule_falls_back_to_the_curves_choice(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    """The last step, recovered, keeps too little: the curve's choice is recovered as under --stop-rule curve
+    (the same weights) and is the final student; the last one stays in RUN/model_last_recovered."""
+    _stop_rule_chooses_step_one(monkeypatch)
+    recovered = _recovered_validation_kept(monkeypatch, 0.85)
+    runs = {}
+    for rule in ("recovered", "curve"):
+        out = runs[rule] = tmp_path / rule
+        argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+        argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--baselines", "none", "--stop-rule", rule]
+        assert main(argv) == 0, capsys.readouterr().err
+    assert recovered == [3, 1, 1]  # recovered: the last, then the curve's choice; curve: its choice only
+    rec = json.loads((runs["recovered"] / "recovery.json").read_text())
+    assert (rec["chosen_step"], rec["curve_chosen_step"]) == (1, 1)
+    assert {k: v["folder"] for k, v in rec["students"].items()} == {"3": "model_last_recovered", "1": "model_recovered"}
+    summary = json.loads((runs["recovered"] / "summary.json").read_text())
+    assert summary["chosen_step"] == 1 and summary["stop_rule"] == "recovered"
+    assert _substituted(runs["recovered"] / "model_last_recovered") == _substituted(runs["recovered"] / "model_last")
+    ours, theirs = (export.load(r / "model_recovered").state_dict() for r in runs.values())
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert "Stop rule `recovered`" not in (runs["recovered"] / "report.md").read_text()
 
 
 def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_path, capsys, tiny_csv, tiny_teacher_dir):

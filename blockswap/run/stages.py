@@ -101,47 +101,74 @@ def blockwise(state: RunState) -> None:
 
 
 def recovery(state: RunState) -> None:
-    """recovery.json + RUN/model_recovered (+ RUN/model_last_recovered with ``recover_last``; + the key points'
-    students with ``recover_key``): the chosen (last, key) curve students distilled end to end with every
-    weight trainable (the substitutes only with ``recovery_freeze_kept``).
+    """recovery.json + RUN/model_recovered (+ RUN/model_last_recovered; + the key points' students with
+    ``recover_key``): the final and other curve students distilled end to end with every weight trainable (the
+    substitutes only with ``recovery_freeze_kept``).
 
     KL(T) + alpha CE + recovery_beta MSE at every block's output, AdamW at recovery_lr with warm-up and
-    linear decay over recovery_epochs: the budget a DistilBERT-style student would get. Each student's
-    entry (keyed by its curve step) has its budget, validation before/after and kept on test with its
-    paired interval; the equal-budget baselines add its steps to theirs.
+    linear decay over recovery_epochs: the budget a DistilBERT-style student would get. The stop rule
+    ``recovered`` recovers the curve's last student first and makes it the final one (RUN/model_recovered) when
+    its validation kept reaches min_kept; otherwise (and under ``curve``) the curve's chosen student is the final
+    one. Each student's entry (keyed by its curve step) has its budget, validation before/after and kept on test
+    with its paired interval; the equal-budget baselines add its steps to theirs.
     """
-    curve, teacher_test, cfg = state.read("curve.json"), state.teacher_test(), state.cfg.distill
-    jobs = [("model", "model_recovered", curve["chosen_step"])]
-    if (cfg.recover_last or cfg.recover_key) and state.path("model_last").is_dir():
-        jobs.append(("model_last", "model_last_recovered", curve["rows"][-1]["step"]))
-    for r in key_rows(curve["rows"][1:]) if cfg.recover_key else ():
-        if r["step"] not in {step for *_, step in jobs}:  # saved by the curve as RUN/model_step<k>
-            jobs.append((f"model_step{r['step']}", f"model_step{r['step']}_recovered", r["step"]))
-    students = {}
-    for source, target, step in jobs:
-        set_seed(state.cfg.run.seed)
-        student, served = export.load(state.path(source)), state.teacher_cache.hits
-        budget = distill.recover(
-            student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
-            accelerator=state.accelerator, cache=state.teacher_cache,
-        )  # fmt: skip
-        budget["teacher_cache_batches"] = state.teacher_cache.hits - served  # batches with no teacher forward
-        state.save_model(student, target)
-        row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))
-        ci = kept_interval(teacher_test, test, seed=step)
+    curve, run_cfg, cfg = state.read("curve.json"), state.cfg.run, state.cfg.distill
+    chosen, last = curve["chosen_step"], curve["rows"][-1]["step"]
+    students, final = {}, chosen
+    if run_cfg.stop_rule == "recovered" and last != chosen:  # the curve saved the last student as RUN/model_last
+        entry, student = _recover(state, curve, "model_last", last)
+        passed = entry["kept_validation_after"] >= run_cfg.min_kept
+        entry["folder"] = "model_recovered" if passed else "model_last_recovered"
+        state.save_model(student, entry["folder"])
+        students[str(last)], final = entry, last if passed else chosen
         state.log(
-            f"recovery of step {step}: {budget['steps']} steps, validation {val['metric']} {row['score']:.4f} -> "
-            f"{val['score']:.4f}, kept on test {row['kept_test']:.4f} -> {ci['kept']:.4f} "
-            f"[{ci['ci95'][0]:.3f}, {ci['ci95'][1]:.3f}]"
+            f"stop rule 'recovered': the last step's student keeps {entry['kept_validation_after']:.4f} on validation "
+            f"after recovery, {'>=' if passed else '<'} --min-kept {run_cfg.min_kept}: the final student is step {final}"
         )
-        students[str(step)] = {
-            "folder": target, "substituted": row["substituted"], **budget, "validation_before": row["score"],
-            "validation_after": val["score"], "kept_validation_after": val["score"] / curve["teacher_validation_score"],
-            "test_score_before": row["test_score"], "kept_test_before": row["kept_test"], "test_score": test["score"],
-            "kept_test": ci["kept"], "kept_test_ci95": ci["ci95"], "test_metrics": other_metrics(test),
-            "test_per_example": per_example(test),
-        }  # fmt: skip
-    state.write("recovery.json", {"metric": teacher_test["metric"], "students": students})
+    wanted = [chosen] if final == chosen else []
+    if cfg.recover_last or cfg.recover_key:
+        wanted.append(last)
+    wanted += [r["step"] for r in key_rows(curve["rows"][1:])] if cfg.recover_key else []
+    for step in dict.fromkeys(wanted):  # in order, once each
+        if str(step) in students:  # the last one, recovered above
+            continue
+        source = "model" if step == chosen else "model_last" if step == last else f"model_step{step}"  # the curve's
+        target = "model_recovered" if step == final else "model_last_recovered" if step == last else None
+        entry, student = _recover(state, curve, source, step)
+        entry["folder"] = target or f"model_step{step}_recovered"
+        state.save_model(student, entry["folder"])
+        students[str(step)] = entry
+    state.write(
+        "recovery.json",
+        {"metric": curve["metric"], "stop_rule": run_cfg.stop_rule, "chosen_step": final,
+         "curve_chosen_step": chosen, "students": students},
+    )  # fmt: skip
+
+
+def _recover(state: RunState, curve: dict, source: str, step: int) -> tuple[dict, PreTrainedModel]:
+    """One curve student (RUN/``source``, curve step ``step``) recovered: its recovery.json entry and the model."""
+    set_seed(state.cfg.run.seed)
+    student, served = export.load(state.path(source)), state.teacher_cache.hits
+    budget = distill.recover(
+        student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
+        accelerator=state.accelerator, cache=state.teacher_cache,
+    )  # fmt: skip
+    budget["teacher_cache_batches"] = state.teacher_cache.hits - served  # batches with no teacher forward
+    row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))
+    ci = kept_interval(state.teacher_test(), test, seed=step)
+    state.log(
+        f"recovery of step {step}: {budget['steps']} steps, validation {val['metric']} {row['score']:.4f} -> "
+        f"{val['score']:.4f}, kept on test {row['kept_test']:.4f} -> {ci['kept']:.4f} "
+        f"[{ci['ci95'][0]:.3f}, {ci['ci95'][1]:.3f}]"
+    )
+    entry = {
+        "substituted": row["substituted"], **budget, "validation_before": row["score"],
+        "validation_after": val["score"], "kept_validation_after": val["score"] / curve["teacher_validation_score"],
+        "test_score_before": row["test_score"], "kept_test_before": row["kept_test"], "test_score": test["score"],
+        "kept_test": ci["kept"], "kept_test_ci95": ci["ci95"], "test_metrics": other_metrics(test),
+        "test_per_example": per_example(test),
+    }  # fmt: skip
+    return entry, student
 
 
 def recovered_steps(state: RunState) -> dict[int, int]:
@@ -149,6 +176,13 @@ def recovered_steps(state: RunState) -> dict[int, int]:
     if not state.path("recovery.json").is_file():
         return {}
     return {int(step): s["steps"] for step, s in state.read("recovery.json").get("students", {}).items()}
+
+
+def final_step(state: RunState) -> int:
+    """The curve step of the final student: the recovery stage's choice when it ran, else the curve's."""
+    if state.path("recovery.json").is_file():
+        return state.read("recovery.json").get("chosen_step", state.read("curve.json")["chosen_step"])
+    return state.read("curve.json")["chosen_step"]
 
 
 def student_dir(state: RunState):
@@ -262,9 +296,10 @@ def _latency_batches(state: RunState, model, tokenizer, dsd) -> dict[str, dict]:
 def summary(state: RunState) -> None:
     """summary.json: the task's main metric for teacher and chosen student, kept, cuts, speed-up, stage times."""
     teacher_metrics, curve, ev = state.read("teacher.json"), state.read("curve.json"), state.read("evaluation.json")
-    chosen = curve["rows"][curve["chosen_step"]]
+    step = final_step(state)
+    chosen = curve["rows"][step]
     rec_file = state.path("recovery.json")
-    rec = (state.read("recovery.json").get("students", {}) if rec_file.is_file() else {}).get(str(chosen["step"]))
+    rec = (state.read("recovery.json").get("students", {}) if rec_file.is_file() else {}).get(str(step))
     recovered, kept_val = (rec["steps"], rec["kept_validation_after"]) if rec else (0, chosen["kept"])
     state.write(
         "summary.json",
@@ -272,7 +307,9 @@ def summary(state: RunState) -> None:
             "metric": ev["teacher"]["test"]["metric"],
             "teacher_test_score": ev["teacher"]["test"]["score"],
             "teacher_validation_score": teacher_metrics["validation"]["score"],
-            "chosen_step": curve["chosen_step"],
+            "chosen_step": step,
+            "curve_chosen_step": curve["chosen_step"],  # before recovery; differs when the last step passed after it
+            "stop_rule": state.cfg.run.stop_rule if rec_file.is_file() else "curve",
             "chosen_blocks": chosen["substituted"],
             "student_test_score": ev["student"]["test"]["score"],
             "kept_test": ev["kept"],
