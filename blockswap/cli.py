@@ -195,7 +195,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"kept {s['kept_test']:.4f}, params -{s['params_cut']:.1%}, GMACs -{s['gmacs_cut']:.1%}, "
         f"speed-up x{s['speedup_b32']:.2f} at batch 32"
     )
-    print(f"report: {out / 'report.md'}; model: {out / 'model'}")
+    final = next(out / name for name in ("model_recovered", "model") if (out / name).is_dir())  # as evaluated
+    print(f"report: {out / 'report.md'}; model: {final}")
     return 0
 
 

@@ -333,6 +333,7 @@ def test_the_recovered_stop_rule_chooses_the_last_step_when_it_keeps_enough_afte
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
     assert main([*argv, "--min-kept", "0.9", "--recovery-epochs", "0.5", "--baselines", "none"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"model: {out / 'model_recovered'}")  # the final student's folder
     curve, rec = (json.loads((out / f).read_text()) for f in ("curve.json", "recovery.json"))
     assert curve["chosen_step"] == 1 and recovered == [3]
     assert (rec["chosen_step"], rec["curve_chosen_step"], rec["stop_rule"]) == (3, 1, "recovered")

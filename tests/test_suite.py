@@ -126,3 +126,46 @@ def test_shapes_benchmark_names_and_session_summary():
     out = session_summary(sessions)
     assert out["median_ms"] == 41 and out["session_medians_ms"] == [40, 41, 60]  # a slow session does not decide it
     assert out["min_ms"] == 38 and out["repeats"] == 30 and out["sessions"] == 3
+
+
+def _finished_run(folder: Path, chosen: int, last_kept_validation: float, min_kept: float = 0.97) -> Path:
+    """A run folder with a 3-step curve whose stop rule chose ``chosen``, the chosen and last steps recovered;
+    on 4 test sentences the teacher and the chosen student get all right, the last student misses the 4th."""
+    folder.mkdir(parents=True)
+    rows = [{"step": k, "gmacs_cut": 0.2 * k, "params_cut": 0.1 * k} for k in range(4)]
+    rows[0]["test_per_example"] = {"correct": [1, 1, 1, 1]}
+    (folder / "curve.json").write_text(json.dumps({"rows": rows, "chosen_step": chosen}))
+    student = {"kept_validation_after": 0.99, "kept_test": 1.0, "kept_test_ci95": [0.98, 1.02]}
+    student["test_per_example"] = {"correct": [1, 1, 1, 1]}
+    last = {"kept_validation_after": last_kept_validation, "kept_test": 0.75}
+    students = {str(chosen): student, "3": student | last | {"test_per_example": {"correct": [1, 1, 1, 0]}}}
+    (folder / "recovery.json").write_text(json.dumps({"students": students}))
+    (folder / "config.yaml").write_text(f"run:\n  min_kept: {min_kept}\n")
+    return folder
+
+
+def test_stop_rule_replay_takes_the_last_step_only_when_it_keeps_enough_after_recovery(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stop_rule import replay, summarise
+
+    passes = replay(_finished_run(tmp_path / "r/a-s0", chosen=1, last_kept_validation=0.97))
+    assert passes["curve"]["step"] == 1 and passes["curve"]["recoveries"] == 1
+    got = passes["recovered"]
+    assert (got["step"], got["recoveries"], got["kept_test"], got["gmacs_cut"]) == (3, 1, 0.75, pytest.approx(0.6))
+    diff = passes["recovered_minus_curve"]  # paired on the same sentences
+    assert diff["kept_test"] == pytest.approx(-0.25) and diff["ci95"][0] <= -0.25 <= diff["ci95"][1] <= 0
+    fails = replay(_finished_run(tmp_path / "r/a-s1", chosen=1, last_kept_validation=0.969))
+    assert fails["recovered"] == fails["curve"] | {"recoveries": 2}
+    assert fails["recovered_minus_curve"] == {"kept_test": 0.0, "ci95": [0.0, 0.0]}
+    same = replay(_finished_run(tmp_path / "r/b-s0", chosen=3, last_kept_validation=0.5))
+    assert same["recovered"] == same["curve"] and same["curve"]["recoveries"] == 1
+    stricter = replay(_finished_run(tmp_path / "r/a-s2", chosen=1, last_kept_validation=0.98, min_kept=0.99))
+    assert stricter["recovered"]["step"] == 1  # the run's own --min-kept
+    out = summarise({"r/a-s0": passes, "r/a-s1": fails, "r/b-s0": same})
+    assert set(out) == {"r/a", "r/b", "r/all"} and out["r/a"]["recovered"]["steps"] == [3, 1]
+    assert out["r/a"]["recovered"]["gmacs_cut_mean"] == pytest.approx(0.4) and out["r/all"]["curve"]["runs"] == 3
+    assert out["r/a"]["recovered"]["kept_test_min"] == 0.75 and out["r/a"]["recovered"]["recoveries"] == 3
+    assert out["r/a"]["recovered_minus_curve"]["mean"] == pytest.approx(-0.125)  # pooled over a-s0 and a-s1
+    (tmp_path / "r/a-s0/recovery.json").write_text(json.dumps({"students": {}}))
+    with pytest.raises(SystemExit, match="not recovered"):
+        replay(tmp_path / "r/a-s0")
