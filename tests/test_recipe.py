@@ -362,6 +362,8 @@ def test_the_recovered_stop_rule_falls_back_to_the_curves_choice(
         argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
         argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--baselines", "none", "--stop-rule", rule]
         assert main(argv) == 0, capsys.readouterr().err
+        # said, not hidden: the fallback passed before recovery but (mocked) keeps 0.85 after it
+        assert "the final student (step 1) keeps 0.8500 on validation after recovery" in capsys.readouterr().out
     assert recovered == [3, 1, 1]  # recovered: the last, then the curve's choice; curve: its choice only
     rec = json.loads((runs["recovered"] / "recovery.json").read_text())
     assert (rec["chosen_step"], rec["curve_chosen_step"]) == (1, 1)

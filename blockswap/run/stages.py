@@ -138,6 +138,12 @@ def recovery(state: RunState) -> None:
         entry["folder"] = target or f"model_step{step}_recovered"
         state.save_model(student, entry["folder"])
         students[str(step)] = entry
+    kept = students[str(final)]["kept_validation_after"]
+    if kept < run_cfg.min_kept:  # it passed before recovery: recovery does not always lift validation
+        state.log(
+            f"note: the final student (step {final}) keeps {kept:.4f} on validation after recovery, below --min-kept "
+            f"{run_cfg.min_kept} (it kept {curve['rows'][final]['kept']:.4f} before)"
+        )
     state.write(
         "recovery.json",
         {"metric": curve["metric"], "stop_rule": run_cfg.stop_rule, "chosen_step": final,
