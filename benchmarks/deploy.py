@@ -1,12 +1,15 @@
 """Latency where users run models: eager PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime dynamic int8.
 
-    .venv/bin/python benchmarks/deploy.py RUN_DIR [--repeats 20] [--threads 2] [--unfused] [--json FILE]
+    .venv/bin/python benchmarks/deploy.py RUN_DIR [--repeats 20] [--sessions 3] [--threads 2] [--unfused] [--json FILE]
 
-For the run's teacher, its chosen student (RUN/model) and its most compressed student (RUN/model_last,
-when the curve went further than the chosen step): batch 1 and 32 at sequence 128, and 32 real test
-sentences (dynamic padding). The same thread count for torch and ONNX Runtime; every (model, runtime)
-is timed in shuffled rounds of short warm bursts, so drifts of a shared machine fall on all alike;
-median and p10-p90. Exports each model with `blockswap export` machinery (parity-checked, test
+For the run's teacher, its final student (``chosen``: RUN/model_recovered, or RUN/model for a run without
+recovery; before session 19 this was RUN/model, the curve's choice before recovery) and its most compressed
+student (``last``: RUN/model_last_recovered or RUN/model_last, when it is not the final one): batch 1 and 32 at
+sequence 128, and 32 real test sentences (dynamic padding). The same thread count for torch and ONNX Runtime;
+every (model, runtime) is loaded in ``--sessions`` independent sessions (one ONNX Runtime session can stay
+slower than another for its life), every (model, runtime, session) timed ``--repeats`` times in shuffled rounds
+of short warm bursts, so drifts of a shared machine fall on all alike; the median of the sessions' medians and
+the medians of their p10-p90. Exports each model with `blockswap export` machinery (parity-checked, test
 accuracy per runtime) into RUN_DIR/bench_onnx/ unless already there; with ``--unfused`` also without
 the fused attention operator (RUN_DIR/bench_onnx_unfused/, runtimes ``ort_*_unfused``). Speed-ups are
 quoted against the teacher *in the same runtime* and, separately, against the eager fp32 teacher.
@@ -52,6 +55,10 @@ def _runner(runtime: str, name: str, folder: Path, run: Path, threads: int):
     ).logits
 
 
+def _substituted(folder: Path) -> list[int]:
+    return (json.loads((folder / "config.json").read_text()).get("blockswap") or {}).get("substituted", [])
+
+
 def _export(name: str, folder: Path, onnx_dir: Path, *, dsd, data_cfg, scales: str, fused: bool) -> dict:
     """Export ``folder`` unless ``onnx_dir`` holds an export of the same kind; returns its metadata."""
     meta_file = onnx_dir / deploy.META_FILE
@@ -68,7 +75,8 @@ def _export(name: str, folder: Path, onnx_dir: Path, *, dsd, data_cfg, scales: s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per session")
+    parser.add_argument("--sessions", type=int, default=3, help="independent sessions per model and runtime")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each burst of timed ones")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--int8-scales", default="auto", choices=["auto", "per-tensor", "per-channel"])
@@ -80,11 +88,13 @@ def main() -> int:
     transformers.utils.logging.disable_progress_bar()
     data_cfg = DataConfig(**yaml.safe_load((run / "config.yaml").read_text())["data"])  # only the data section
     dsd = load_source(data_cfg, log=lambda *_: None)
-    folders = {"teacher": Path(json.loads((run / "teacher.json").read_text())["source"]), "chosen": run / "model"}
-    if (run / "model_last").is_dir():  # the curve's last (most compressed) step, when it is not the chosen one
-        folders["last"] = run / "model_last"
+    final = next(run / n for n in ("model_recovered", "model") if (run / n).is_dir())  # what the run delivers
+    folders = {"teacher": Path(json.loads((run / "teacher.json").read_text())["source"]), "chosen": final}
+    last = next((run / n for n in ("model_last_recovered", "model_last") if (run / n).is_dir()), None)
+    if last is not None and _substituted(last) != _substituted(final):  # the curve's most compressed student
+        folders["last"] = last
     runtimes = RUNTIMES + (("ort_fp32_unfused", "ort_int8_unfused") if args.unfused else ())
-    result: dict = {"run_dir": str(run), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+    result: dict = {"run_dir": str(run), "threads": args.threads, "repeats": args.repeats, "sessions": args.sessions, "warmup": args.warmup,
                     "timing": f"measure.round_robin: shuffled rounds, each runner {args.warmup} untimed + up to {measure.ROUND_ROBIN_BURST} timed calls",
                     "host": measure.machine(), "models": {}, "cases": {}}  # fmt: skip
     texts = deploy.latency_texts(list(dsd["test"]["text"]))  # a batch of typical-to-long sentences, as a run's report
@@ -101,17 +111,19 @@ def main() -> int:
         }  # fmt: skip
     tok = export.load_tokenizer(folders["teacher"])
     cases = {"b1_s128": (None, 1, 128), "b32_s128": (None, 32, 128), "b32_real": (texts, 32, data_cfg.max_length)}
-    runners = {(name, rt): _runner(rt, name, folder, run, args.threads) for name, folder in folders.items()
-               for rt in runtimes}  # fmt: skip
+    runners = {(name, rt, k): _runner(rt, name, folder, run, args.threads) for name, folder in folders.items()
+               for rt in runtimes for k in range(args.sessions)}  # fmt: skip
     models = {name: export.load_classifier(str(folder)) for name, folder in folders.items()}  # MACs per shape
     for case, (src, n, seq) in cases.items():
         batch = _inputs(tok, src, n, seq)
         row = {"batch": list(batch["input_ids"].shape)}
         with torch.inference_mode():
-            timed = measure.round_robin(
-                {k: (lambda fn=fn, b=batch: fn(b)) for k, fn in runners.items()},
-                repeats=args.repeats,
-                warmup=args.warmup,
+            timed = measure.by_session(
+                measure.round_robin(
+                    {k: (lambda fn=fn, b=batch: fn(b)) for k, fn in runners.items()},
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                )
             )
         for name, model in models.items():
             macs = measure.count_macs(model, batch=n, seq_len=batch["input_ids"].shape[1])

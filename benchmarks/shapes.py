@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -46,17 +45,6 @@ def parse_shape(text: str) -> CompactSpec:
         )
     hidden, layers, heads, ffn = map(int, m.groups()[:4])
     return CompactSpec(hidden=hidden, layers=layers, heads=heads, ffn=ffn, activation=m.group(5) or "gelu")
-
-
-def session_summary(sessions: list[dict]) -> dict:
-    """One (model, precision) over its sessions: the median of the sessions' medians (what is compared), their
-    spread, and each session's median — small models' sessions on this CPU came in two speeds (README)."""
-    medians = sorted(s["median_ms"] for s in sessions)
-    return {
-        "median_ms": statistics.median(medians), "session_medians_ms": medians,
-        "p10_ms": statistics.median(s["p10_ms"] for s in sessions), "p90_ms": statistics.median(s["p90_ms"] for s in sessions),
-        "min_ms": min(s["min_ms"] for s in sessions), "repeats": sum(s["repeats"] for s in sessions), "sessions": len(sessions),
-    }  # fmt: skip
 
 
 def main() -> int:
@@ -98,8 +86,7 @@ def main() -> int:
     per_session = measure.round_robin(
         {key: (lambda fn=fn: fn(batch)) for key, fn in runners.items()}, repeats=args.repeats, warmup=2
     )
-    timed = {(name, rt): session_summary([per_session[(name, rt, k)] for k in range(args.sessions)])
-             for name in models for rt in ("fp32", "int8")}  # fmt: skip
+    timed = measure.by_session(per_session)  # (name, rt): the median of its sessions' medians
     length = batch["input_ids"].shape[1]
     gmacs = {name: measure.count_macs(m, batch=32, seq_len=length)["gmacs"] for name, m in models.items()}
     rows = {}

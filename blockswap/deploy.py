@@ -240,10 +240,14 @@ def latency_texts(texts: list[str], n: int = 32) -> list[str]:
     return sorted(texts, key=len)[len(texts) // 2 :][::-1][:n]
 
 
-def ort_latency(exports: dict[str, tuple[Path, dict]], *, threads: int, repeats: int, warmup: int = 2) -> dict:
+def ort_latency(
+    exports: dict[str, tuple[Path, dict]], *, threads: int, repeats: int, warmup: int = 2, sessions: int = 1
+) -> dict:
     """``{name: {case: {ort_fp32|ort_int8: median and spread (ms), batch shape}}}`` for exports given as
-    ``name -> (folder, {case: tokenised batch})``: the sessions ``OnnxClassifier`` opens (``threads`` intra-op
-    threads), every (export, precision, batch) timed in the same shuffled rounds (``measure.round_robin``)."""
+    ``name -> (folder, {case: tokenised batch})``: ``sessions`` independent sessions of each export and precision
+    as ``OnnxClassifier`` opens them (``threads`` intra-op threads), each timed ``repeats`` times, every (export,
+    precision, session, batch) in the same shuffled rounds (``measure.round_robin``); the median of the sessions'
+    medians is reported (``measure.session_summary``: one session is one draw of its speed)."""
     from . import measure
 
     runners = {}
@@ -251,10 +255,11 @@ def ort_latency(exports: dict[str, tuple[Path, dict]], *, threads: int, repeats:
         for runtime, int8 in (("ort_fp32", False), ("ort_int8", True)):
             if int8 and not (Path(folder) / INT8_FILE).is_file():
                 continue
-            session = OnnxClassifier.load(folder, int8=int8, threads=threads)
-            for case, batch in cases.items():
-                runners[(name, case, runtime)] = lambda o=session, b=batch: o.logits(b)
-    timed = measure.round_robin(runners, repeats=repeats, warmup=warmup)
+            for k in range(sessions):
+                session = OnnxClassifier.load(folder, int8=int8, threads=threads)
+                for case, batch in cases.items():
+                    runners[(name, case, runtime, k)] = lambda o=session, b=batch: o.logits(b)
+    timed = measure.by_session(measure.round_robin(runners, repeats=repeats, warmup=warmup))
     out: dict = {name: {case: {} for case in cases} for name, (_, cases) in exports.items()}
     for (name, case, runtime), stats in timed.items():
         out[name][case][runtime] = {**stats, "batch": list(exports[name][1][case]["input_ids"].shape)}

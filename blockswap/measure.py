@@ -138,6 +138,27 @@ def round_robin(runners: dict, *, repeats: int, warmup: int, seed: int = 0) -> d
     return {k: spread(v) for k, v in times.items()}
 
 
+def session_summary(sessions: list[dict]) -> dict:
+    """One model and runtime timed in several independent sessions (each a ``spread``): the median of the sessions'
+    medians (what is compared), their p10/p90 medians, and each session's median. One ONNX Runtime session of a
+    small int8 model can run its element-wise operators 2-3x slower than another session of the same file for its
+    whole life (measured on a 2-core AMD EPYC, cause not found): one session is one draw."""
+    medians = sorted(s["median_ms"] for s in sessions)
+    return {
+        "median_ms": statistics.median(medians), "session_medians_ms": medians,
+        "p10_ms": statistics.median(s["p10_ms"] for s in sessions), "p90_ms": statistics.median(s["p90_ms"] for s in sessions),
+        "min_ms": min(s["min_ms"] for s in sessions), "repeats": sum(s["repeats"] for s in sessions), "sessions": len(sessions),
+    }  # fmt: skip
+
+
+def by_session(timed: dict[tuple, dict]) -> dict[tuple, dict]:
+    """``round_robin`` results keyed ``(*key, session)`` -> ``{key: session_summary}`` over each key's sessions."""
+    groups: dict[tuple, list[dict]] = {}
+    for (*key, _session), stats in timed.items():
+        groups.setdefault(tuple(key), []).append(stats)
+    return {key: session_summary(sessions) for key, sessions in groups.items()}
+
+
 def spread(times: list[float]) -> dict[str, float]:
     """Median, p10, p90 and minimum of timings (ms)."""
     return {"median_ms": statistics.median(times), "p10_ms": _quantile(times, 0.1), "p90_ms": _quantile(times, 0.9),

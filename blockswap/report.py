@@ -277,6 +277,11 @@ def render(run_dir: str | Path) -> Path:
     return out
 
 
+def _sessions(setup: dict) -> str:
+    n = setup.get("sessions", 1)  # older runs: one session
+    return f"{n} sessions' medians, each of " if n > 1 else ""
+
+
 def _ort_latency_lines(exported: dict) -> list[str]:
     """export.json's ONNX Runtime latencies: teacher and student per batch and precision, the student's speed-up
     over the teacher in the same runtime."""
@@ -292,7 +297,7 @@ def _ort_latency_lines(exported: dict) -> list[str]:
             for case, rt in cols
         ) + " |",
         "",
-        f"Median of {setup['repeats']} after {setup['warmup']} warm-up, {setup['threads']} threads (as torch); batch ×"
+        f"Median of {_sessions(setup)}{setup['repeats']} after {setup['warmup']} warm-up, {setup['threads']} threads (as torch); batch ×"
         " sequence in each header: random full-length ids at the measurement length, then the test split's (up to 32)"
         " longer-half sentences padded to their longest; (×N): the student's speed-up over the teacher in the same"
         " runtime.",

@@ -113,7 +113,9 @@ def test_suite_reads_a_run_given_no_baselines(tmp_path):
 
 def test_shapes_benchmark_names_and_session_summary():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from shapes import parse_shape, session_summary
+    from shapes import parse_shape
+
+    from blockswap.measure import by_session, session_summary
 
     spec = parse_shape("h192_l1_a2_f384_relu")
     assert (spec.hidden, spec.layers, spec.heads, spec.ffn, spec.activation) == (192, 1, 2, 384, "relu")
@@ -126,6 +128,8 @@ def test_shapes_benchmark_names_and_session_summary():
     out = session_summary(sessions)
     assert out["median_ms"] == 41 and out["session_medians_ms"] == [40, 41, 60]  # a slow session does not decide it
     assert out["min_ms"] == 38 and out["repeats"] == 30 and out["sessions"] == 3
+    grouped = by_session({("a", "fp32", k): s for k, s in enumerate(sessions)} | {("b", "fp32", 0): sessions[1]})
+    assert grouped[("a", "fp32")] == out and grouped[("b", "fp32")]["session_medians_ms"] == [60]
 
 
 def _finished_run(folder: Path, chosen: int, last_kept_validation: float, min_kept: float = 0.97) -> Path:
