@@ -190,14 +190,15 @@ def _baseline_table(curve: dict, base: dict, recovered: dict) -> list[str]:
 def _recovery_table(curve: dict, recovered: dict) -> list[str]:
     lines = ["", "## Recovery", "", "The student trained end to end by KD after the curve (`--recovery-epochs`; every weight "
              "unless `--recovery-freeze-kept`); the equal-budget baselines at these steps get the same extra steps.", "",
-             f"| step | GMACs cut | steps x batch | seconds | val {_metric(curve)} before -> after | kept (test) before "
-             "| kept (test) after [95 % CI] |", "|---:|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+             f"| step | GMACs cut | steps x batch | seconds | val {_metric(curve)} before -> after | kept (val) after "
+             "[95 % CI] | kept (test) before | kept (test) after [95 % CI] |", "|---:|---:|---:|---:|---|---:|---:|---:|"]  # fmt: skip
     for step, r in recovered.items():
         row = curve["rows"][int(step)]
         lines.append(
             f"| {step} | {_pct(row['gmacs_cut'])} | {r['steps']} x {r['batch_size']} | {r['seconds']:.0f} | "
-            f"{r['validation_before']:.4f} -> {r['validation_after']:.4f} | {r['kept_test_before']:.4f} | "
-            f"{_kept_ci(r['kept_test'], r['kept_test_ci95'])} |"
+            f"{r['validation_before']:.4f} -> {r['validation_after']:.4f} | "
+            f"{_kept_ci(r.get('kept_validation_after'), r.get('kept_validation_after_ci95'))} | "
+            f"{r['kept_test_before']:.4f} | {_kept_ci(r['kept_test'], r['kept_test_ci95'])} |"
         )
     return lines
 

@@ -338,6 +338,8 @@ def test_the_recovered_stop_rule_chooses_the_last_step_when_it_keeps_enough_afte
     assert curve["chosen_step"] == 1 and recovered == [3]
     assert (rec["chosen_step"], rec["curve_chosen_step"], rec["stop_rule"]) == (3, 1, "recovered")
     assert {k: v["folder"] for k, v in rec["students"].items()} == {"3": "model_recovered"}
+    low, high = rec["students"]["3"]["kept_validation_after_ci95"]  # the noise the rule's reading has
+    assert low <= high and rec["students"]["3"]["n_validation"] == 12  # the tiny set's validation split
     assert not (out / "model_last_recovered").exists()
     assert _substituted(out / "model_recovered") == curve["rows"][3]["substituted"] == _substituted(out / "model_last")
     summary, ev = (json.loads((out / f).read_text()) for f in ("summary.json", "evaluation.json"))
@@ -347,6 +349,7 @@ def test_the_recovered_stop_rule_chooses_the_last_step_when_it_keeps_enough_afte
     assert summary["gmacs_cut"] == pytest.approx(curve["rows"][3]["gmacs_cut"], rel=1e-6)
     report = (out / "report.md").read_text()
     assert "| 3 **(chosen)**" in report and "| 1 **(chosen)**" not in report and "Stop rule `recovered`" in report
+    assert "| kept (val) after [95 % CI] |" in report  # the recovery table: what the rule read, with its noise
 
 
 def test_the_recovered_stop_rule_falls_back_to_the_curves_choice(

@@ -121,9 +121,11 @@ def recovery(state: RunState) -> None:
         entry["folder"] = "model_recovered" if passed else "model_last_recovered"
         state.save_model(student, entry["folder"])
         students[str(last)], final = entry, last if passed else chosen
+        low, high = entry["kept_validation_after_ci95"]
         state.log(
-            f"stop rule 'recovered': the last step's student keeps {entry['kept_validation_after']:.4f} on validation "
-            f"after recovery, {'>=' if passed else '<'} --min-kept {run_cfg.min_kept}: the final student is step {final}"
+            f"stop rule 'recovered': the last step's student keeps {entry['kept_validation_after']:.4f} [{low:.3f}, "
+            f"{high:.3f}] of the teacher's validation score over {entry['n_validation']} texts after recovery, "
+            f"{'>=' if passed else '<'} --min-kept {run_cfg.min_kept}: the final student is step {final}"
         )
     wanted = [chosen] if final == chosen else []
     if cfg.recover_last or cfg.recover_key:
@@ -162,6 +164,7 @@ def _recover(state: RunState, curve: dict, source: str, step: int) -> tuple[dict
     budget["teacher_cache_batches"] = state.teacher_cache.hits - served  # batches with no teacher forward
     row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))
     ci = kept_interval(state.teacher_test(), test, seed=step)
+    val_ci = kept_interval(state.teacher_point("validation"), val, seed=step)  # what the stop rule reads, and its noise
     state.log(
         f"recovery of step {step}: {budget['steps']} steps, validation {val['metric']} {row['score']:.4f} -> "
         f"{val['score']:.4f}, kept on test {row['kept_test']:.4f} -> {ci['kept']:.4f} "
@@ -170,6 +173,7 @@ def _recover(state: RunState, curve: dict, source: str, step: int) -> tuple[dict
     entry = {
         "substituted": row["substituted"], **budget, "validation_before": row["score"],
         "validation_after": val["score"], "kept_validation_after": val["score"] / curve["teacher_validation_score"],
+        "kept_validation_after_ci95": val_ci["ci95"], "n_validation": val_ci["n"],
         "test_score_before": row["test_score"], "kept_test_before": row["kept_test"], "test_score": test["score"],
         "kept_test": ci["kept"], "kept_test_ci95": ci["ci95"], "test_metrics": other_metrics(test),
         "test_per_example": per_example(test),
