@@ -33,7 +33,11 @@ class CompactSpec:
     heads: int = _help("attention heads inside the substitute", 2)
     ffn: int | None = _help("feed-forward width inside the substitute (default 4 x hidden)", None)
     dropout: float = _help("dropout inside the substitute (0: it underfits its block, and dropout is slow on CPU)", 0.0)
-    activation: str = _help("feed-forward activation: gelu, relu, silu, tanh", "gelu")
+    activation: str = _help(
+        "feed-forward activation: relu, gelu, silu, tanh (relu since session 19: no accuracy difference shown against "
+        "gelu over 4 datasets x 3 seeds, and faster in ONNX Runtime)",
+        "relu",
+    )
     norm: str = _help(
         "'none' (the thesis's block) or 'post': end with a LayerNorm initialised from the block's own", "none"
     )
@@ -60,9 +64,10 @@ class CompactSpec:
 
     @classmethod
     def from_dict(cls, values: dict) -> "CompactSpec":
-        """From a saved dict; keys this version does not know (e.g. an older ``init``) are ignored."""
+        """From a saved dict; keys this version does not know (e.g. an older ``init``) are ignored, and a dict saved
+        before the activation was recorded is the GELU every substitute had then (the default is ReLU now)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{"activation": "gelu", **{k: v for k, v in values.items() if k in known}})
 
 
 def keep_mask(attention_mask: torch.Tensor | None, batch: int, seq: int) -> torch.Tensor | None:

@@ -129,7 +129,9 @@ def test_one_spec_shapes_the_block_and_its_saved_form():
     assert len(block.layers) == 3 and block.layers[0].fc1.out_features == 32  # ffn defaults to 4 x hidden
     assert block.down.out_features == 8 and block.norm is None
     saved = {**dataclasses.asdict(spec), "init": "linear"}  # an older blockswap saved the init too
-    assert CompactSpec.from_dict(saved) == spec
+    assert CompactSpec.from_dict(saved) == spec and spec.activation == "relu"  # the default since session 19
+    del saved["activation"]  # saved before the activation was recorded: every substitute was GELU then
+    assert CompactSpec.from_dict(saved) == dataclasses.replace(spec, activation="gelu")
 
 
 def test_head_logits_match_the_model(family):
