@@ -247,7 +247,8 @@ def ort_latency(
     ``name -> (folder, {case: tokenised batch})``: ``sessions`` independent sessions of each export and precision
     as ``OnnxClassifier`` opens them (``threads`` intra-op threads), each timed ``repeats`` times, every (export,
     precision, session, batch) in the same shuffled rounds (``measure.round_robin``); the median of the sessions'
-    medians is reported (``measure.session_summary``: one session is one draw of its speed)."""
+    medians is reported (``measure.session_summary``: one session is one draw of its speed, and the sessions of
+    one process can be slow together)."""
     from . import measure
 
     runners = {}

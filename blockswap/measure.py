@@ -142,7 +142,9 @@ def session_summary(sessions: list[dict]) -> dict:
     """One model and runtime timed in several independent sessions (each a ``spread``): the median of the sessions'
     medians (what is compared), their p10/p90 medians, and each session's median. One ONNX Runtime session of a
     small int8 model can run its element-wise operators 2-3x slower than another session of the same file for its
-    whole life (measured on a 2-core AMD EPYC, cause not found): one session is one draw."""
+    whole life (measured on a 2-core AMD EPYC, cause not found): one session is one draw. Sessions of one process
+    are not independent draws, though: once all three of a process's sessions of a model were slow together
+    (benchmarks/ort_compare.py), so compare models timed in the same process, interleaved."""
     medians = sorted(s["median_ms"] for s in sessions)
     return {
         "median_ms": statistics.median(medians), "session_medians_ms": medians,

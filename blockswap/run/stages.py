@@ -272,7 +272,7 @@ def onnx_export(state: RunState) -> None:
         "student": (export.load(final), export.load_tokenizer(final)),
     }
     result = {}
-    # 3 sessions per model and precision, 7 calls each: about the time of 20 calls in one, not one session's draw
+    # 3 sessions per model and precision, 7 calls each: about the time of 20 calls in one, less one session's draw
     repeats = -(-max(20, state.cfg.run.latency_repeats) // EXPORT_SESSIONS)
     setup = {"threads": torch.get_num_threads(), "repeats": repeats, "warmup": 2, "sessions": EXPORT_SESSIONS}
     for name, (model, tokenizer) in models.items():
