@@ -88,7 +88,7 @@ def main() -> int:
     transformers.utils.logging.disable_progress_bar()
     data_cfg = DataConfig(**yaml.safe_load((run / "config.yaml").read_text())["data"])  # only the data section
     dsd = load_source(data_cfg, log=lambda *_: None)
-    final = next(run / n for n in ("model_recovered", "model") if (run / n).is_dir())  # what the run delivers
+    final = export.final_student(run)  # what the run delivers
     folders = {"teacher": Path(json.loads((run / "teacher.json").read_text())["source"]), "chosen": final}
     last = next((run / n for n in ("model_last_recovered", "model_last") if (run / n).is_dir()), None)
     if last is not None and _substituted(last) != _substituted(final):  # the curve's most compressed student

@@ -10,7 +10,7 @@ int8) into ``--work`` and timed with 2 ONNX Runtime threads on the 32 longer-hal
 (padded to their longest), all models in shuffled rounds (``measure.round_robin``), each model and precision in
 ``--sessions`` independent sessions: one session of a small int8 model can run its element-wise operators 2-3x
 slower than another session of the same file for its whole life (measured here, cause not found), so the median
-of the sessions' medians is compared. Reports per shape: MACs ratio to the teacher at that batch, fp32 and int8
+of the sessions' medians is compared (all in one process, which can also be slow as a whole: session 19). Reports per shape: MACs ratio to the teacher at that batch, fp32 and int8
 medians and the speed-up over the teacher in the same runtime divided by the MACs ratio (#11's target: >= 0.9).
 Accuracy is not measured here: a shape's accuracy needs `blockswap run --compact-hidden ... ` (or
 benchmarks/suite.py).

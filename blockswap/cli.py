@@ -179,7 +179,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import commands
+    from . import commands, export
     from .run import run_pipeline
 
     cfg = config_from_args(args)
@@ -195,8 +195,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"kept {s['kept_test']:.4f}, params -{s['params_cut']:.1%}, GMACs -{s['gmacs_cut']:.1%}, "
         f"speed-up x{s['speedup_b32']:.2f} at batch 32"
     )
-    final = next(out / name for name in ("model_recovered", "model") if (out / name).is_dir())  # as evaluated
-    print(f"report: {out / 'report.md'}; model: {final}")
+    print(f"report: {out / 'report.md'}; model: {export.final_student(out)}")
     return 0
 
 

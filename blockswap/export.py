@@ -122,6 +122,11 @@ def _looks_like_path(name: str) -> bool:
 RUN_MODELS = ("model_recovered", "model", "model_last_recovered", "model_last", "teacher")  # final student first
 
 
+def final_student(run: Path) -> Path:
+    """A run folder's final student: RUN/model_recovered when the recovery stage ran, else RUN/model."""
+    return run / RUN_MODELS[0] if (run / RUN_MODELS[0]).is_dir() else run / RUN_MODELS[1]
+
+
 def not_a_model(path: Path) -> ModelLoadError:
     """The error for a local path that is not a model folder, saying which path to give instead: a file's
     folder, or a run folder's final student (and its teacher)."""

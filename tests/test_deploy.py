@@ -431,7 +431,7 @@ def test_run_with_vocab_pruning_and_onnx_export(tmp_path, capsys, tiny_csv, tiny
         latency = result[name]["latency"]
         assert set(latency) == {"b1", "b32", "b32_real"} and latency["b32"]["ort_int8"]["batch"][0] == 32
         assert all(set(v) == {"ort_fp32", "ort_int8"} and v["ort_fp32"]["median_ms"] > 0 for v in latency.values())
-        # 3 independent sessions per model and precision, their medians' median reported
+        # 3 sessions per model and precision (one process), their medians' median reported
         assert len(latency["b32_real"]["ort_int8"]["session_medians_ms"]) == 3
         assert latency["b32_real"]["ort_int8"]["median_ms"] == latency["b32_real"]["ort_int8"]["session_medians_ms"][1]
     setup = result["latency_setup"]

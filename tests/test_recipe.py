@@ -311,8 +311,8 @@ def _recovered_validation_kept(monkeypatch, kept: float) -> list[int]:
 
     original, recovered = stages._recover, []
 
-    def fixed(state, curve, source, step):
-        entry, student = original(state, curve, source, step)
+    def fixed(state, curve, source, step, teacher_val):
+        entry, student = original(state, curve, source, step, teacher_val)
         recovered.append(step)
         return {**entry, "kept_validation_after": kept}, student
 

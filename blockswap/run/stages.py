@@ -114,9 +114,10 @@ def recovery(state: RunState) -> None:
     """
     curve, run_cfg, cfg = state.read("curve.json"), state.cfg.run, state.cfg.distill
     chosen, last = curve["chosen_step"], curve["rows"][-1]["step"]
+    teacher_val = state.teacher_point("validation")  # once: under bf16 it is an evaluation
     students, final = {}, chosen
     if run_cfg.stop_rule == "recovered" and last != chosen:  # the curve saved the last student as RUN/model_last
-        entry, student = _recover(state, curve, "model_last", last)
+        entry, student = _recover(state, curve, "model_last", last, teacher_val)
         passed = entry["kept_validation_after"] >= run_cfg.min_kept
         entry["folder"] = "model_recovered" if passed else "model_last_recovered"
         state.save_model(student, entry["folder"])
@@ -136,7 +137,7 @@ def recovery(state: RunState) -> None:
             continue
         source = "model" if step == chosen else "model_last" if step == last else f"model_step{step}"  # the curve's
         target = "model_recovered" if step == final else "model_last_recovered" if step == last else None
-        entry, student = _recover(state, curve, source, step)
+        entry, student = _recover(state, curve, source, step, teacher_val)
         entry["folder"] = target or f"model_step{step}_recovered"
         state.save_model(student, entry["folder"])
         students[str(step)] = entry
@@ -153,8 +154,9 @@ def recovery(state: RunState) -> None:
     )  # fmt: skip
 
 
-def _recover(state: RunState, curve: dict, source: str, step: int) -> tuple[dict, PreTrainedModel]:
-    """One curve student (RUN/``source``, curve step ``step``) recovered: its recovery.json entry and the model."""
+def _recover(state: RunState, curve: dict, source: str, step: int, teacher_val: dict) -> tuple[dict, PreTrainedModel]:
+    """One curve student (RUN/``source``, curve step ``step``) recovered: its recovery.json entry and the model;
+    ``teacher_val``: the teacher's validation metrics in the training precision (``state.teacher_point``)."""
     set_seed(state.cfg.run.seed)
     student, served = export.load(state.path(source)), state.teacher_cache.hits
     budget = distill.recover(
@@ -164,7 +166,7 @@ def _recover(state: RunState, curve: dict, source: str, step: int) -> tuple[dict
     budget["teacher_cache_batches"] = state.teacher_cache.hits - served  # batches with no teacher forward
     row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))
     ci = kept_interval(state.teacher_test(), test, seed=step)
-    val_ci = kept_interval(state.teacher_point("validation"), val, seed=step)  # what the stop rule reads, and its noise
+    val_ci = kept_interval(teacher_val, val, seed=step)  # what the stop rule reads, and its noise
     state.log(
         f"recovery of step {step}: {budget['steps']} steps, validation {val['metric']} {row['score']:.4f} -> "
         f"{val['score']:.4f}, kept on test {row['kept_test']:.4f} -> {ci['kept']:.4f} "
@@ -197,7 +199,7 @@ def final_step(state: RunState) -> int:
 
 def student_dir(state: RunState):
     """The final student: recovered when the recovery stage ran, else the curve's chosen one."""
-    return state.path("model_recovered" if state.path("model_recovered").is_dir() else "model")
+    return export.final_student(state.out)
 
 
 def evaluation(state: RunState) -> None:
