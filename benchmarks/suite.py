@@ -31,17 +31,33 @@ from blockswap.run.compare import key_rows  # noqa: E402
 METHODS = ("blockswap", "distil", "thesis")
 
 
-def run_one(folder: Path, dataset: str, seed: int, extra: list[str]) -> float:
-    """Run (or resume) one `blockswap run`; returns its wall seconds (0 when it was already complete)."""
+def run_one(folder: Path, dataset: str, seed: int, extra: list[str], teachers_from: Path | None = None) -> float:
+    """Run (or resume) one `blockswap run`; returns its wall seconds (0 when it was already complete).
+
+    ``teachers_from``: another suite's root; the run takes that suite's teacher of the same dataset and seed
+    (``--teacher``, the folder its teacher.json names) instead of fine-tuning one, so that the two suites differ
+    only in what the extra flags change (`benchmarks/compare_suites.py` compares them per sentence).
+    """
     if (folder / "summary.json").is_file():
         return 0.0
     cmd = [sys.executable, "-m", "blockswap.cli", "run", "--out", str(folder), "--dataset", dataset]
+    if teachers_from is not None:
+        cmd += ["--teacher", str(_teacher_of(teachers_from / folder.name))]
     cmd += ["--seed", str(seed), "--baselines", "distil,thesis", "--baseline-points", "key", "--recover-key", *extra]
     if folder.exists():
         cmd.append("--resume")
     started = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     return time.perf_counter() - started
+
+
+def _teacher_of(run: Path) -> Path | str:
+    """The teacher a finished run used: its own fine-tuned RUN/teacher, else the one it was given."""
+    if (run / "teacher").is_dir():
+        return run / "teacher"
+    if not (run / "teacher.json").is_file():
+        sys.exit(f"--teachers-from: {run} has no teacher; give a suite root with this dataset and seed")
+    return json.loads((run / "teacher.json").read_text())["source"]
 
 
 def points(folder: Path) -> dict[str, dict]:
@@ -150,6 +166,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--root", default=str(ROOT / "runs" / "suite"), help="one run folder per dataset and seed")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
+    parser.add_argument("--teachers-from", type=Path, help="another suite's root: reuse its fine-tuned teachers")
     parser.add_argument("extra", nargs="*", help="extra flags for `blockswap run` (after --)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -162,7 +179,7 @@ def main() -> int:
     for seed in seeds:  # seed-major: an interrupted suite has whole seeds over every dataset
         for dataset in datasets:
             folder = Path(args.root) / f"{Path(dataset).stem}-s{seed}"
-            seconds[folder.name] = run_one(folder, dataset, seed, args.extra)
+            seconds[folder.name] = run_one(folder, dataset, seed, args.extra, args.teachers_from)
             runs[Path(dataset).stem][seed] = points(folder)
             result = {
                 "command": " ".join(["benchmarks/suite.py", *sys.argv[1:]]),

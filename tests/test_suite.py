@@ -173,3 +173,56 @@ def test_stop_rule_replay_takes_the_last_step_only_when_it_keeps_enough_after_re
     (tmp_path / "r/a-s0/recovery.json").write_text(json.dumps({"students": {}}))
     with pytest.raises(SystemExit, match="not recovered"):
         replay(tmp_path / "r/a-s0")
+
+
+def _suite_run(folder: Path, teacher: list[int], students: dict[int, list[int]], distil: list[int] | None = None):
+    """A finished suite run: a 3-step curve (GMACs cut 0.25 per step), the key steps 2 and 3 recovered with the
+    given per-sentence correctness; ``distil`` adds that baseline at both key steps."""
+    folder.mkdir(parents=True)
+    (folder / "teacher.json").write_text(json.dumps({"test": {"correct": teacher}}))
+    rows = [{"step": k, "gmacs_cut": 0.25 * k} for k in range(4)]
+    (folder / "curve.json").write_text(json.dumps({"rows": rows}))
+    recovered = {
+        str(step): {"test_per_example": {"correct": c}, "kept_test": sum(c) / sum(teacher), "kept_test_ci95": [0, 1],
+                    "kept_test_before": 0.5, "kept_validation_after": 0.9}
+        for step, c in students.items()
+    }  # fmt: skip
+    (folder / "recovery.json").write_text(json.dumps({"students": recovered}))
+    if distil is not None:
+        cells = [{"step": s, "gmacs_cut": 0.3 * s, "kept_test": sum(distil) / sum(teacher),
+                  "test_per_example": {"correct": distil}} for s in (2, 3)]  # fmt: skip
+        (folder / "baselines.json").write_text(json.dumps({"distil": cells, "descriptions": {"distil": "..."}}))
+    return folder
+
+
+def test_compare_suites_pairs_two_suites_on_the_same_teachers_and_sentences(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_suites import compare_run, pooled
+    from suite import _teacher_of
+
+    teacher = [1, 1, 1, 1]
+    old = _suite_run(tmp_path / "old/a-s0", teacher, {2: [1, 1, 1, 0], 3: [1, 1, 0, 0]}, distil=[1, 0, 0, 1])
+    new = _suite_run(tmp_path / "new/a-s0", teacher, {2: [1, 1, 1, 1], 3: [1, 1, 0, 0]})
+    cells = compare_run(new, old)
+    half, every = cells["half"], cells["every"]
+    assert (half["step_new"], half["step_old"], every["step_new"]) == (2, 2, 3)  # the step nearest a 50 % cut, last
+    assert half["new_minus_old"]["difference"] == pytest.approx(0.25)  # the 4th sentence, now right
+    assert every["new_minus_old"]["difference"] == 0 and every["new_minus_old"]["ci95"] == [0, 0]  # the same answers
+    assert half["new_minus_distil"]["difference"] == pytest.approx(0.5) and half["gmacs_cut_distil"] == 0.6
+    other = _suite_run(tmp_path / "new/a-s1", teacher, {2: [1, 1, 1, 1], 3: [1, 0, 0, 0]})
+    out = pooled([half, compare_run(other, old)["half"]])
+    assert out["seeds"] == 2 and out["mean_kept_new"] == 1.0 and out["mean_kept_distil"] == 0.5
+    assert out["new_minus_old"]["per_seed"] == pytest.approx([0.25, 0.25]) and out["new_minus_old"]["runs"] == 2
+    stranger = _suite_run(tmp_path / "new/b-s0", [1, 1, 1, 0], {2: teacher, 3: teacher})
+    with pytest.raises(SystemExit, match="different teachers"):
+        compare_run(stranger, old)
+    (new / "recovery.json").write_text(json.dumps({"students": {}}))
+    with pytest.raises(SystemExit, match="not recovered"):
+        compare_run(new, old)
+    # suite.py --teachers-from: a run's own fine-tuned teacher, else the one it was given
+    (old / "teacher.json").write_text(json.dumps({"source": "/models/given", "test": {"correct": teacher}}))
+    assert _teacher_of(old) == "/models/given"
+    (old / "teacher").mkdir()
+    assert _teacher_of(old) == old / "teacher"
+    with pytest.raises(SystemExit, match="no teacher"):
+        _teacher_of(tmp_path / "missing")
