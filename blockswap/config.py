@@ -280,6 +280,11 @@ class RunConfig:
         default=None,
     )
     eval_split: str = _help("split of a hub --eval-dataset", default="test")
+    embedding_metric: str = _help(
+        "--task embedding: the main metric, which kept and the stop rule read: recall@10 (of the teacher's ten "
+        "nearest neighbours among the held-out texts) or mean_cosine (to the teacher's embeddings)",
+        default="recall@10",
+    )
 
     def __post_init__(self) -> None:
         from .baselines import BASELINES  # the registry is the one list of names
@@ -296,6 +301,10 @@ class RunConfig:
             raise ConfigError(f"--stop-rule must be recovered or curve, got {self.stop_rule!r}")
         if self.baseline_points not in ("all", "key"):
             raise ConfigError(f"--baseline-points must be all or key, got {self.baseline_points!r}")
+        from .embed import METRICS
+
+        if self.embedding_metric not in METRICS:
+            raise ConfigError(f"--embedding-metric must be one of {', '.join(METRICS)}, got {self.embedding_metric!r}")
         if self.export not in ("none", "onnx"):
             raise ConfigError(f"--export must be none or onnx, got {self.export!r}")
         if self.int8_scales not in ("auto", "per-tensor", "per-channel"):

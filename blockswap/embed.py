@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from .errors import MissingDependency, ModelLoadError
 
 RECALL_K = 10
+METRICS = (f"recall@{RECALL_K}", "mean_cosine")  # the main metric (kept, the stop rule): --embedding-metric
 
 
 @dataclass
@@ -174,18 +175,21 @@ def recall_at_k(student: torch.Tensor, teacher: torch.Tensor, k: int = RECALL_K)
     return hits.mean(-1)
 
 
-def embedding_metrics(student: torch.Tensor, teacher: torch.Tensor) -> dict:
-    """Agreement of student embeddings ``(N, D)`` with the teacher's: recall@10 (main), mean cosine, MSE."""
+def embedding_metrics(student: torch.Tensor, teacher: torch.Tensor, main: str = METRICS[0]) -> dict:
+    """Agreement of student embeddings ``(N, D)`` with the teacher's: recall@10, mean cosine, MSE; ``main`` (one of
+    ``METRICS``) is the ``score`` that ``kept`` and the stop rule read, and its per-text values the ones that
+    paired intervals resample (``recall_per_text`` or ``cosine_per_text``)."""
     recall = recall_at_k(student, teacher) if len(teacher) > 1 else torch.ones(len(teacher), dtype=torch.float64)
     cosine = F.cosine_similarity(student.double(), teacher.double(), dim=-1)
+    per_text = {METRICS[0]: ("recall_per_text", recall), "mean_cosine": ("cosine_per_text", cosine)}[main]
     return {
-        "metric": f"recall@{RECALL_K}",
-        "score": recall.mean().item(),
+        "metric": main,
+        "score": per_text[1].mean().item(),
         f"recall@{RECALL_K}": recall.mean().item(),
         "mean_cosine": cosine.mean().item(),
         "mse": (student.double() - teacher.double()).pow(2).mean().item(),
         "n": len(teacher),
-        "recall_per_text": recall.tolist(),  # per example: paired comparisons between models
+        per_text[0]: per_text[1].tolist(),  # per example: paired comparisons between models
     }
 
 

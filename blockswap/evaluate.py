@@ -13,18 +13,21 @@ from .arch import forward_inputs
 from .tagging import f1_of_counts, tagging_metrics, word_predictions
 
 
-def metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
+def metrics(
+    logits: torch.Tensor, labels: torch.Tensor, num_labels: int, *, embedding_metric: str | None = None
+) -> dict:
     """The task's metrics; ``score`` is its main metric (``metric`` names it), which ``kept`` compares.
 
     Classification, ``logits`` (N, C) and integer ``labels`` (N,): accuracy (main), macro-F1, mean
     cross-entropy, confusion matrix (rows = true, columns = predicted) and per-example ``correct``.
     Regression, ``logits`` (N, 1) and float ``labels``: Pearson (main), Spearman, MSE and per-example
-    ``preds`` / ``labels`` (paired comparisons between models resample them).
+    ``preds`` / ``labels`` (paired comparisons between models resample them). Embeddings ``(N, D)`` against the
+    teacher's: ``embed.embedding_metrics``, ``embedding_metric`` its main metric (default recall@10).
     """
     if labels.is_floating_point() and labels.dim() == 2:  # embeddings against the teacher's
-        from .embed import embedding_metrics
+        from .embed import METRICS, embedding_metrics
 
-        return embedding_metrics(logits, labels)
+        return embedding_metrics(logits, labels, embedding_metric or METRICS[0])
     if num_labels == 1:
         return regression_metrics(logits[:, 0].double(), labels.double())
     preds = logits.argmax(-1)
@@ -126,8 +129,8 @@ def predict(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor] | tu
     return tagged if tagged[1] else (torch.cat(all_logits), torch.cat(all_labels))
 
 
-def evaluate(model, loader: DataLoader) -> dict:
-    """Metrics of ``model`` on ``loader`` plus examples per second."""
+def evaluate(model, loader: DataLoader, *, embedding_metric: str | None = None) -> dict:
+    """Metrics of ``model`` on ``loader`` plus examples per second (``embedding_metric``: see ``metrics``)."""
     t0 = time.perf_counter()
     logits, labels = predict(model, loader)
     seconds = time.perf_counter() - t0
@@ -135,7 +138,7 @@ def evaluate(model, loader: DataLoader) -> dict:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         out = tagging_metrics(logits, labels, names)
     else:
-        out = metrics(logits, labels, int(model.config.num_labels))
+        out = metrics(logits, labels, int(model.config.num_labels), embedding_metric=embedding_metric)
     out["examples_per_s"] = len(labels) / seconds if seconds > 0 else float("inf")
     out["seconds"] = seconds
     return out
@@ -171,9 +174,14 @@ def _bootstrap(teacher_score, student_score, n: int, *, samples: int, seed: int)
     return {"kept": kept, "ci95": [low, high], "n": n, "samples": samples}
 
 
+# what paired intervals resample, by task: tagging's per-sentence entity counts, an embedding's per-text recall or
+# cosine (its main metric's), classification's correctness; regression resamples preds and labels
+PER_EXAMPLE = ("entity_counts", "recall_per_text", "cosine_per_text", "correct")
+
+
 def per_example(metrics: dict) -> dict:
     """The per-example part of a ``metrics`` dict that paired intervals resample (the rest are summaries)."""
-    for key in ("entity_counts", "recall_per_text", "correct"):
+    for key in PER_EXAMPLE:
         if key in metrics:
             return {key: metrics[key]}
     return {"preds": metrics["preds"], "labels": metrics["labels"]}
@@ -184,7 +192,7 @@ def _score_fn(metrics: dict, labels: torch.Tensor | None = None):
     if "entity_counts" in metrics:  # token classification: resample sentences, entity F1 from summed counts
         counts = torch.tensor(metrics["entity_counts"], dtype=torch.float64)
         return lambda idx: f1_of_counts(counts[idx])
-    for key in ("recall_per_text", "correct"):  # embeddings' per-text neighbour recall; per-example correctness
+    for key in PER_EXAMPLE[1:]:  # embeddings' per-text neighbour recall or cosine; per-example correctness
         if key in metrics:
             values = torch.tensor(metrics[key], dtype=torch.float64)
             return lambda idx: values[idx].mean(-1)

@@ -84,6 +84,24 @@ def test_embedding_loss_and_recall_by_hand():
     assert embed.recall_at_k(teacher, teacher, k=2).tolist() == [1.0] * 4
 
 
+def test_the_main_embedding_metric_is_what_kept_and_its_interval_read():
+    from blockswap.evaluate import kept_interval, per_example
+
+    teacher = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    cosines = torch.nn.functional.cosine_similarity(student.double(), teacher.double(), dim=-1)
+    by_recall, by_cosine = (embed.embedding_metrics(student, teacher, main) for main in embed.METRICS)
+    assert by_recall["metric"] == "recall@10" and by_recall["score"] == by_recall["recall@10"] == 1.0  # k > N - 1
+    assert by_cosine["metric"] == "mean_cosine" and by_cosine["score"] == pytest.approx(cosines.mean().item())
+    assert by_cosine["recall@10"] == 1.0 and by_recall["mean_cosine"] == by_cosine["mean_cosine"]  # both reported
+    assert per_example(by_cosine) == {"cosine_per_text": pytest.approx(cosines.tolist())}
+    assert per_example(by_recall) == {"recall_per_text": [1.0] * 4}
+    ideal = embed.embedding_metrics(teacher, teacher, "mean_cosine")  # the teacher against itself scores 1
+    ci = kept_interval(ideal, by_cosine)
+    assert ci["kept"] == pytest.approx(cosines.mean().item()) and ci["ci95"][0] < ci["kept"] < ci["ci95"][1]
+    assert kept_interval(ideal, ideal)["ci95"] == pytest.approx([1.0, 1.0])
+
+
 def test_in_batch_similarity_kl_by_hand():
     teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     rotation = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
@@ -197,7 +215,7 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
         torch.testing.assert_close(torch.tensor(got[name]), emb, atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("extra", [["--baselines", "thesis"]])
+@pytest.mark.parametrize("extra", [["--baselines", "thesis"], ["--embedding-metric", "recall@5"]])
 def test_what_the_embedding_task_does_not_offer_is_refused_in_one_line(tmp_path, capsys, tiny_csv, extra):
     argv = ["run", "--task", "embedding", "--dataset", str(tiny_csv), "--out", str(tmp_path / "r"), *extra]
     assert main(argv) == 2
@@ -318,9 +336,16 @@ def test_an_embedding_run_on_texts_without_labels(tmp_path, capsys):
     texts.write_text("\n".join(t for t, _ in sentiment_rows(120)) + "\n")
     out = tmp_path / "run"
     argv = ["run", "--task", "embedding", "--teacher", str(folder), "--dataset", str(texts), "--out", str(out)]
-    assert main([*argv, *FAST, "--baselines", "none", "--prune-vocab"]) == 0, capsys.readouterr().err
+    extra = ["--baselines", "none", "--prune-vocab", "--embedding-metric", "mean_cosine"]
+    assert main([*argv, *FAST, *extra]) == 0, capsys.readouterr().err
     ev = json.loads((out / "evaluation.json").read_text())
     assert "probe" not in ev and 0 < ev["student"]["test"]["mean_cosine"] <= 1
+    # --embedding-metric mean_cosine: kept, its interval and the stop rule read the mean cosine to the teacher's
+    assert ev["student"]["test"]["metric"] == "mean_cosine" and ev["kept"] == ev["student"]["test"]["mean_cosine"]
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["metric"] == "mean_cosine" and curve["rows"][0]["kept"] == 1.0
+    assert all(r["test_score"] == r["test_metrics"]["mean_cosine"] for r in curve["rows"])
+    assert curve["rows"][-1]["kept"] < 1 and "cosine_per_text" in curve["rows"][-1]["test_per_example"]
     assert json.loads((out / "vocab.json").read_text())["metric"] == "recall@10"
     assert (out / "model_vocab" / "modules.json").is_file() and (out / "report.md").is_file()
 

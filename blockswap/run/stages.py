@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from .. import arch, deploy, distill, embed, export, importance, measure
 from ..data import load_source
 from ..errors import RunError
-from ..evaluate import evaluate, kept_interval, logits_fn, per_example
+from ..evaluate import kept_interval, logits_fn, per_example
 from ..substitute import make_compact, save_substitutes
 from ..train import default_base_model, train_teacher
 from ..vocab import prune_and_measure
@@ -44,8 +44,8 @@ def teacher(state: RunState) -> None:
         default = embed.default_teacher() if state.data.task == "embedding" else None
         metrics = {
             "source": cfg.run.teacher or default,
-            "validation": evaluate(state.teacher, state.data.loader("validation")),
-            "test": evaluate(state.teacher, state.data.loader("test")),
+            "validation": state.evaluate(state.teacher, "validation"),
+            "test": state.evaluate(state.teacher, "test"),
         }
     else:
         base = cfg.finetune.model or default_base_model()
@@ -209,7 +209,7 @@ def evaluation(state: RunState) -> None:
     teacher_test = state.teacher_test()  # the same fp32 evaluation, already done
     result = {
         "teacher": {"test": teacher_test, **teacher_cost.as_dict()},
-        "student": {"test": evaluate(student, state.data.loader("test")), **student_cost.as_dict()},
+        "student": {"test": state.evaluate(student, "test"), **student_cost.as_dict()},
     }
     t_test, s_test = result["teacher"]["test"], result["student"]["test"]
     ci = kept_interval(t_test, s_test)

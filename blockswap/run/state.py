@@ -16,7 +16,7 @@ from .. import export, files, measure
 from ..config import Config, dump_config
 from ..embed import StsSet
 from ..errors import RunError
-from ..evaluate import evaluate
+from ..evaluate import PER_EXAMPLE, evaluate
 from ..loaders import TaskData
 from ..teacher_cache import TeacherCache
 
@@ -70,7 +70,11 @@ class RunState:
         evaluation stage are fp32.
         """
         with self.accelerator.autocast():
-            return evaluate(model, self.data.loader(split))
+            return self.evaluate(model, split)
+
+    def evaluate(self, model: PreTrainedModel, split: str) -> dict:
+        """``model``'s metrics on ``split``, the main one the run's (an embedding task's ``--embedding-metric``)."""
+        return evaluate(model, self.data.loader(split), embedding_metric=self.cfg.run.embedding_metric)
 
     def teacher_point(self, split: str) -> dict:
         """The teacher as a curve point: teacher.json's fp32 metrics when training runs in fp32 (they are the
@@ -85,8 +89,8 @@ class RunState:
         """The teacher's fp32 test metrics from teacher.json, with per-example results (re-evaluated for a
         teacher.json written by a blockswap that did not record them)."""
         test = self.read("teacher.json")["test"]
-        per_example = any(k in test for k in ("correct", "preds", "entity_counts", "recall_per_text"))
-        return test if per_example and "score" in test else evaluate(self.teacher, self.data.loader("test"))
+        per_example = any(k in test for k in (*PER_EXAMPLE, "preds"))
+        return test if per_example and "score" in test else self.evaluate(self.teacher, "test")
 
     def place(self, model: PreTrainedModel) -> PreTrainedModel:
         """``model`` moved (in place) to the run's device, where the teacher trains and is measured."""
