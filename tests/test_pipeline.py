@@ -148,6 +148,16 @@ def test_unsatisfiable_stop_rule_still_writes_the_curve(tmp_path, capsys, tiny_c
     assert "target-gmacs-cut" in err and "curve" in err
     assert (out / "curve.csv").exists() and (out / "curve.unsatisfied.json").exists()
     assert not (out / "model").exists()
+    # what the message says works: the same run resumed with a relaxed stop rule, from the curve on
+    blockwise = (out / "blockwise.json").stat().st_mtime_ns
+    assert main([*argv, "--target-gmacs-cut", "0.2", "--baselines", "none", "--resume"]) == 0, capsys.readouterr().err
+    assert (out / "model").is_dir() and not (out / "curve.unsatisfied.json").exists()
+    assert (out / "blockwise.json").stat().st_mtime_ns == blockwise, "the stages before the curve are not re-run"
+    assert "target_gmacs_cut: 0.2" in (out / "config.yaml").read_text()
+    # anything else, or the stop rule once the curve is complete, must match the run's config
+    for changed in (["--target-gmacs-cut", "0.2", "--seed", "1"], ["--target-gmacs-cut", "0.3"]):
+        assert main([*argv, *changed, "--baselines", "none", "--resume"]) == 2
+        assert "the config differs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,7 @@ def substitution_curve(state: RunState) -> None:
     result["chosen_step"] = chosen[0] if chosen else None
     write_text(state.path("curve.csv"), _csv(rows))
     _check_stop_rule(state, result)
+    state.path("curve.unsatisfied.json").unlink(missing_ok=True)  # a resumed run's earlier, stricter rule
     state.save_model(chosen[1], "model")
     if chosen[0] != rows[-1]["step"]:  # the most compressed student too: to deploy or benchmark it
         state.save_model(student, "model_last")
@@ -161,7 +162,10 @@ def _check_stop_rule(state: RunState, result: dict) -> None:
     else:
         best = max(r["kept"] for r in rows[1:])
         why = f"no step keeps >= {cfg.min_kept} of the teacher's {result['metric']} (best {best:.4f})"
-    raise StopRuleUnsatisfied(f"{why}; the curve is in {state.path('curve.csv')}; relax the stop rule and --resume")
+    raise StopRuleUnsatisfied(
+        f"{why}; the curve is in {state.path('curve.csv')}; relax the stop rule (--min-kept, --target-gmacs-cut, "
+        "--max-blocks) and --resume"
+    )
 
 
 def _csv(rows: list[dict]) -> str:

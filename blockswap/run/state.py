@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from .. import export, files, measure
-from ..config import Config, dump_config
+from ..config import Config, dump_config, to_dict
 from ..embed import StsSet
 from ..errors import RunError
 from ..evaluate import PER_EXAMPLE, evaluate
@@ -21,6 +22,9 @@ from ..loaders import TaskData
 from ..teacher_cache import TeacherCache
 
 RUN_MARKER = "run.json"
+# the run's fields the stop rule reads: they may change on --resume until the curve is complete (curve.json), so that
+# a curve no step of which satisfied the rule (curve.unsatisfied.json) is resumed with a relaxed rule, not re-run
+STOP_RULE_FIELDS = ("min_kept", "target_gmacs_cut", "max_blocks", "full_curve", "stop_rule")
 
 
 @dataclass
@@ -125,7 +129,19 @@ def check_run_dir(out: Path, *, resume: bool, config: Config) -> None:
         raise RunError(f"--out {out} already holds a run; pass --resume to continue it, or choose a new folder")
     saved = out / "config.yaml"
     if saved.is_file() and saved.read_text() != dump_config(config):
-        raise RunError(f"the config differs from {saved}; resume with the same flags or start a new run")
+        if (out / "curve.json").is_file() or not _differs_in_stop_rule_only(saved, config):
+            raise RunError(
+                f"the config differs from {saved}; resume with the same flags (the stop rule's may change until "
+                "the curve is complete) or start a new run"
+            )
+
+
+def _differs_in_stop_rule_only(saved: Path, config: Config) -> bool:
+    old, new = yaml.safe_load(saved.read_text()), to_dict(config)
+    for fields in (old, new):
+        for name in STOP_RULE_FIELDS:
+            fields.get("run", {}).pop(name, None)
+    return old == new
 
 
 def create_run_dir(out: Path, config: Config) -> None:
