@@ -121,7 +121,7 @@ def _base_config(model: PreTrainedModel) -> dict:
 
 # ONNX Runtime fusions left out, here and in every session blockswap opens: SkipLayerNormalization (residual add
 # + LayerNorm in one kernel) made the offline default teacher slower, not faster, on a 2-core AVX-512 CPU —
-# ORT fp32 356.6 -> 328.8 ms, int8 160.9 -> 143.7 ms without it (32 real sentences; README "Deploy").
+# ORT fp32 356.6 -> 328.8 ms, int8 160.9 -> 143.7 ms without it (32 real sentences; docs/results.md "Deploy").
 SLOW_FUSIONS = ("SkipLayerNormFusion",)
 
 
