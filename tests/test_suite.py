@@ -213,6 +213,18 @@ def test_compare_suites_pairs_two_suites_on_the_same_teachers_and_sentences(tmp_
     out = pooled([half, compare_run(other, old)["half"]])
     assert out["seeds"] == 2 and out["mean_kept_new"] == 1.0 and out["mean_kept_distil"] == 0.5
     assert out["new_minus_old"]["per_seed"] == pytest.approx([0.25, 0.25]) and out["new_minus_old"]["runs"] == 2
+    # the command: per dataset and point, pooled; what was written by hand into the JSON survives a re-run
+    out_json = tmp_path / "compare.json"
+    out_json.write_text(json.dumps({"what": "a hand-written note", "datasets": {}}))
+    _suite_run(tmp_path / "old/a-s1", teacher, {2: [1, 1, 1, 0], 3: [1, 1, 0, 0]}, distil=[1, 0, 0, 1])
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_suites.py"), str(tmp_path / "new"), str(tmp_path / "old")]
+    cmd += ["--datasets", "a", "--seeds", "0,1", "--json", str(out_json)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+    assert result["what"] == "a hand-written note" and result["command"].startswith("benchmarks/compare_suites.py")
+    assert result["datasets"]["a"]["half"]["new_minus_old"]["per_seed"] == pytest.approx([0.25, 0.25])
+    assert result["datasets"]["a"]["every"]["mean_kept_distil"] == 0.5 and "new_minus_distil" in done.stdout
     stranger = _suite_run(tmp_path / "new/b-s0", [1, 1, 1, 0], {2: teacher, 3: teacher})
     with pytest.raises(SystemExit, match="different teachers"):
         compare_run(stranger, old)
