@@ -24,10 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from suite import pooled_advantage  # noqa: E402  (benchmarks/, this script's folder)
+from suite import key_points, pooled_advantage  # noqa: E402  (benchmarks/, this script's folder)
 
 from blockswap.evaluate import kept_difference, per_example  # noqa: E402
-from blockswap.run.compare import key_rows  # noqa: E402
 
 POINTS = ("half", "every")
 
@@ -45,7 +44,7 @@ def _key_students(folder: Path) -> dict[str, tuple[dict, dict]]:
     rows = _read(folder, "curve.json")["rows"]
     students = _read(folder, "recovery.json")["students"]
     out = {}
-    for point, row in zip(POINTS if len(rows) > 2 else POINTS[1:], key_rows(rows[1:]), strict=True):
+    for point, row in key_points(rows).items():
         student = students.get(str(row["step"]))
         if student is None or "test_per_example" not in student:
             sys.exit(f"{folder}: step {row['step']} was not recovered; compare runs made with --recover-key")

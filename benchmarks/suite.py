@@ -60,6 +60,13 @@ def _teacher_of(run: Path) -> Path | str:
     return json.loads((run / "teacher.json").read_text())["source"]
 
 
+def key_points(rows: list[dict]) -> dict[str, dict]:
+    """``{"half": row, "every": row}`` of a curve's rows (the teacher's row first): the step nearest a 50 % GMACs cut
+    and the last step; only ``every`` when they are the same step."""
+    keys = key_rows(rows[1:])
+    return dict(zip(("half", "every") if len(keys) == 2 else ("every",), keys, strict=True))
+
+
 def points(folder: Path) -> dict[str, dict]:
     """``{"half": ..., "every": ...}``: each method's cut, kept (validation) and kept on test with its interval.
 
@@ -71,9 +78,8 @@ def points(folder: Path) -> dict[str, dict]:
     base = json.loads(base_file.read_text()) if base_file.is_file() else {}
     rec_file = folder / "recovery.json"
     recovered = json.loads(rec_file.read_text()).get("students", {}) if rec_file.is_file() else {}
-    keys = key_rows(curve["rows"][1:])
     out = {}
-    for name, r in zip(("half", "every") if len(keys) == 2 else ("every",), keys, strict=True):
+    for name, r in key_points(curve["rows"]).items():
         entry = {"step": r["step"], "blockswap": _cell(r)}
         if str(r["step"]) in recovered:
             rec = recovered[str(r["step"])]

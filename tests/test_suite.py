@@ -225,6 +225,11 @@ def test_compare_suites_pairs_two_suites_on_the_same_teachers_and_sentences(tmp_
     assert result["what"] == "a hand-written note" and result["command"].startswith("benchmarks/compare_suites.py")
     assert result["datasets"]["a"]["half"]["new_minus_old"]["per_seed"] == pytest.approx([0.25, 0.25])
     assert result["datasets"]["a"]["every"]["mean_kept_distil"] == 0.5 and "new_minus_distil" in done.stdout
+    # a curve whose step nearest a 50 % cut is its last: one key point, not a crash
+    short = [{"step": k, "gmacs_cut": 0.25 * k} for k in range(3)]
+    for run in (new, old):
+        (run / "curve.json").write_text(json.dumps({"rows": short}))
+    assert set(compare_run(new, old)) == {"every"} and compare_run(new, old)["every"]["step_new"] == 2
     stranger = _suite_run(tmp_path / "new/b-s0", [1, 1, 1, 0], {2: teacher, 3: teacher})
     with pytest.raises(SystemExit, match="different teachers"):
         compare_run(stranger, old)

@@ -197,14 +197,12 @@ def final_step(state: RunState) -> int:
     return state.read("curve.json")["chosen_step"]
 
 
-def student_dir(state: RunState):
-    """The final student: recovered when the recovery stage ran, else the curve's chosen one."""
-    return export.final_student(state.out)
-
-
 def evaluation(state: RunState) -> None:
     """evaluation.json: teacher and chosen student on the test split (fp32), with their costs."""
-    student, teacher = state.place(export.load(student_dir(state))), state.place(state.teacher)  # measured alike
+    student, teacher = (
+        state.place(export.load(export.final_student(state.out))),
+        state.place(state.teacher),
+    )  # measured alike
     teacher_cost, student_cost = state.cost(teacher, (1, 32)), state.cost(student, (1, 32))
     teacher_test = state.teacher_test()  # the same fp32 evaluation, already done
     result = {
@@ -214,7 +212,7 @@ def evaluation(state: RunState) -> None:
     t_test, s_test = result["teacher"]["test"], result["student"]["test"]
     ci = kept_interval(t_test, s_test)
     result["kept"], result["kept_ci95"], result["n_test"] = ci["kept"], ci["ci95"], ci["n"]
-    result["student_source"] = str(student_dir(state))
+    result["student_source"] = str(export.final_student(state.out))
     result.update(student_cost.cut(teacher_cost))
     if state.data.task == "embedding" and state.data.label_names:
         result["probe"] = {name: _probe(state, m) for name, m in (("teacher", state.teacher), ("student", student))}
@@ -250,7 +248,7 @@ def _probe(state: RunState, model) -> float:
 def prune_vocab(state: RunState) -> None:
     """vocab.json + RUN/model_vocab: the chosen student with only the tokens of the training texts."""
     cfg = state.cfg.data
-    student = export.load(student_dir(state))
+    student = export.load(export.final_student(state.out))
     pruned, stats = prune_and_measure(student, state.data.tokenizer, load_source(cfg), max_length=cfg.max_length)
     if state.accelerator.is_main_process:
         export.save(pruned, state.path("model_vocab"), tokenizer=state.data.tokenizer)
@@ -268,7 +266,7 @@ def onnx_export(state: RunState) -> None:
     """export.json + RUN/onnx/{teacher,student}: ONNX fp32 + int8, parity-checked, test accuracy per runtime."""
     deploy.require_onnx()
     dsd, cfg = load_source(state.cfg.data), state.cfg.data
-    final = state.path("model_vocab") if state.path("model_vocab").is_dir() else student_dir(state)
+    final = state.path("model_vocab") if state.path("model_vocab").is_dir() else export.final_student(state.out)
     models = {
         "teacher": (state.teacher, state.data.tokenizer),
         "student": (export.load(final), export.load_tokenizer(final)),
