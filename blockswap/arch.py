@@ -401,6 +401,26 @@ def put_block(model: PreTrainedModel, index: int, block: nn.Module) -> None:
     layers[index] = block
 
 
+def remove_blocks(model: PreTrainedModel, indices: list[int]) -> None:
+    """Remove blocks ``indices`` of ``model`` in place (layer dropping): the block list, the layer counts and the
+    per-layer fields of its config (ModernBERT's ``layer_types``), so the model saves as a plain, shorter one of
+    its class that loads without blockswap."""
+    n, gone = num_blocks(model), set(indices)
+    kept = [b for i, b in enumerate(blocks(model)) if i not in gone]
+    parent_path, _, name = block_path(model).rpartition(".")
+    parent = model.get_submodule(parent_path)
+    setattr(parent, name, nn.ModuleList(kept))
+    config = model.config
+    for attr in ("num_hidden_layers", "n_layers"):
+        if hasattr(config, attr):
+            setattr(config, attr, len(kept))
+    per_layer = getattr(config, "layer_types", None)
+    if isinstance(per_layer, (list, tuple)) and len(per_layer) == n:
+        config.layer_types = [t for i, t in enumerate(per_layer) if i not in gone]
+    if hasattr(parent, "n_layers"):  # DistilBERT's Transformer keeps a count
+        parent.n_layers = len(kept)
+
+
 def identity_block(model: PreTrainedModel) -> IdentityBlock:
     """An identity block shaped to return what ``model``'s blocks return."""
     return IdentityBlock(returns_tuple(model))

@@ -17,7 +17,8 @@ BASELINES: dict[str, str] = {
     "drop": "layer dropping of the same blocks with the curve's 30-step end-to-end budget per step only: less training "
     "than blockswap got (no block-wise phase), so not a fair comparison; 'distil' is the equal-budget one",
     "distil": "DistilBERT-style: the least important blocks dropped at the nearest GMACs cut, every remaining weight "
-    "trained by KD for the substitution path's whole budget (block-wise + end-to-end steps x batch)",
+    "trained by KD for the substitution path's whole budget (block-wise + end-to-end steps x batch); each student "
+    "is saved as RUN/distil_step<k>, a plain shorter model of the teacher's class",
     "thesis": "the seed thesis's procedure: the same blocks replaced by the same substitute shape, randomly "
     "initialised, the whole model trained on label cross-entropy only (no teacher) for the substitution path's "
     "whole budget",

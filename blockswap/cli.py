@@ -196,6 +196,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"speed-up x{s['speedup_b32']:.2f} at batch 32"
     )
     print(f"report: {out / 'report.md'}; model: {export.final_student(out)}")
+    for b in s.get("baselines_ahead", []):
+        print("note: " + tables.baseline_ahead(b, str(out / b["folder"])))
     return 0
 
 

@@ -361,8 +361,10 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
             f"- parameters cut {_pct(summary['params_cut'])}, GMACs cut {_pct(summary['gmacs_cut'])}, "
             f"speed-up x{summary['speedup_b1']:.2f} (batch 1) / x{summary['speedup_b32']:.2f} (batch 32)",
             f"- wall time: {_stage_seconds(summary['seconds_per_stage'])}{_host(summary)}",
-            "",
         ]
+        ahead = summary.get("baselines_ahead", [])
+        md += ["- **Behind a baseline here**: " + tables.baseline_ahead(b, "`" + b["folder"] + "`") for b in ahead]
+        md += [""]
     if teacher:
         md += [f"Teacher: `{teacher.get('source')}`.", ""]
     return md

@@ -109,15 +109,7 @@ def drop_blocks(model: PreTrainedModel, blocks: Sequence[int]) -> PreTrainedMode
     """A deep copy of ``model`` with ``blocks`` removed (layer dropping)."""
     indices = check_blocks(model, list(blocks))
     student = copy.deepcopy(model)
-    layer_list = arch.blocks(student)
-    kept = [b for i, b in enumerate(layer_list) if i not in indices]
-    parent_path, _, name = arch.block_path(student).rpartition(".")
-    setattr(student.get_submodule(parent_path), name, nn.ModuleList(kept))
-    for attr in ("num_hidden_layers", "n_layers"):
-        if hasattr(student.config, attr):
-            setattr(student.config, attr, len(kept))
-    if hasattr(student.get_submodule(parent_path), "n_layers"):  # DistilBERT's Transformer keeps a count
-        student.get_submodule(parent_path).n_layers = len(kept)
+    arch.remove_blocks(student, indices)
     return student
 
 

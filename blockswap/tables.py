@@ -110,3 +110,15 @@ def export_summary(folder: str, meta: dict) -> str:
             acc += f" (argmax = fp32 on {t['int8_argmax_agreement_with_fp32']:.1%})"
         lines.append(acc)
     return "\n".join(lines)
+
+
+def baseline_ahead(b: dict, folder: str) -> str:
+    """One line for a saved baseline student that keeps more on test than the substitution path's student at the
+    same curve point, beyond the paired interval (an entry of summary.json's ``baselines_ahead``)."""
+    adv = b["blockswap_advantage"]
+    lo, hi = adv["ci95"]
+    return (
+        f"the {b['baseline']} baseline's student {folder} (GMACs -{b['gmacs_cut']:.1%}) keeps {b['kept_test']:.4f} on "
+        f"test, {-adv['kept_test']:.4f} [{-hi:.4f}, {-lo:.4f}] more than step {b['step']}'s substituted student: "
+        "ahead beyond noise; it is a plain model folder of the teacher's class"
+    )

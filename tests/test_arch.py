@@ -86,3 +86,18 @@ def test_a_cache_argument_marks_a_decoder_block_unless_it_is_a_bert_style_layer(
     gpt2 = ["hidden_states", "past_key_values", "attention_mask", "encoder_hidden_states", "use_cache"]
     assert arch.is_decoder_block(gpt2, encoder)
     assert not arch.is_decoder_block(["hidden_states", "attention_mask", "output_attentions"], encoder)
+
+
+def test_a_layer_dropped_model_saves_as_a_plain_shorter_model_of_its_class(family, tmp_path):
+    """Layer removal keeps the config's layer count and per-layer fields (ModernBERT's layer_types) in step, so
+    the folder loads without blockswap and gives the same logits."""
+    teacher = tiny_model(family)
+    dropped = drop_blocks(teacher, [1]).eval()
+    ids, mask = padded_batch()
+    folder = export.save(dropped, tmp_path / "m")
+    assert not (folder / "modeling_blockswap.py").exists()
+    again = export.load(folder).eval()
+    assert type(again) is type(teacher) and arch.num_blocks(again) == 2
+    with torch.no_grad():
+        want = dropped(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits, want, atol=0, rtol=0)

@@ -173,6 +173,14 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     assert curve["rows"][0]["test_metrics"]["sts_spearman"] == pytest.approx(want_sts, abs=1e-6)
     assert all("sts_spearman" in r["test_metrics"] for r in curve["rows"])
     assert "STS (" in (out / "report.md").read_text()
+    for b in json.loads((out / "baselines.json").read_text())["distil"]:  # layer removal: a plain shorter model
+        assert not (out / b["folder"] / "modeling_blockswap.py").exists()
+        dropped = SentenceTransformer(str(out / b["folder"]), device="cpu")
+        assert (
+            dropped[0].auto_model.config.num_hidden_layers
+            == 3 - len(b["dropped"])
+            == len(dropped[0].auto_model.encoder.layer)
+        )
     exported = json.loads((out / "export.json").read_text())  # teacher and student, each one graph to the embedding
     for name in ("teacher", "student"):
         assert exported[name]["task"] == "embedding" and exported[name]["parity"]["passed"], name

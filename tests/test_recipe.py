@@ -399,6 +399,54 @@ def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_pa
     assert [len(b["dropped"]) for b in base] == sorted(len(b["dropped"]) for b in base)
 
 
+def test_the_distil_students_are_saved_as_plain_shorter_models_that_score_as_in_the_run(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    """Each equal-budget layer-dropped student is RUN/distil_step<k>: the teacher's own class with the dropped
+    blocks removed (no remote code), giving per test sentence the answers the baselines stage scored. Where one
+    is ahead of the substituted student beyond the interval (here: made so at step 2), the summary, the report
+    and the command's last lines point to it."""
+    from transformers import AutoModelForSequenceClassification
+
+    from blockswap.run import compare
+
+    real = compare.kept_difference
+
+    def behind_at_step_two(teacher, ours, theirs, *, seed):
+        d = real(teacher, ours, theirs, seed=seed)
+        return {**d, "difference": -0.25, "ci95": [-0.375, -0.125]} if seed == 2 else {**d, "ci95": [-0.5, 0.5]}
+
+    monkeypatch.setattr(compare, "kept_difference", behind_at_step_two)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--baselines", "distil", "--baseline-points", "all", "--recovery-epochs", "0", "--mixed-precision", "no"]
+    assert main(argv) == 0, capsys.readouterr().err
+    base = json.loads((out / "baselines.json").read_text())["distil"]
+    assert [b["folder"] for b in base] == ["distil_step1", "distil_step2", "distil_step3"]
+    for b in base:
+        folder = out / b["folder"]
+        assert not (folder / "modeling_blockswap.py").exists()
+        plain = AutoModelForSequenceClassification.from_pretrained(folder)
+        assert plain.config.num_hidden_layers == arch.num_blocks(plain) == 3 - len(b["dropped"])
+        assert (
+            main(["evaluate", "--model", str(folder), "--dataset", str(tiny_csv), "--json", str(tmp_path / "e.json")])
+            == 0
+        )
+        scored = json.loads((tmp_path / "e.json").read_text())
+        assert scored["score"] == b["test_score"] and scored["correct"] == b["test_per_example"]["correct"]
+    ahead = json.loads((out / "summary.json").read_text())["baselines_ahead"]
+    assert [(a["baseline"], a["step"], a["folder"]) for a in ahead] == [("distil", 2, "distil_step2")]
+    assert ahead[0]["kept_test"] == base[1]["kept_test"] and ahead[0]["blockswap_advantage"]["kept_test"] == -0.25
+    printed = capsys.readouterr().out.splitlines()
+    note = [line for line in printed if line.startswith("note: the distil baseline's student")]
+    assert (
+        len(note) == 1
+        and str(out / "distil_step2") in note[0]
+        and "0.2500 [0.1250, 0.3750] more than step 2" in note[0]
+    )
+    assert "**Behind a baseline here**: the distil baseline's student `distil_step2`" in (out / "report.md").read_text()
+
+
 def test_the_thesis_baseline_gets_the_same_budget_labels_only_and_random_substitutes(
     tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
 ):

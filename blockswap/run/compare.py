@@ -15,7 +15,7 @@ import torch
 
 from .. import arch, baselines, distill, measure
 from ..evaluate import kept_difference, kept_interval, per_example
-from ..substitute import substitute
+from ..substitute import drop_blocks, substitute
 from .curve import key_rows
 from .stages import recovered_steps
 from .state import RunState
@@ -144,11 +144,18 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
         )  # fmt: skip
         seconds = time.perf_counter() - started
         params_cut = measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"])
+        folder = distil_folder(r["step"])  # the blocks removed for real: a plain, shorter model of the teacher's class
+        state.save_model(drop_blocks(student, order[:k]), folder)
         out.append(_budgeted(
             state, r, student, teacher_val, teacher_test, seconds, dropped=sorted(order[:k]), gmacs_cut=cuts[k],
-            params_cut=params_cut,
+            params_cut=params_cut, folder=folder,
         ))  # fmt: skip
     return out
+
+
+def distil_folder(step: int) -> str:
+    """The run subfolder of the layer-dropped student trained for curve step ``step``'s budget."""
+    return f"distil_step{step}"
 
 
 RUNNERS: dict[str, Callable[[RunState, list[dict], float], list[dict]]] = {

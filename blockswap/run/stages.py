@@ -308,6 +308,21 @@ def _latency_batches(state: RunState, model, tokenizer, dsd) -> dict[str, dict]:
     }
 
 
+def baselines_ahead(state: RunState) -> list[dict]:
+    """The saved equal-budget baseline students that keep more on test than the substitution path's student at
+    the same curve point, by more than the paired 95 % interval: where the user is better served by them."""
+    if not state.path("baselines.json").is_file():
+        return []
+    ahead = []
+    for name, rows in state.read("baselines.json").items():
+        for b in rows if name != "descriptions" else []:
+            adv = b.get("blockswap_advantage")
+            if b.get("folder") and adv and adv["ci95"][1] < 0:
+                ahead.append({"baseline": name, "step": b["step"], "folder": b["folder"], "gmacs_cut": b["gmacs_cut"],
+                              "kept_test": b["kept_test"], "blockswap_advantage": adv})  # fmt: skip
+    return ahead
+
+
 def summary(state: RunState) -> None:
     """summary.json: the task's main metric for teacher and chosen student, kept, cuts, speed-up, stage times."""
     teacher_metrics, curve, ev = state.read("teacher.json"), state.read("curve.json"), state.read("evaluation.json")
@@ -337,6 +352,7 @@ def summary(state: RunState) -> None:
             "speedup_b1": ev["speedup_b1"],
             "speedup_b32": ev["speedup_b32"],
             **{k: ev[k] for k in ("probe", "sts") if k in ev},  # embedding task: probe accuracy, STS Spearman
+            "baselines_ahead": baselines_ahead(state),
             "seconds_per_stage": {
                 **state.timings,
                 "total_this_invocation": round(time.perf_counter() - state.started, 2),
