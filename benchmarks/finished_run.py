@@ -27,6 +27,14 @@ def open_run(run: Path) -> FinishedRun:
     cfg = build_config(yaml.safe_load((run / "config.yaml").read_text()))
     accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
     source = json.loads((run / "teacher.json").read_text())["source"]
+    if cfg.data.task == "embedding":  # the sentence encoder as it is; its embeddings are the data's targets
+        from blockswap import embed
+        from blockswap.loaders import prepare_embedding
+
+        teacher = embed.load_teacher(source)
+        return FinishedRun(
+            cfg, accelerator, precision, teacher, prepare_embedding(cfg.data, teacher, log=lambda *_: None)
+        )
     data = prepare(cfg.data, export.load_tokenizer(source), log=lambda *_: None)
     teacher = export.load_classifier(source).requires_grad_(False)
     return FinishedRun(cfg, accelerator, precision, teacher, data)

@@ -243,3 +243,32 @@ def test_compare_suites_pairs_two_suites_on_the_same_teachers_and_sentences(tmp_
     assert _teacher_of(old) == old / "teacher"
     with pytest.raises(SystemExit, match="no teacher"):
         _teacher_of(tmp_path / "missing")
+
+
+def test_hybrid_plans_parse_and_build_the_student_they_name():
+    """benchmarks/hybrid.py: ``drop=0:sub=2`` drops block 0 and puts the given trained substitute in block 2."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from hybrid import build, parse_plan
+
+    from blockswap import arch
+    from blockswap.compact import CompactBlock
+    from blockswap.substitute import make_compact
+
+    from .conftest import TINY_COMPACT, tiny_model
+
+    assert parse_plan("drop=3,4:sub=0") == ([3, 4], [0]) and parse_plan("sub=1,2") == ([], [1, 2])
+    for bad in ("drop=1:sub=1", "", "keep=1"):
+        with pytest.raises(SystemExit):
+            parse_plan(bad)
+    teacher = tiny_model("bert")
+    trained = {i: make_compact(teacher, TINY_COMPACT, i) for i in range(3)}
+    student = build(teacher, trained, [0], [2], TINY_COMPACT)
+    blocks = arch.blocks(student)
+    assert isinstance(blocks[0], arch.IdentityBlock) and isinstance(blocks[2], CompactBlock)
+    assert blocks[1] is not arch.blocks(teacher)[1] and torch.equal(
+        blocks[1].attention.self.query.weight, arch.blocks(teacher)[1].attention.self.query.weight
+    )
+    mine, given = blocks[2].state_dict(), trained[2].state_dict()
+    assert mine.keys() == given.keys() and all(torch.equal(mine[k], given[k]) for k in given)
+    assert all(p.requires_grad for p in student.parameters())
