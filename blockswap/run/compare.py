@@ -63,10 +63,8 @@ def _drop(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
 
 
 def _dropped(teacher, blocks: list[int]):
-    student = copy.deepcopy(teacher)
-    for i in blocks:
-        arch.put_block(student, i, arch.identity_block(student))
-    return student.requires_grad_(True)
+    """The teacher with ``blocks`` removed for real: a plain, shorter model of its class, trained and saved as is."""
+    return drop_blocks(teacher, blocks).requires_grad_(True)
 
 
 def _points(state: RunState, rows: list[dict]) -> list[dict]:
@@ -144,18 +142,13 @@ def _distil(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
         )  # fmt: skip
         seconds = time.perf_counter() - started
         params_cut = measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"])
-        folder = distil_folder(r["step"])  # the blocks removed for real: a plain, shorter model of the teacher's class
-        state.save_model(drop_blocks(student, order[:k]), folder)
+        folder = f"distil_step{r['step']}"
+        state.save_model(student, folder)
         out.append(_budgeted(
             state, r, student, teacher_val, teacher_test, seconds, dropped=sorted(order[:k]), gmacs_cut=cuts[k],
             params_cut=params_cut, folder=folder,
         ))  # fmt: skip
     return out
-
-
-def distil_folder(step: int) -> str:
-    """The run subfolder of the layer-dropped student trained for curve step ``step``'s budget."""
-    return f"distil_step{step}"
 
 
 RUNNERS: dict[str, Callable[[RunState, list[dict], float], list[dict]]] = {
