@@ -188,7 +188,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(head + "\n" + tables.measure_table(result))
         return 0
     out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    s = run_pipeline(cfg, out, resume=args.resume)
+    s = run_pipeline(cfg, out, resume=args.resume, started=args.started)
     print(
         f"teacher test {s['metric']} {s['teacher_test_score']:.4f}; chosen step {s['chosen_step']} "
         f"(blocks {s['chosen_blocks']}): test {s['metric']} {s['student_test_score']:.4f}, "
@@ -198,6 +198,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"report: {out / 'report.md'}; model: {export.final_student(out)}")
     for b in s.get("baselines_ahead", []):
         print("note: " + tables.baseline_ahead(b, str(out / b["folder"])))
+    if s.get("time_budget", {}).get("cut"):
+        print("note: " + tables.time_budget(s["time_budget"]) + "; without it the student would train longer")
     return 0
 
 
@@ -326,10 +328,12 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()  # --time-budget counts from here: the heavy imports come later
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
     try:
         args = _build_parser().parse_args(argv)
+        args.started = started
         return args.handler(args)
     except BlockswapError as e:
         print(f"blockswap: error: {e}", file=sys.stderr)

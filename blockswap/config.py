@@ -285,6 +285,12 @@ class RunConfig:
         "nearest neighbours among the held-out texts) or mean_cosine (to the teacher's embeddings)",
         default="recall@10",
     )
+    time_budget: float | None = _help(
+        "wall-clock seconds for the whole run (e.g. 600): block-wise distillation and recovery end early, at the "
+        "pace they measure, so that the run ends within it (the teacher and the evaluations are not shortened); "
+        "blockwise.json, recovery.json, the summary and the report say what was cut",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         from .baselines import BASELINES  # the registry is the one list of names
@@ -311,6 +317,14 @@ class RunConfig:
             raise ConfigError(f"--int8-scales must be auto, per-tensor or per-channel, got {self.int8_scales!r}")
         object.__setattr__(self, "baselines", _names(self.baselines, "run.baselines"))
         _known(self.baselines, BASELINES, "baseline")
+        if self.time_budget is not None:
+            _positive("run", time_budget=self.time_budget)
+            unbounded = [name for name in ("distil", "thesis") if name in self.baselines]
+            if unbounded:
+                raise ConfigError(
+                    f"--time-budget does not bound the {' and '.join(unbounded)} baseline(s), which train as long as "
+                    "the substitution path again; run them without --time-budget (benchmarks/suite.py)"
+                )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from transformers import PreTrainedModel
 
 from . import arch
 from .arch import capture_blocks, forward_inputs
@@ -21,7 +21,7 @@ from .config import DistillConfig
 from .errors import TrainingDiverged
 from .losses import distillation_loss, masked_mse, task_loss
 from .teacher_cache import TeacherCache
-from .train import adamw, full_precision
+from .train import StepBudget, adamw, full_precision, linear_schedule
 
 
 @torch.no_grad()
@@ -105,26 +105,32 @@ def blockwise(
     *,
     accelerator: Accelerator,
     cache: TeacherCache | None = None,
+    budget: StepBudget | None = None,
 ) -> dict[int, list[float]]:
     """Train every substitute at once on masked MSE to its block's output (teacher-forced inputs).
 
     One teacher forward per batch captures all block inputs/outputs (from ``cache`` once the texts have
-    been seen). Returns per-block mean MSE in each quarter of training (first and last entries compare).
+    been seen). ``budget``: the steps (default ``blockwise_epochs`` of ``loader``), possibly cut short by a
+    deadline; it holds the steps taken afterwards. Returns per-block mean MSE in each quarter of training
+    (first and last entries compare).
     """
     teacher.eval()
     modules = _Bundle(substitutes)
     modules.train()
     opt = adamw(modules.parameters(), lr=cfg.blockwise_lr, weight_decay=0.0)
-    total = steps_for(cfg.blockwise_epochs, loader)
-    sched = get_linear_schedule_with_warmup(opt, min(50, total // 10), total)
+    budget = budget or StepBudget(steps_for(cfg.blockwise_epochs, loader))
+    sched = linear_schedule(opt, budget, max_warmup=50)
     teacher = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
     modules, opt, sched, loader = accelerator.prepare(modules, opt, sched, loader)
     sums = {i: [0.0] * 4 for i in substitutes}
     counts = [0] * 4
-    bar = tqdm(total=total, desc="block-wise distillation", disable=None if accelerator.is_main_process else True)
+    bar = tqdm(
+        total=budget.total, desc="block-wise distillation", disable=None if accelerator.is_main_process else True
+    )
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     device = accelerator.device
-    for step in range(total):
+    step = 0
+    while step < budget.total:
         b = {k: v.to(device) for k, v in next(batches).items()}
         inputs, outputs, _, masks = teacher_outputs(teacher, b, accelerator, cache, masks=True)
         preds = modules([inputs[i] for i in substitutes], [masks[i] for i in substitutes])
@@ -138,10 +144,13 @@ def blockwise(
         opt.step()
         sched.step()
         opt.zero_grad()
-        quarter = min(3, step * 4 // total)
+        quarter = min(3, step * 4 // budget.total)
         for i, part in zip(substitutes, losses, strict=True):
             sums[i][quarter] += part.item()
         counts[quarter] += 1
+        step += 1
+        budget.done(step)
+        bar.total = budget.total
         bar.update(1)
         bar.set_postfix(mse=f"{loss.item() / len(losses):.4f}")
     bar.close()
@@ -246,15 +255,18 @@ def end_to_end(
     match_all_blocks: bool = False,
     labels_only: bool = False,
     cache: TeacherCache | None = None,
+    budget: StepBudget | None = None,
 ) -> list[dict[str, float]]:
     """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs (every block's
     output with ``match_all_blocks``). With ``labels_only``: the task's own loss on the labels, no teacher
     at all (the seed thesis's procedure).
 
-    Substitutes train at ``lr_substitute``; kept original weights at ``lr_kept`` (or frozen).
+    Substitutes train at ``lr_substitute``; kept original weights at ``lr_kept`` (or frozen). ``budget``: the
+    ``steps``, possibly cut short by a deadline (it holds the steps taken afterwards).
     Returns the loss parts of every 10th step.
     """
-    if steps <= 0:
+    budget = budget or StepBudget(steps)
+    if budget.total <= 0:
         return []
     teacher.eval()
     # No dropout: the student fits the teacher's function in a few dozen steps, far too few to
@@ -267,15 +279,16 @@ def end_to_end(
         else [i for i, b in enumerate(blocks) if isinstance(b, CompactBlock)]
     )
     opt = adamw(_param_groups(student, cfg), weight_decay=0.0)
-    sched = get_linear_schedule_with_warmup(opt, min(20, steps // 10), steps)
+    sched = linear_schedule(opt, budget, max_warmup=20)
     t_model = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
     s_model = student
     student, opt, sched, loader = accelerator.prepare(student, opt, sched, loader)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     device = accelerator.device
     log: list[dict[str, float]] = []
-    bar = tqdm(range(steps), desc=desc, disable=None if accelerator.is_main_process else True)
-    for step in bar:
+    bar = tqdm(total=budget.total, desc=desc, disable=None if accelerator.is_main_process else True)
+    step = 0
+    while step < budget.total:
         b = {k: v.to(device) for k, v in next(batches).items()}
         if labels_only:
             loss = task_loss(student(**forward_inputs(s_model, b)).logits, b["labels"])
@@ -287,9 +300,14 @@ def end_to_end(
         opt.step()
         sched.step()
         opt.zero_grad()
-        if step % 10 == 0 or step == steps - 1:
+        budget.done(step + 1)
+        if step % 10 == 0 or step == budget.total - 1:
             log.append({"step": step, **parts})
+        step += 1
+        bar.total = budget.total
+        bar.update(1)
         bar.set_postfix(loss=f"{parts['total']:.4f}")
+    bar.close()
     full_precision(accelerator, student).eval()  # evaluated and saved in fp32
     for p in s_model.parameters():
         p.requires_grad_(True)
@@ -304,14 +322,17 @@ def recover(
     *,
     accelerator: Accelerator,
     cache: TeacherCache | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Recovery: ``cfg.recovery_epochs`` of end-to-end KD with every weight of ``student`` trainable (in place;
-    with ``recovery_freeze_kept`` only the substitutes train, the original weights stay as they are).
+    with ``recovery_freeze_kept`` only the substitutes train, the original weights stay as they are), ended
+    early to finish by ``deadline`` (``time.monotonic()``) when one is given.
 
     KL(T) + alpha CE + ``recovery_beta`` MSE at every block's output, AdamW at ``recovery_lr`` with
-    warm-up and linear decay. Returns the budget spent (steps, batch, examples, seconds) and the loss log.
+    warm-up and linear decay. Returns the budget spent (steps, batch, examples, seconds; the planned steps
+    when a deadline cut them) and the loss log.
     """
-    steps = steps_for(cfg.recovery_epochs, loader)
+    budget = StepBudget(steps_for(cfg.recovery_epochs, loader), deadline)
     rcfg = dataclasses.replace(
         cfg, freeze_kept=cfg.recovery_freeze_kept, lr_kept=cfg.recovery_lr, lr_substitute=cfg.recovery_lr,
         beta=cfg.recovery_beta,
@@ -319,14 +340,11 @@ def recover(
     student.requires_grad_(True)
     started = time.perf_counter()
     log = end_to_end(
-        student, teacher, loader, rcfg, steps=steps, accelerator=accelerator, desc="recovery", match_all_blocks=True,
-        cache=cache,
+        student, teacher, loader, rcfg, steps=budget.planned, accelerator=accelerator, desc="recovery",
+        match_all_blocks=True, cache=cache, budget=budget,
     )  # fmt: skip
     seconds = time.perf_counter() - started
-    return {
-        "steps": steps,
-        "batch_size": cfg.batch_size,
-        "examples": steps * cfg.batch_size,
-        "seconds": seconds,
-        "log": log,
-    }
+    spent = {"steps": budget.total, "batch_size": cfg.batch_size, "examples": budget.total * cfg.batch_size}
+    if deadline is not None:
+        spent["planned_steps"] = budget.planned
+    return {**spent, "seconds": seconds, "log": log}

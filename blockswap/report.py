@@ -364,6 +364,9 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
         ]
         ahead = summary.get("baselines_ahead", [])
         md += ["- **Behind a baseline here**: " + tables.baseline_ahead(b, "`" + b["folder"] + "`") for b in ahead]
+        if "time_budget" in summary:
+            md += [("- **Trained less to fit the time**: " if summary["time_budget"]["cut"] else "- ")
+                   + tables.time_budget(summary["time_budget"])]  # fmt: skip
         md += [""]
     if teacher:
         md += [f"Teacher: `{teacher.get('source')}`.", ""]

@@ -122,3 +122,14 @@ def baseline_ahead(b: dict, folder: str) -> str:
         f"test, {-adv['kept_test']:.4f} [{-hi:.4f}, {-lo:.4f}] more than step {b['step']}'s substituted student: "
         "ahead beyond noise; it is a plain model folder of the teacher's class"
     )
+
+
+def time_budget(tb: dict) -> str:
+    """What ``--time-budget`` left of the training stages (summary.json's ``time_budget``)."""
+    parts = [
+        f"{name} {tb[key]['steps']} of {tb[key]['planned_steps']} steps"
+        for key, name in (("blockwise", "block-wise distillation"), ("recovery", "recovery"))
+        if key in tb
+    ]
+    verdict = "cut to fit" if tb["cut"] else "nothing cut"
+    return f"--time-budget {tb['seconds']:g} s: {', '.join(parts)} ({verdict})"

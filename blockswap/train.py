@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
@@ -34,6 +36,57 @@ def adamw(groups: Iterable, **kwargs) -> torch.optim.AdamW:
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, fused=fused, **kwargs)
+
+
+class StepBudget:
+    """The optimiser steps of a training loop: ``planned``, or fewer so that it ends by ``deadline``.
+
+    ``deadline`` is a ``clock()`` time (``time.monotonic``); None keeps every planned step. The pace is measured
+    on the loop's own steps: after ``probe`` steps (so the schedule's length is known before its warm-up ends),
+    then over each further tenth of the plan, where ``total`` may shrink (the machine is slower than hoped) or
+    grow back toward ``planned`` (later steps run faster, e.g. from a teacher cache). It never drops below the
+    steps already done. The loop calls :meth:`done` after each step and runs while ``step < total``.
+    """
+
+    def __init__(
+        self,
+        planned: int,
+        deadline: float | None = None,
+        *,
+        probe: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.planned = self.total = planned
+        self.deadline, self.clock = deadline, clock
+        self._checks = {probe, *range(probe + planned // 10, planned, max(1, planned // 10))}
+        self._mark = (0, clock())  # steps done and the time at the last pace check
+
+    def done(self, steps: int) -> None:
+        """``steps`` optimiser steps are done: at a check, re-size ``total`` from the latest pace."""
+        if self.deadline is None or steps not in self._checks:
+            return
+        now = self.clock()
+        pace = (now - self._mark[1]) / (steps - self._mark[0])  # seconds per step since the last check
+        self._mark = (steps, now)
+        fits = steps + int(max(0.0, self.deadline - now) / max(pace, 1e-9))
+        self.total = max(steps, min(self.planned, fits))
+
+    def as_dict(self) -> dict:
+        return {"planned_steps": self.planned, "steps": self.total, "cut_by_deadline": self.total < self.planned}
+
+
+def linear_schedule(opt: torch.optim.Optimizer, budget: StepBudget, max_warmup: int) -> LambdaLR:
+    """Linear warm-up over ``min(max_warmup, total // 10)`` steps, then linear decay to 0 at ``budget.total``:
+    Hugging Face's ``get_linear_schedule_with_warmup``, sized by the budget's current total, which may change."""
+
+    def factor(step: int) -> float:
+        total = budget.total
+        warmup = min(max_warmup, total // 10)
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return LambdaLR(opt, factor)
 
 
 def resolve_precision(name: str, *, cpu: bool) -> str:
@@ -183,5 +236,7 @@ def train_teacher(
         log=log,
     )
     history["validation"] = history.pop("best_validation")  # fine-tuning evaluated the returned model (fp32)
+    started = time.perf_counter()
     history["test"] = evaluate(model, data.loader("test"))
+    history["test_seconds"] = round(time.perf_counter() - started, 2)  # what --time-budget reserves per evaluation
     return model, history

@@ -311,8 +311,8 @@ def _recovered_validation_kept(monkeypatch, kept: float) -> list[int]:
 
     original, recovered = stages._recover, []
 
-    def fixed(state, curve, source, step, teacher_val):
-        entry, student = original(state, curve, source, step, teacher_val)
+    def fixed(state, curve, source, step, teacher_val, **kw):
+        entry, student = original(state, curve, source, step, teacher_val, **kw)
         recovered.append(step)
         return {**entry, "kept_validation_after": kept}, student
 
@@ -479,3 +479,63 @@ def test_the_thesis_baseline_gets_the_same_budget_labels_only_and_random_substit
         assert b["substituted"] == r["substituted"] and b["gmacs_cut"] == r["gmacs_cut"] and not call["frozen"]
         assert all(n > 0 for n in call["up_norm"]), "random substitutes, not the zero-contribution start"
     assert "thesis kept" in (out / "report.md").read_text()
+
+
+def test_a_time_budget_cuts_block_wise_training_and_recovery_to_fit_and_says_so(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir
+):
+    """A budget already spent when training starts: each training stage stops after the steps that measure its
+    pace (8), the artifacts record planned and taken steps, and the summary, report and printed note say so."""
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--blockwise-epochs", "4", "--recovery-epochs", "4", "--baselines", "none", "--time-budget", "0.01"]
+    argv += ["--e2e-steps", "0"]  # the curve's own end-to-end steps are not budgeted (none by default)
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    blockwise = json.loads((out / "blockwise.json").read_text())["budget"]
+    assert (blockwise["steps"], blockwise["planned_steps"]) == (8, 24)
+    assert blockwise["time_budget"]["time_budget"] == 0.01 and blockwise["time_budget"]["training_seconds"] == 0
+    assert all(r["train_steps"] == 8 for r in json.loads((out / "curve.json").read_text())["rows"][1:])
+    rec = json.loads((out / "recovery.json").read_text())["students"]["3"]
+    assert (rec["steps"], rec["planned_steps"], rec["examples"]) == (8, 24, 8 * 16)
+    tb = json.loads((out / "summary.json").read_text())["time_budget"]
+    assert tb == {"seconds": 0.01, "blockwise": {"steps": 8, "planned_steps": 24},
+                  "recovery": {"steps": 8, "planned_steps": 24}, "cut": True}  # fmt: skip
+    line = "--time-budget 0.01 s: block-wise distillation 8 of 24 steps, recovery 8 of 24 steps (cut to fit)"
+    assert f"**Trained less to fit the time**: {line}" in (out / "report.md").read_text()
+    assert f"note: {line}" in printed
+
+
+def test_a_time_budget_with_room_to_spare_changes_no_number(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    logs = {}
+    for name, extra in (("free", []), ("budget", ["--time-budget", "100000"])):
+        out = tmp_path / name
+        argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+        argv += ["--blockwise-epochs", "2", "--recovery-epochs", "2", "--baselines", "none", "--mixed-precision", "no"]
+        assert main([*argv, *extra]) == 0, capsys.readouterr().err
+        logs[name] = (
+            json.loads((out / "blockwise.json").read_text())["mse_by_quarter"],
+            json.loads((out / "recovery.json").read_text())["students"]["3"]["log"],
+            json.loads((out / "summary.json").read_text()),
+        )
+    assert logs["budget"][:2] == logs["free"][:2]
+    assert "time_budget" not in logs["free"][2]
+    assert logs["budget"][2]["time_budget"]["cut"] is False
+    assert logs["budget"][2]["time_budget"]["recovery"] == {"steps": 12, "planned_steps": 12}
+    assert "note: --time-budget" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--time-budget", "0"], "run.time_budget must be positive"),
+        (["--time-budget", "600", "--baselines", "distil"], "--time-budget does not bound the distil baseline"),
+    ],
+)
+def test_time_budget_mistakes_are_one_line(tmp_path, capsys, tiny_csv, tiny_teacher_dir, flags, message):
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -78,3 +78,85 @@ def test_fp16_on_a_cpu_is_refused_not_silently_fp32():
     AcceleratorState._reset_state(reset_partial_state=False)  # accelerate keeps one precision per process
     accelerator, precision = optim.make_accelerator(cpu=True, mixed_precision="no")
     assert precision == "no" and accelerator.device.type == "cpu"
+
+
+class _Clock:
+    """A clock the test moves: ``tick`` seconds per training step."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run(budget: optim.StepBudget, clock: _Clock, paces) -> int:
+    step = 0
+    while step < budget.total:
+        clock.now += paces(step)
+        step += 1
+        budget.done(step)
+    return step
+
+
+def test_step_budget_keeps_every_planned_step_without_a_deadline():
+    clock = _Clock()
+    budget = optim.StepBudget(100, None, clock=clock)
+    assert _run(budget, clock, lambda s: 5.0) == 100 == budget.total
+    assert budget.as_dict() == {"planned_steps": 100, "steps": 100, "cut_by_deadline": False}
+
+
+def test_step_budget_ends_by_the_deadline_at_the_pace_it_measures():
+    clock = _Clock()
+    budget = optim.StepBudget(100, deadline=clock.now + 30.0, clock=clock)  # 1 s a step: 30 of the 100 fit
+    assert _run(budget, clock, lambda s: 1.0) == 30
+    assert clock.now == pytest.approx(130.0)
+    assert budget.as_dict()["cut_by_deadline"]
+    clock = _Clock()
+    budget = optim.StepBudget(100, deadline=clock.now + 300.0, clock=clock)  # room for every step: none cut
+    assert _run(budget, clock, lambda s: 1.0) == 100
+
+
+def test_step_budget_grows_back_when_steps_get_faster_but_never_past_the_plan():
+    """A slow first epoch (the teacher runs), then cached steps 4x faster: the later checks give back steps."""
+    clock = _Clock()
+    budget = optim.StepBudget(100, deadline=clock.now + 60.0, clock=clock)
+    done = _run(budget, clock, lambda s: 2.0 if s < 20 else 0.5)
+    # the check after 8 steps expects 2 s a step (30 in all); the checks after the speed-up give steps back:
+    # 20 slow steps (40 s) leave 20 s for 40 fast ones, ending on the deadline
+    assert done == 60 and clock.now == pytest.approx(160.0)
+    clock = _Clock()
+    budget = optim.StepBudget(50, deadline=clock.now + 1e6, clock=clock)
+    assert _run(budget, clock, lambda s: 0.001) == 50
+
+
+def test_step_budget_stops_after_the_probe_when_the_deadline_has_passed():
+    clock = _Clock()
+    budget = optim.StepBudget(100, deadline=clock.now - 10.0, probe=8, clock=clock)
+    assert _run(budget, clock, lambda s: 1.0) == 8
+
+
+def test_linear_schedule_is_hugging_faces_and_follows_a_shrunk_total():
+    from transformers import get_linear_schedule_with_warmup
+
+    def lrs(make, steps):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = make(opt), []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    for total, cap in ((530, 50), (265, 20), (7, 20)):
+        ours = lrs(lambda opt, t=total, c=cap: optim.linear_schedule(opt, optim.StepBudget(t), max_warmup=c), total)
+        hf = lrs(lambda opt, t=total, c=cap: get_linear_schedule_with_warmup(opt, min(c, t // 10), t), total)
+        assert ours == pytest.approx(hf)
+    budget = optim.StepBudget(200)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = optim.linear_schedule(opt, budget, max_warmup=20)
+    budget.total = 100  # cut at the probe: warm-up 10 steps, decay to 0 at step 100
+    for _ in range(55):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx((100 - 55) / 90)

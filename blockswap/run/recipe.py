@@ -66,7 +66,7 @@ def _check_classifier_options(cfg: Config) -> None:
         raise ConfigError("--eval-dataset scores sentence embeddings; it needs --task embedding")
 
 
-def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) -> RunState:
+def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None], started: float) -> RunState:
     """Validate the folder, load data and teacher; only then create the folder (a failed start leaves none)."""
     accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
     check_run_dir(out, resume=resume, config=cfg)
@@ -82,13 +82,15 @@ def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) 
             )
             log(f"--eval-dataset {cfg.run.eval_dataset}: {len(sts.scores)} scored pairs")
         data = prepare_embedding(cfg.data, teacher, log=log)
-        state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log, teacher=teacher, sts=sts)
+        state = RunState(
+            cfg=cfg, out=out, accelerator=accelerator, data=data, log=log, teacher=teacher, sts=sts, started=started
+        )
     else:
         _check_classifier_options(cfg)
         data = prepare(
             cfg.data, export.load_tokenizer(cfg.run.teacher or cfg.finetune.model or default_base_model()), log=log
         )
-        state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log)
+        state = RunState(cfg=cfg, out=out, accelerator=accelerator, data=data, log=log, started=started)
         source = state.read("teacher.json")["source"] if state.path("teacher.json").is_file() else cfg.run.teacher
         if source is not None:
             state.teacher = stages.load_teacher(source, len(data.label_names), data.task)
@@ -98,12 +100,17 @@ def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None]) 
     accelerator.wait_for_everyone()
     if state.path("timings.json").is_file():
         state.timings = state.read("timings.json")
+        state.spent_before = sum(state.timings.values())
     return state
 
 
-def run_pipeline(cfg: Config, out: Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run every enabled stage of RECIPE into ``out``; returns the summary."""
-    state = _start(cfg, out, resume=resume, log=log)
+def run_pipeline(
+    cfg: Config, out: Path, *, resume: bool = False, log: Callable[[str], None] = print, started: float | None = None
+) -> dict:
+    """Run every enabled stage of RECIPE into ``out``; returns the summary. ``started``: the ``perf_counter()`` at
+    which the command began (default: now), from which --time-budget counts."""
+    started = time.perf_counter() if started is None else started
+    state = _start(cfg, out, resume=resume, log=log, started=started)
     for stage in RECIPE:
         if not stage.enabled(cfg):
             continue

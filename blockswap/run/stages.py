@@ -16,8 +16,9 @@ from ..data import load_source
 from ..errors import RunError
 from ..evaluate import kept_interval, logits_fn, per_example
 from ..substitute import make_compact, save_substitutes
-from ..train import default_base_model, train_teacher
+from ..train import StepBudget, default_base_model, train_teacher
 from ..vocab import prune_and_measure
+from . import budget as time_budget
 from .curve import key_rows, other_metrics
 from .state import RunState
 
@@ -42,11 +43,10 @@ def teacher(state: RunState) -> None:
     cfg = state.cfg
     if state.teacher is not None:
         default = embed.default_teacher() if state.data.task == "embedding" else None
-        metrics = {
-            "source": cfg.run.teacher or default,
-            "validation": state.evaluate(state.teacher, "validation"),
-            "test": state.evaluate(state.teacher, "test"),
-        }
+        metrics = {"source": cfg.run.teacher or default, "validation": state.evaluate(state.teacher, "validation")}
+        started = time.perf_counter()
+        metrics["test"] = state.evaluate(state.teacher, "test")
+        metrics["test_seconds"] = round(time.perf_counter() - started, 2)  # what --time-budget reserves per evaluation
     else:
         base = cfg.finetune.model or default_base_model()
         model, metrics = train_teacher(
@@ -81,11 +81,19 @@ def blockwise(state: RunState) -> None:
     if cfg.distill.substitute_init == "linear":
         distill.init_linear(state.teacher, subs, state.first_batches("train", 20, batch_size=64, seed=2))
     loader = state.train_loader(cfg.run.seed)
+    planned = distill.steps_for(cfg.distill.blockwise_epochs, loader)
+    deadline, plan = time_budget.blockwise_deadline(
+        state, planned, distill.steps_for(cfg.distill.recovery_epochs, loader) if cfg.distill.recovery_epochs else 0
+    )
+    steps = StepBudget(planned, deadline)
     history = distill.blockwise(
-        state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator, cache=state.teacher_cache
+        state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator, cache=state.teacher_cache, budget=steps
     )
     save_substitutes(subs, state.path("substitutes.safetensors"))
-    budget = {"steps": distill.steps_for(cfg.distill.blockwise_epochs, loader), "batch_size": cfg.distill.batch_size}
+    budget = {"steps": steps.total, "batch_size": cfg.distill.batch_size}
+    if plan:
+        budget.update(planned_steps=planned, time_budget=plan)
+        _log_cut(state, "block-wise distillation", steps.total, planned, plan)
     budget["seconds"] = time.perf_counter() - started
     c = state.teacher_cache
     cache = {"texts": len(c.rows), "mib": round(c.bytes / 2**20, 1), "batches_served": c.hits,
@@ -98,6 +106,14 @@ def blockwise(state: RunState) -> None:
         "blockwise.json",
         {"mse_by_quarter": {str(k): v for k, v in history.items()}, "budget": budget, "teacher_cache": cache},
     )
+
+
+def _log_cut(state: RunState, what: str, steps: int, planned: int, plan: dict) -> None:
+    if steps < planned:
+        state.log(
+            f"--time-budget {plan['time_budget']:g} s: {what} took {steps} of its {planned} steps ({plan['seconds_left']:.0f} s "
+            f"were left, {plan['evaluation_reserve']:.0f} s reserved for the evaluations to come)"
+        )
 
 
 def recovery(state: RunState) -> None:
@@ -117,7 +133,7 @@ def recovery(state: RunState) -> None:
     teacher_val = state.teacher_point("validation")  # once: under bf16 it is an evaluation
     students, final = {}, chosen
     if run_cfg.stop_rule == "recovered" and last != chosen:  # the curve saved the last student as RUN/model_last
-        entry, student = _recover(state, curve, "model_last", last, teacher_val)
+        entry, student = _recover(state, curve, "model_last", last, teacher_val, done=0)
         passed = entry["kept_validation_after"] >= run_cfg.min_kept
         entry["folder"] = "model_recovered" if passed else "model_last_recovered"
         state.save_model(student, entry["folder"])
@@ -137,7 +153,7 @@ def recovery(state: RunState) -> None:
             continue
         source = "model" if step == chosen else "model_last" if step == last else f"model_step{step}"  # the curve's
         target = "model_recovered" if step == final else "model_last_recovered" if step == last else None
-        entry, student = _recover(state, curve, source, step, teacher_val)
+        entry, student = _recover(state, curve, source, step, teacher_val, done=len(students))
         entry["folder"] = target or f"model_step{step}_recovered"
         state.save_model(student, entry["folder"])
         students[str(step)] = entry
@@ -154,15 +170,23 @@ def recovery(state: RunState) -> None:
     )  # fmt: skip
 
 
-def _recover(state: RunState, curve: dict, source: str, step: int, teacher_val: dict) -> tuple[dict, PreTrainedModel]:
+def _recover(
+    state: RunState, curve: dict, source: str, step: int, teacher_val: dict, *, done: int
+) -> tuple[dict, PreTrainedModel]:
     """One curve student (RUN/``source``, curve step ``step``) recovered: its recovery.json entry and the model;
-    ``teacher_val``: the teacher's validation metrics in the training precision (``state.teacher_point``)."""
+    ``teacher_val``: the teacher's validation metrics in the training precision (``state.teacher_point``);
+    ``done``: recoveries this stage has trained before it (what is left of --time-budget is shared out)."""
     set_seed(state.cfg.run.seed)
     student, served = export.load(state.path(source)), state.teacher_cache.hits
+    after = max(0, time_budget.recoveries_planned(state.cfg) - done - 1)
+    deadline, plan = time_budget.recovery_deadline(state, after)
     budget = distill.recover(
         student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
-        accelerator=state.accelerator, cache=state.teacher_cache,
+        accelerator=state.accelerator, cache=state.teacher_cache, deadline=deadline,
     )  # fmt: skip
+    if plan:
+        budget["time_budget"] = plan
+        _log_cut(state, f"recovery of step {step}", budget["steps"], budget["planned_steps"], plan)
     budget["teacher_cache_batches"] = state.teacher_cache.hits - served  # batches with no teacher forward
     row, val, test = curve["rows"][step], *(state.evaluate_point(student, s) for s in ("validation", "test"))
     ci = kept_interval(state.teacher_test(), test, seed=step)
@@ -353,6 +377,7 @@ def summary(state: RunState) -> None:
             "speedup_b32": ev["speedup_b32"],
             **{k: ev[k] for k in ("probe", "sts") if k in ev},  # embedding task: probe accuracy, STS Spearman
             "baselines_ahead": baselines_ahead(state),
+            **({"time_budget": tb} if (tb := time_budget.summary(state)) else {}),
             "seconds_per_stage": {
                 **state.timings,
                 "total_this_invocation": round(time.perf_counter() - state.started, 2),

@@ -38,7 +38,8 @@ class RunState:
     teacher: PreTrainedModel | None = None
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, kept across --resume
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)  # when this invocation began
+    spent_before: float = 0.0  # seconds of the stages that earlier invocations (--resume) ran
     sts: StsSet | None = None  # --eval-dataset (embedding task): pairs scored for similarity
     _cache: TeacherCache | None = None
 
