@@ -539,3 +539,43 @@ def test_time_budget_mistakes_are_one_line(tmp_path, capsys, tiny_csv, tiny_teac
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_resumed_run_counts_the_time_its_earlier_stages_took(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    """The budget is the whole run's: on --resume, the stages done before (timings.json) have spent it."""
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--blockwise-epochs", "4", "--recovery-epochs", "4", "--baselines", "none", "--time-budget", "3600"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["time_budget"]["cut"] is False
+    for name in ("blockwise.json", "curve.json", "recovery.json", "evaluation.json"):
+        (out / name).unlink()
+    timings = json.loads((out / "timings.json").read_text())
+    (out / "timings.json").write_text(json.dumps({**timings, "importance": 3600.0}))  # as if it took the hour
+    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
+    tb = json.loads((out / "summary.json").read_text())["time_budget"]
+    assert tb["blockwise"] == {"steps": 8, "planned_steps": 24} and tb["recovery"]["steps"] == 8 and tb["cut"]
+
+
+def test_under_a_time_budget_the_stop_rules_first_recovery_leaves_room_for_its_fallback(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    """The last step's recovery may fail the rule and the curve's choice be recovered after it: the first gets
+    half of the recovery time (one may follow), the fallback what is left (none follows); --recover-key adds its
+    key points to what may follow."""
+    from blockswap.run import budget, stages
+
+    _stop_rule_chooses_step_one(monkeypatch)
+    _recovered_validation_kept(monkeypatch, 0.85)
+    shares, deadline = [], budget.recovery_deadline
+    monkeypatch.setattr(
+        stages.time_budget, "recovery_deadline", lambda s, after: shares.append(after) or deadline(s, after)
+    )
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--baselines", "none", "--time-budget", "3600"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert shares == [1, 0]  # the last (3), then the curve's choice (1)
+    shares.clear()
+    assert main([*argv[:6], str(tmp_path / "key"), *argv[7:], "--recover-key"]) == 0, capsys.readouterr().err
+    assert shares == [3, 1, 0]  # the last (3); then the choice (1) and the key point 2

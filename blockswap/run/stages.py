@@ -133,7 +133,10 @@ def recovery(state: RunState) -> None:
     teacher_val = state.teacher_point("validation")  # once: under bf16 it is an evaluation
     students, final = {}, chosen
     if run_cfg.stop_rule == "recovered" and last != chosen:  # the curve saved the last student as RUN/model_last
-        entry, student = _recover(state, curve, "model_last", last, teacher_val, done=0)
+        # under --time-budget it leaves room for one more: the curve's choice, recovered should this one fail
+        entry, student = _recover(
+            state, curve, "model_last", last, teacher_val, after=time_budget.recoveries_planned(state.cfg)
+        )
         passed = entry["kept_validation_after"] >= run_cfg.min_kept
         entry["folder"] = "model_recovered" if passed else "model_last_recovered"
         state.save_model(student, entry["folder"])
@@ -148,12 +151,11 @@ def recovery(state: RunState) -> None:
     if cfg.recover_last or cfg.recover_key:
         wanted.append(last)
     wanted += [r["step"] for r in key_rows(curve["rows"][1:])] if cfg.recover_key else []
-    for step in dict.fromkeys(wanted):  # in order, once each
-        if str(step) in students:  # the last one, recovered above
-            continue
+    todo = [step for step in dict.fromkeys(wanted) if str(step) not in students]  # in order, once each
+    for i, step in enumerate(todo):
         source = "model" if step == chosen else "model_last" if step == last else f"model_step{step}"  # the curve's
         target = "model_recovered" if step == final else "model_last_recovered" if step == last else None
-        entry, student = _recover(state, curve, source, step, teacher_val, done=len(students))
+        entry, student = _recover(state, curve, source, step, teacher_val, after=len(todo) - i - 1)
         entry["folder"] = target or f"model_step{step}_recovered"
         state.save_model(student, entry["folder"])
         students[str(step)] = entry
@@ -171,14 +173,13 @@ def recovery(state: RunState) -> None:
 
 
 def _recover(
-    state: RunState, curve: dict, source: str, step: int, teacher_val: dict, *, done: int
+    state: RunState, curve: dict, source: str, step: int, teacher_val: dict, *, after: int
 ) -> tuple[dict, PreTrainedModel]:
     """One curve student (RUN/``source``, curve step ``step``) recovered: its recovery.json entry and the model;
     ``teacher_val``: the teacher's validation metrics in the training precision (``state.teacher_point``);
-    ``done``: recoveries this stage has trained before it (what is left of --time-budget is shared out)."""
+    ``after``: recoveries that may follow it (what is left of --time-budget is shared out equally)."""
     set_seed(state.cfg.run.seed)
     student, served = export.load(state.path(source)), state.teacher_cache.hits
-    after = max(0, time_budget.recoveries_planned(state.cfg) - done - 1)
     deadline, plan = time_budget.recovery_deadline(state, after)
     budget = distill.recover(
         student, state.teacher, state.train_loader(state.cfg.run.seed + 1000), state.cfg.distill,
