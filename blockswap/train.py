@@ -41,11 +41,11 @@ def adamw(groups: Iterable, **kwargs) -> torch.optim.AdamW:
 class StepBudget:
     """The optimiser steps of a training loop: ``planned``, or fewer so that it ends by ``deadline``.
 
-    ``deadline`` is a ``clock()`` time (``time.monotonic``); None keeps every planned step. The pace is measured
-    on the loop's own steps: after ``probe`` steps (so the schedule's length is known before its warm-up ends),
-    then over each further tenth of the plan, where ``total`` may shrink (the machine is slower than hoped) or
-    grow back toward ``planned`` (later steps run faster, e.g. from a teacher cache). It never drops below the
-    steps already done. The loop calls :meth:`done` after each step and runs while ``step < total``.
+    ``deadline`` is a ``clock()`` time (``time.monotonic``); None keeps every planned step. Every ``probe`` steps
+    (the first check comes before a schedule's warm-up ends) the pace is measured over the latest tenth of the plan
+    (at least ``probe`` steps) and ``total`` re-sized to what fits: it shrinks when the machine is slower than
+    hoped and grows back toward ``planned`` when steps get faster (e.g. served by a teacher cache), never below
+    the steps already done. The loop calls :meth:`done` after each step and runs while ``step < total``.
     """
 
     def __init__(
@@ -57,17 +57,18 @@ class StepBudget:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.planned = self.total = planned
-        self.deadline, self.clock = deadline, clock
-        self._checks = {probe, *range(probe + planned // 10, planned, max(1, planned // 10))}
-        self._mark = (0, clock())  # steps done and the time at the last pace check
+        self.deadline, self.probe, self.clock = deadline, probe, clock
+        self._window = max(probe, planned // 10)
+        self._marks = [(0, clock())]  # (steps done, time) at each check
 
     def done(self, steps: int) -> None:
         """``steps`` optimiser steps are done: at a check, re-size ``total`` from the latest pace."""
-        if self.deadline is None or steps not in self._checks:
+        if self.deadline is None or steps % self.probe:
             return
         now = self.clock()
-        pace = (now - self._mark[1]) / (steps - self._mark[0])  # seconds per step since the last check
-        self._mark = (steps, now)
+        since, then = next((n, t) for n, t in self._marks if n >= steps - self._window)
+        self._marks.append((steps, now))
+        pace = (now - then) / (steps - since)  # seconds per step over the window
         fits = steps + int(max(0.0, self.deadline - now) / max(pace, 1e-9))
         self.total = max(steps, min(self.planned, fits))
 

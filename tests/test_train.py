@@ -160,3 +160,12 @@ def test_linear_schedule_is_hugging_faces_and_follows_a_shrunk_total():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx((100 - 55) / 90)
+
+
+def test_step_budget_is_not_fooled_by_a_slow_first_step():
+    """The first step pays for allocations (20 s here, then 1 s a step): the check after 8 steps sees 3.4 s a step
+    and would stop at 29; the later checks, over the latest steps, take the loop to the deadline."""
+    clock = _Clock()
+    budget = optim.StepBudget(200, deadline=clock.now + 100.0, clock=clock)
+    assert _run(budget, clock, lambda s: 20.0 if s == 0 else 1.0) == 81
+    assert clock.now == pytest.approx(200.0)
