@@ -118,7 +118,7 @@ def blockwise(
     modules = _Bundle(substitutes)
     modules.train()
     opt = adamw(modules.parameters(), lr=cfg.blockwise_lr, weight_decay=0.0)
-    budget = budget or StepBudget(steps_for(cfg.blockwise_epochs, loader))
+    budget = (budget or StepBudget(steps_for(cfg.blockwise_epochs, loader))).agreed(accelerator)
     sched = linear_schedule(opt, budget, max_warmup=50)
     teacher = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
     modules, opt, sched, loader = accelerator.prepare(modules, opt, sched, loader)
@@ -265,7 +265,7 @@ def end_to_end(
     ``steps``, possibly cut short by a deadline (it holds the steps taken afterwards).
     Returns the loss parts of every 10th step.
     """
-    budget = budget or StepBudget(steps)
+    budget = (budget or StepBudget(steps)).agreed(accelerator)
     if budget.total <= 0:
         return []
     teacher.eval()

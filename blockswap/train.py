@@ -60,6 +60,7 @@ class StepBudget:
         self.deadline, self.probe, self.clock = deadline, probe, clock
         self._window = max(probe, planned // 10)
         self._marks = [(0, clock())]  # (steps done, time) at each check
+        self.agree: Callable[[int], int] | None = None  # several processes: the total they all run (see agreed)
 
     def done(self, steps: int) -> None:
         """``steps`` optimiser steps are done: at a check, re-size ``total`` from the latest pace."""
@@ -71,6 +72,16 @@ class StepBudget:
         pace = (now - then) / (steps - since)  # seconds per step over the window
         fits = steps + int(max(0.0, self.deadline - now) / max(pace, 1e-9))
         self.total = max(steps, min(self.planned, fits))
+        if self.agree is not None:
+            self.total = self.agree(self.total)
+
+    def agreed(self, accelerator: Accelerator) -> StepBudget:
+        """Under several processes, every one runs the fewest steps any of them can afford (their clocks differ;
+        a process that stopped early would leave the others waiting in a collective forever). Returns self."""
+        if accelerator.num_processes > 1:
+            device = accelerator.device
+            self.agree = lambda n: int(accelerator.gather(torch.tensor([n], device=device)).min())
+        return self
 
     def as_dict(self) -> dict:
         return {"planned_steps": self.planned, "steps": self.total, "cut_by_deadline": self.total < self.planned}

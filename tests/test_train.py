@@ -169,3 +169,13 @@ def test_step_budget_is_not_fooled_by_a_slow_first_step():
     budget = optim.StepBudget(200, deadline=clock.now + 100.0, clock=clock)
     assert _run(budget, clock, lambda s: 20.0 if s == 0 else 1.0) == 81
     assert clock.now == pytest.approx(200.0)
+
+
+def test_step_budget_agrees_one_total_across_processes():
+    """Each process measures its own clock; all must run the same steps, the fewest any of them can afford."""
+    clock = _Clock()
+    budget = optim.StepBudget(100, deadline=clock.now + 30.0, clock=clock)
+    budget.agree = lambda n: min(n, 12)  # another process can afford only 12
+    assert _run(budget, clock, lambda s: 1.0) == 12  # 38 fit here; 12 agreed at the check after 8
+    single = optim.StepBudget(100, deadline=clock.now + 30.0, clock=clock).agreed(Accelerator(cpu=True))
+    assert single.agree is None  # one process: nothing to agree
