@@ -45,7 +45,10 @@ class StepBudget:
     (the first check comes before a schedule's warm-up ends) the pace is measured over the latest tenth of the plan
     (at least ``probe`` steps) and ``total`` re-sized to what fits: it shrinks when the machine is slower than
     hoped and grows back toward ``planned`` when steps get faster (e.g. served by a teacher cache), never below
-    the steps already done. The loop calls :meth:`done` after each step and runs while ``step < total``.
+    the steps already done. ``slack``: a projected overrun up to this fraction of the time the loop was given keeps
+    the plan (for a stage whose overrun a later one absorbs, and whose pace estimate runs high: block-wise
+    distillation's first epoch runs the teacher, its second reads the teacher cache). The loop calls :meth:`done`
+    after each step and runs while ``step < total``.
     """
 
     def __init__(
@@ -54,12 +57,14 @@ class StepBudget:
         deadline: float | None = None,
         *,
         probe: int = 8,
+        slack: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.planned = self.total = planned
         self.deadline, self.probe, self.clock = deadline, probe, clock
         self._window = max(probe, planned // 10)
         self._marks = [(0, clock())]  # (steps done, time) at each check
+        self._tolerated = 0.0 if deadline is None else slack * max(0.0, deadline - self._marks[0][1])
         self.agree: Callable[[int], int] | None = None  # several processes: the total they all run (see agreed)
 
     def done(self, steps: int) -> None:
@@ -70,8 +75,11 @@ class StepBudget:
         since, then = next((n, t) for n, t in self._marks if n >= steps - self._window)
         self._marks.append((steps, now))
         pace = (now - then) / (steps - since)  # seconds per step over the window
-        fits = steps + int(max(0.0, self.deadline - now) / max(pace, 1e-9))
-        self.total = max(steps, min(self.planned, fits))
+        left = max(0.0, self.deadline - now)
+        if (self.planned - steps) * pace <= left + self._tolerated:
+            self.total = self.planned
+        else:
+            self.total = max(steps, min(self.planned, steps + int(left / max(pace, 1e-9))))
         if self.agree is not None:
             self.total = self.agree(self.total)
 

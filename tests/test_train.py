@@ -179,3 +179,12 @@ def test_step_budget_agrees_one_total_across_processes():
     assert _run(budget, clock, lambda s: 1.0) == 12  # 38 fit here; 12 agreed at the check after 8
     single = optim.StepBudget(100, deadline=clock.now + 30.0, clock=clock).agreed(Accelerator(cpu=True))
     assert single.agree is None  # one process: nothing to agree
+
+
+def test_step_budget_keeps_the_plan_when_the_projected_overrun_is_within_its_slack():
+    """Block-wise distillation's first epoch runs the teacher (slower than the second): a projected overrun within
+    the slack keeps every planned step; beyond it, the loop is cut as without slack."""
+    for slack, expected in ((0.15, 100), (0.0, 90), (0.05, 90)):
+        clock = _Clock()
+        budget = optim.StepBudget(100, deadline=clock.now + 90.0, slack=slack, clock=clock)  # 100 s of work for 90
+        assert _run(budget, clock, lambda s: 1.0) == expected, slack

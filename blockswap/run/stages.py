@@ -85,7 +85,7 @@ def blockwise(state: RunState) -> None:
     deadline, plan = time_budget.blockwise_deadline(
         state, planned, distill.steps_for(cfg.distill.recovery_epochs, loader) if cfg.distill.recovery_epochs else 0
     )
-    steps = StepBudget(planned, deadline)
+    steps = StepBudget(planned, deadline, slack=0.15)  # recovery's deadline absorbs an overrun
     history = distill.blockwise(
         state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator, cache=state.teacher_cache, budget=steps
     )
