@@ -43,7 +43,7 @@ class StepBudget:
 
     ``deadline`` is a ``clock()`` time (``time.monotonic``); None keeps every planned step. Every ``probe`` steps
     (the first check comes before a schedule's warm-up ends) the pace is measured over the latest tenth of the plan
-    (at least ``probe`` steps) and ``total`` re-sized to what fits: it shrinks when the machine is slower than
+    (at least ``probe`` steps; never the first step) and ``total`` re-sized to what fits: it shrinks when the machine is slower than
     hoped and grows back toward ``planned`` when steps get faster (e.g. served by a teacher cache), never below
     the steps already done. ``slack``: a projected overrun up to this fraction of the time the loop was given keeps
     the plan (for a stage whose overrun a later one absorbs, and whose pace estimate runs high: block-wise
@@ -63,13 +63,17 @@ class StepBudget:
         self.planned = self.total = planned
         self.deadline, self.probe, self.clock = deadline, probe, clock
         self._window = max(probe, planned // 10)
-        self._marks = [(0, clock())]  # (steps done, time) at each check
-        self._tolerated = 0.0 if deadline is None else slack * max(0.0, deadline - self._marks[0][1])
+        self._marks: list[tuple[int, float]] = []  # (steps done, time): after the first step, then at each check
+        self._tolerated = 0.0 if deadline is None else slack * max(0.0, deadline - clock())
         self.agree: Callable[[int], int] | None = None  # several processes: the total they all run (see agreed)
 
     def done(self, steps: int) -> None:
         """``steps`` optimiser steps are done: at a check, re-size ``total`` from the latest pace."""
-        if self.deadline is None or steps % self.probe:
+        if self.deadline is None:
+            return
+        if steps == 1:  # the pace leaves out the first step: it pays one-off costs (allocations, warm caches)
+            self._marks.append((1, self.clock()))
+        if steps % self.probe:
             return
         now = self.clock()
         since, then = next((n, t) for n, t in self._marks if n >= steps - self._window)

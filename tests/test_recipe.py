@@ -240,15 +240,16 @@ def test_recovery_leaves_the_original_weights_when_frozen(tmp_path, capsys, tiny
     assert moved and all(f"layer.{sub}." in k for k in moved), sorted(moved)[:5]  # the substitute only
 
 
-def _stop_rule_chooses_step_one(monkeypatch) -> None:
-    """Make step 1 the only step that satisfies the stop rule; the (full) curve goes on to step 3."""
+def _stop_rule_chooses_step_one(monkeypatch, later: float = 0.5) -> None:
+    """Make step 1 the only step that satisfies the stop rule (the later ones keep ``later`` on validation); the
+    (full) curve goes on to step 3."""
     from blockswap.run import curve as curve_mod
 
     original = curve_mod._row
 
     def step_one_only(state, step, *args):
         row, metrics = original(state, step, *args)
-        row["kept"] = 1.0 if step <= 1 else 0.5
+        row["kept"] = 1.0 if step <= 1 else later
         return row, metrics
 
     monkeypatch.setattr(curve_mod, "_row", step_one_only)
@@ -557,25 +558,31 @@ def test_a_resumed_run_counts_the_time_its_earlier_stages_took(tmp_path, capsys,
     assert tb["blockwise"] == {"steps": 8, "planned_steps": 24} and tb["recovery"]["steps"] == 8 and tb["cut"]
 
 
-def test_under_a_time_budget_the_stop_rules_first_recovery_leaves_room_for_its_fallback(
+def test_under_a_time_budget_the_stop_rule_skips_a_hopeless_recovery_and_shares_the_time(
     tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
 ):
-    """The last step's recovery may fail the rule and the curve's choice be recovered after it: the first gets
-    half of the recovery time (one may follow), the fallback what is left (none follows); --recover-key adds its
-    key points to what may follow."""
+    """Under --time-budget the last step is recovered first only when a recovery could lift it to --min-kept
+    (0.96 + 0.024 >= 0.97: tried; 0.5: not, its time goes to the curve's choice); each recovery shares what is left
+    with those still to come (--recover-key: the key point 2 and the last)."""
     from blockswap.run import budget, stages
 
-    _stop_rule_chooses_step_one(monkeypatch)
-    _recovered_validation_kept(monkeypatch, 0.85)
     shares, deadline = [], budget.recovery_deadline
     monkeypatch.setattr(
         stages.time_budget, "recovery_deadline", lambda s, after: shares.append(after) or deadline(s, after)
     )
-    out = tmp_path / "run"
-    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
-    argv += ["--min-kept", "0.9", "--recovery-epochs", "0.5", "--baselines", "none", "--time-budget", "3600"]
-    assert main(argv) == 0, capsys.readouterr().err
-    assert shares == [1, 0]  # the last (3), then the curve's choice (1)
-    shares.clear()
-    assert main([*argv[:6], str(tmp_path / "key"), *argv[7:], "--recover-key"]) == 0, capsys.readouterr().err
-    assert shares == [3, 1, 0]  # the last (3); then the choice (1) and the key point 2
+    recovered = _recovered_validation_kept(monkeypatch, 0.85)  # every recovered student fails --min-kept 0.9
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), *FAST]
+    argv += ["--min-kept", "0.97", "--recovery-epochs", "0.5", "--baselines", "none"]
+    cases = [(0.96, ["--time-budget", "3600"], [3, 1], [0, 0]), (0.5, ["--time-budget", "3600"], [1], [0]),
+             (0.5, [], [3, 1], [0, 0]), (0.5, ["--time-budget", "3600", "--recover-key"], [1, 3, 2], [2, 1, 0])]  # fmt: skip
+    for i, (later, flags, order, afters) in enumerate(cases):
+        _stop_rule_chooses_step_one(monkeypatch, later)
+        shares.clear(), recovered.clear()
+        assert main([*argv, "--out", str(tmp_path / str(i)), *flags]) == 0, capsys.readouterr().err
+        assert recovered == order, (later, flags)
+        assert shares == afters, (later, flags)
+        said = (
+            "--time-budget: the last step's student keeps 0.5000 on validation before recovery"
+            in capsys.readouterr().out
+        )
+        assert said == (later == 0.5 and bool(flags)), (later, flags)

@@ -90,12 +90,14 @@ class _Clock:
         return self.now
 
 
-def _run(budget: optim.StepBudget, clock: _Clock, paces) -> int:
+def _run(budget: optim.StepBudget, clock: _Clock, paces, totals: list | None = None) -> int:
     step = 0
     while step < budget.total:
         clock.now += paces(step)
         step += 1
         budget.done(step)
+        if totals is not None:
+            totals.append(budget.total)
     return step
 
 
@@ -163,12 +165,13 @@ def test_linear_schedule_is_hugging_faces_and_follows_a_shrunk_total():
 
 
 def test_step_budget_is_not_fooled_by_a_slow_first_step():
-    """The first step pays for allocations (20 s here, then 1 s a step): the check after 8 steps sees 3.4 s a step
-    and would stop at 29; the later checks, over the latest steps, take the loop to the deadline."""
-    clock = _Clock()
+    """The first step pays for allocations (20 s here, then 1 s a step): counted, the check after 8 steps would see
+    3.4 s a step and cut the schedule to 29 steps; left out, the schedule is sized right from the first check."""
+    clock, totals = _Clock(), []
     budget = optim.StepBudget(200, deadline=clock.now + 100.0, clock=clock)
-    assert _run(budget, clock, lambda s: 20.0 if s == 0 else 1.0) == 81
+    assert _run(budget, clock, lambda s: 20.0 if s == 0 else 1.0, totals) == 81
     assert clock.now == pytest.approx(200.0)
+    assert set(totals[7:]) == {81}  # from the first check on
 
 
 def test_step_budget_agrees_one_total_across_processes():

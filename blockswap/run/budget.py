@@ -41,6 +41,17 @@ def evaluations_after(cfg: Config, num_blocks: int, stage: str, *, recoveries: i
     return 2 + later  # this recovery's student on validation and test
 
 
+# Recovery lifted validation kept by 0.024 or more for one student in ten (85 students of the suites of sessions
+# 11-19; median +0.010): a student further than that below --min-kept before recovery will almost surely fail it.
+LIKELY_RECOVERY_LIFT = 0.024
+
+
+def hopeless(cfg: Config, kept_before: float) -> bool:
+    """Under --time-budget: a recovery of a student keeping ``kept_before`` on validation is not worth its share of
+    the time, since it will almost surely end below --min-kept (without a budget the stop rule tries it anyway)."""
+    return cfg.run.time_budget is not None and kept_before + LIKELY_RECOVERY_LIFT < cfg.run.min_kept
+
+
 def recoveries_planned(cfg: Config) -> int:
     """Recoveries the run will train (not counting the stop rule's fallback when its last student fails)."""
     if cfg.distill.recovery_epochs <= 0:

@@ -85,7 +85,7 @@ def blockwise(state: RunState) -> None:
     deadline, plan = time_budget.blockwise_deadline(
         state, planned, distill.steps_for(cfg.distill.recovery_epochs, loader) if cfg.distill.recovery_epochs else 0
     )
-    steps = StepBudget(planned, deadline, slack=0.15)  # recovery's deadline absorbs an overrun
+    steps = StepBudget(planned, deadline, slack=0.3)  # epoch 2 reads the teacher cache; recovery absorbs an overrun
     history = distill.blockwise(
         state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator, cache=state.teacher_cache, budget=steps
     )
@@ -132,11 +132,17 @@ def recovery(state: RunState) -> None:
     chosen, last = curve["chosen_step"], curve["rows"][-1]["step"]
     teacher_val = state.teacher_point("validation")  # once: under bf16 it is an evaluation
     students, final = {}, chosen
-    if run_cfg.stop_rule == "recovered" and last != chosen:  # the curve saved the last student as RUN/model_last
-        # under --time-budget it leaves room for one more: the curve's choice, recovered should this one fail
-        entry, student = _recover(
-            state, curve, "model_last", last, teacher_val, after=time_budget.recoveries_planned(state.cfg)
+    try_last = run_cfg.stop_rule == "recovered" and last != chosen  # the curve saved it as RUN/model_last
+    if try_last and time_budget.hopeless(state.cfg, curve["rows"][last]["kept"]):
+        try_last = False
+        state.log(
+            f"--time-budget: the last step's student keeps {curve['rows'][last]['kept']:.4f} on validation before "
+            f"recovery, more than {time_budget.LIKELY_RECOVERY_LIFT} below --min-kept {run_cfg.min_kept} (what a "
+            f"recovery adds one time in ten): not recovered, the time goes to step {chosen}"
         )
+    if try_last:
+        after = time_budget.recoveries_planned(state.cfg) - 1  # should it fail, the fallback gets what is left
+        entry, student = _recover(state, curve, "model_last", last, teacher_val, after=after)
         passed = entry["kept_validation_after"] >= run_cfg.min_kept
         entry["folder"] = "model_recovered" if passed else "model_last_recovered"
         state.save_model(student, entry["folder"])
