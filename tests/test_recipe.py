@@ -586,3 +586,32 @@ def test_under_a_time_budget_the_stop_rule_skips_a_hopeless_recovery_and_shares_
             in capsys.readouterr().out
         )
         assert said == (later == 0.5 and bool(flags)), (later, flags)
+
+
+def test_the_training_stages_deadlines_leave_the_reserve_and_share_the_rest(monkeypatch):
+    """300 s left of the budget, a teacher test pass of 2 s: block-wise gets 2/3 (its 530 planned steps against
+    recovery's 265) of what the 14 evaluations after it leave; a recovery with one more to come, half of what the 7
+    after it leave."""
+    import time
+    from types import SimpleNamespace
+
+    from blockswap.config import build_config
+    from blockswap.run import budget
+
+    cfg = build_config(overrides={"run": {"time_budget": 1000.0, "baselines": "none"}})
+    monkeypatch.setattr(budget.arch, "num_blocks", lambda model: 6)
+    state = SimpleNamespace(
+        cfg=cfg, spent_before=600.0, started=time.perf_counter() - 100.0, teacher=None,
+        read=lambda name: {"test_seconds": 2.0},
+    )  # fmt: skip
+    now = time.monotonic()
+    deadline, plan = budget.blockwise_deadline(state, 530, 265)
+    assert plan["evaluation_reserve"] == pytest.approx((1.5 * 6 + 2 + 3) * 2.0)
+    assert deadline - now == pytest.approx((300 - 28) * 2 / 3, abs=0.5)
+    deadline, plan = budget.recovery_deadline(state, 1)
+    assert plan["evaluation_reserve"] == pytest.approx((2 + 2 + 3) * 2.0)
+    assert deadline - now == pytest.approx((300 - 14) / 2, abs=0.5)
+    assert budget.blockwise_deadline(SimpleNamespace(cfg=build_config(), spent_before=0.0, started=0.0), 530, 265) == (
+        None,
+        {},
+    )
