@@ -4,8 +4,9 @@ Only block-wise distillation and recovery are shortened; the teacher, importance
 the baselines' are not. Each training stage gets a deadline when it starts, from what is left of the budget less a
 reserve for the evaluations still to come (each costed as the teacher's fp32 pass over the test split, timed in
 the teacher stage: an upper bound, as students are cheaper). Block-wise distillation gets its planned steps'
-share of the training time left; each recovery, what remains when it starts. The loops measure their own pace
-(``train.StepBudget``), so the deadlines hold on a machine of any speed.
+share of the training time left; each recovery an equal share, with the recoveries still to come, of what remains
+when it starts (and the stop rule skips a recovery that would almost surely fail it: ``hopeless``). The loops
+measure their own pace (``train.StepBudget``), so the deadlines hold on a machine of any speed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def evaluations_after(cfg: Config, num_blocks: int, stage: str, *, recoveries: i
     """The work the run does after ``stage``'s training (``blockwise`` or ``recovery``), in passes of the teacher
     over the test split; ``recoveries``: recoveries still to come after that stage's own.
 
-    Weights from the offline default in fp32 (stage times over one such pass, 5.3 s): a curve step (its student on
+    Weights from the offline default in fp32 (its stage times over one such pass, 5.3-5.7 s): a curve step (its student on
     validation and test, cheaper than the teacher, and its latency) 1.5; the evaluation stage (the student on
     test, both models' latency) 2; a pruning baseline's point 1.5; summary and report 1.
     """
@@ -30,8 +31,8 @@ def evaluations_after(cfg: Config, num_blocks: int, stage: str, *, recoveries: i
     per_baseline = {"magnitude": points, "random": points, "drop": steps}
     later = (
         2 * recoveries  # each recovered student on validation and test
-        + 2
-        + 1
+        + 2  # the evaluation stage
+        + 1  # summary and report
         + (2 if cfg.run.prune_vocab else 0)
         + (4 if cfg.run.export == "onnx" else 0)  # parity and int8 accuracy of teacher and student
         + 1.5 * sum(per_baseline.get(name, 0) for name in cfg.run.baselines)
