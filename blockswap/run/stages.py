@@ -132,15 +132,8 @@ def recovery(state: RunState) -> None:
     chosen, last = curve["chosen_step"], curve["rows"][-1]["step"]
     teacher_val = state.teacher_point("validation")  # once: under bf16 it is an evaluation
     students, final = {}, chosen
-    try_last = run_cfg.stop_rule == "recovered" and last != chosen  # the curve saved it as RUN/model_last
-    if try_last and time_budget.hopeless(state.cfg, curve["rows"][last]["kept"]):
-        try_last = False
-        state.log(
-            f"--time-budget: the last step's student keeps {curve['rows'][last]['kept']:.4f} on validation before "
-            f"recovery, more than {time_budget.LIKELY_RECOVERY_LIFT} below --min-kept {run_cfg.min_kept} (what a "
-            f"recovery adds one time in ten): not recovered, the time goes to step {chosen}"
-        )
-    if try_last:
+    if run_cfg.stop_rule == "recovered" and last != chosen and _worth_trying(state, curve, last):
+        # the curve saved the last student as RUN/model_last
         after = time_budget.recoveries_planned(state.cfg) - 1  # should it fail, the fallback gets what is left
         entry, student = _recover(state, curve, "model_last", last, teacher_val, after=after)
         passed = entry["kept_validation_after"] >= run_cfg.min_kept
@@ -176,6 +169,20 @@ def recovery(state: RunState) -> None:
         {"metric": curve["metric"], "stop_rule": run_cfg.stop_rule, "chosen_step": final,
          "curve_chosen_step": chosen, "students": students},
     )  # fmt: skip
+
+
+def _worth_trying(state: RunState, curve: dict, last: int) -> bool:
+    """Whether the stop rule recovers the last step's student first: always, but under --time-budget not when a
+    recovery would almost surely leave it below --min-kept (its time then goes to the curve's choice)."""
+    kept = curve["rows"][last]["kept"]
+    if not time_budget.hopeless(state.cfg, kept):
+        return True
+    state.log(
+        f"--time-budget: the last step's student keeps {kept:.4f} on validation before recovery, more than "
+        f"{time_budget.LIKELY_RECOVERY_LIFT} below --min-kept {state.cfg.run.min_kept} (what a recovery adds one time "
+        f"in ten): not recovered, the time goes to step {curve['chosen_step']}"
+    )
+    return False
 
 
 def _recover(
