@@ -215,6 +215,11 @@ class StsSet:
         pairs = torch.tensor([[index[a], index[b]] for a, b in zip(first, second, strict=True)])
         return cls(source, split, pairs, torch.tensor(scores, dtype=torch.float64), batches)
 
+    @property
+    def tokens(self) -> int:
+        """Tokens (padding included) of one pass over the unique texts."""
+        return sum(batch["input_ids"].numel() for _, batch in self.batches)
+
     @torch.no_grad()
     def spearman(self, model) -> float:
         """Spearman correlation of ``model``'s cosine similarity of each pair with the gold scores."""
@@ -228,6 +233,9 @@ class StsSet:
         model.train(was_training)
         cos = F.cosine_similarity(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]], dim=-1)
         return regression_metrics(cos, self.scores)["spearman"]
+
+
+PROBE_TRAIN_TEXTS = 2000  # training texts the probe of a run's evaluation stage embeds (its first shuffled batches)
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y, *, seed: int = 0) -> float:

@@ -365,8 +365,15 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
         ahead = summary.get("baselines_ahead", [])
         md += ["- **Behind a baseline here**: " + tables.baseline_ahead(b, "`" + b["folder"] + "`") for b in ahead]
         if "time_budget" in summary:
-            md += [("- **Trained less to fit the time**: " if summary["time_budget"]["cut"] else "- ")
-                   + tables.time_budget(summary["time_budget"])]  # fmt: skip
+            tb = summary["time_budget"]
+            head = (
+                "**Over the time budget**: "
+                if tb.get("over")
+                else "**Trained less to fit the time**: "
+                if tb["cut"]
+                else ""
+            )
+            md += ["- " + head + tables.time_budget(tb)]
         md += [""]
     if teacher:
         md += [f"Teacher: `{teacher.get('source')}`.", ""]

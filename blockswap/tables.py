@@ -132,4 +132,11 @@ def time_budget(tb: dict) -> str:
         if key in tb
     ]
     verdict = "cut to fit" if tb["cut"] else "nothing cut"
+    if tb.get("over"):
+        fixed = tb["seconds_taken"] - tb["training_seconds"]
+        verdict = (
+            f"{'cut' if tb['cut'] else 'nothing cut'}, and over all the same: {tb['seconds_taken']:.0f} s by the "
+            f"summary, {fixed:.0f} s of them in what it does not shorten (start-up, teacher, importance, evaluations, "
+            "baselines): a budget below that cannot be met"
+        )
     return f"--time-budget {tb['seconds']:g} s: {', '.join(parts)} ({verdict})"

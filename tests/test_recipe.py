@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from blockswap import arch, errors, export
+from blockswap import arch, errors, export, tables
 from blockswap.cli import main
 from blockswap.compact import CompactBlock
 from blockswap.evaluate import kept_difference
@@ -500,11 +500,48 @@ def test_a_time_budget_cuts_block_wise_training_and_recovery_to_fit_and_says_so(
     rec = json.loads((out / "recovery.json").read_text())["students"]["3"]
     assert (rec["steps"], rec["planned_steps"], rec["examples"]) == (8, 24, 8 * 16)
     tb = json.loads((out / "summary.json").read_text())["time_budget"]
-    assert tb == {"seconds": 0.01, "blockwise": {"steps": 8, "planned_steps": 24},
-                  "recovery": {"steps": 8, "planned_steps": 24}, "cut": True}  # fmt: skip
-    line = "--time-budget 0.01 s: block-wise distillation 8 of 24 steps, recovery 8 of 24 steps (cut to fit)"
-    assert f"**Trained less to fit the time**: {line}" in (out / "report.md").read_text()
+    assert {k: tb[k] for k in ("seconds", "blockwise", "recovery", "cut", "over")} == {
+        "seconds": 0.01, "blockwise": {"steps": 8, "planned_steps": 24}, "recovery": {"steps": 8, "planned_steps": 24},
+        "cut": True, "over": True,
+    }  # fmt: skip
+    assert 0 < tb["training_seconds"] < tb["seconds_taken"]  # what it cannot shorten took the rest
+    line = tables.time_budget(tb)
+    fixed = round(tb["seconds_taken"] - tb["training_seconds"])
+    assert line.startswith(
+        "--time-budget 0.01 s: block-wise distillation 8 of 24 steps, recovery 8 of 24 steps (cut, and over all the "
+        f"same: {tb['seconds_taken']:.0f} s by the summary, {fixed:.0f} s of them in what it does not shorten"
+    )
+    assert f"**Over the time budget**: {line}" in (out / "report.md").read_text()
     assert f"note: {line}" in printed
+
+
+def test_as_a_command_the_time_budget_counts_from_the_process_start(
+    tmp_path, capsys, monkeypatch, tiny_csv, tiny_teacher_dir
+):
+    """`blockswap run` (no argv: the console script) counts the seconds its imports took before main() ran."""
+    from blockswap import cli
+
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--blockwise-epochs", "4", "--recovery-epochs", "4", "--baselines", "none", "--time-budget", "3600"]
+    monkeypatch.setattr(cli, "_since_process_start", lambda: 3600.0)  # as if the imports had taken the hour
+    monkeypatch.setattr("sys.argv", ["blockswap", *argv])
+    assert main() == 0, capsys.readouterr().err
+    tb = json.loads((out / "summary.json").read_text())["time_budget"]
+    assert tb["blockwise"] == {"steps": 8, "planned_steps": 24} and tb["over"] and tb["seconds_taken"] > 3600
+
+
+def test_the_time_budget_line_says_whether_the_run_fitted():
+    tb = {"seconds": 600, "blockwise": {"steps": 76, "planned_steps": 530}, "cut": True}
+    cut = "--time-budget 600 s: block-wise distillation 76 of 530 steps (cut to fit)"
+    assert tables.time_budget({**tb, "seconds_taken": 590.0, "training_seconds": 80.0, "over": False}) == cut
+    assert tables.time_budget(tb) == cut  # a summary.json written before the verdict was recorded
+    over = tables.time_budget({**tb, "seconds_taken": 651.4, "training_seconds": 80.0, "over": True})
+    assert over == (
+        "--time-budget 600 s: block-wise distillation 76 of 530 steps (cut, and over all the same: 651 s by the "
+        "summary, 571 s of them in what it does not shorten (start-up, teacher, importance, evaluations, baselines): "
+        "a budget below that cannot be met)"
+    )
 
 
 def test_a_time_budget_with_room_to_spare_changes_no_number(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
@@ -521,7 +558,7 @@ def test_a_time_budget_with_room_to_spare_changes_no_number(tmp_path, capsys, ti
         )
     assert logs["budget"][:2] == logs["free"][:2]
     assert "time_budget" not in logs["free"][2]
-    assert logs["budget"][2]["time_budget"]["cut"] is False
+    assert logs["budget"][2]["time_budget"]["cut"] is False and logs["budget"][2]["time_budget"]["over"] is False
     assert logs["budget"][2]["time_budget"]["recovery"] == {"steps": 12, "planned_steps": 12}
     assert "note: --time-budget" not in capsys.readouterr().out
 
@@ -588,30 +625,77 @@ def test_under_a_time_budget_the_stop_rule_skips_a_hopeless_recovery_and_shares_
         assert said == (later == 0.5 and bool(flags)), (later, flags)
 
 
+def _budget_state(overrides: dict, task: str = "classification", label_names=("neg", "pos")):
+    """A run's state as the budget reads it: 100 training texts of 10 tokens, 500 validation and 400 test tokens, a
+    teacher test pass of 0.4 s (1 ms per token), 300 s of 1000 left."""
+    import time
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from blockswap.config import build_config
+
+    split = lambda n: Dataset.from_dict({"input_ids": [[1] * 10] * n})  # noqa: E731
+    data = SimpleNamespace(
+        splits={"train": split(100), "validation": split(50), "test": split(40)}, task=task,
+        label_names=list(label_names), tokenizer=[0] * 1000,
+    )  # fmt: skip
+    cfg = build_config(overrides={"run": {"time_budget": 1000.0, "baselines": "none", **overrides.get("run", {})},
+                                  "distill": overrides.get("distill", {})})  # fmt: skip
+    return SimpleNamespace(
+        cfg=cfg, data=data, spent_before=600.0, started=time.perf_counter() - 100.0, teacher=None, sts=None,
+        read=lambda name: {"test_seconds": 0.4},
+    )  # fmt: skip
+
+
 def test_the_training_stages_deadlines_leave_the_reserve_and_share_the_rest(monkeypatch):
-    """300 s left of the budget, a teacher test pass of 2 s: block-wise gets 2/3 (its 530 planned steps against
-    recovery's 265) of what the 14 evaluations after it leave; a recovery with one more to come, half of what the 7
-    after it leave."""
+    """Block-wise distillation gets 2/3 (its 530 planned steps against recovery's 265) of what the work after it
+    leaves; a recovery with one more to come, half of what the work after it leaves. The work is counted in tokens
+    through the teacher (1 ms each here): hand-computed for the default recipe below."""
     import time
     from types import SimpleNamespace
 
     from blockswap.config import build_config
     from blockswap.run import budget
 
-    cfg = build_config(overrides={"run": {"time_budget": 1000.0, "baselines": "none"}})
     monkeypatch.setattr(budget.arch, "num_blocks", lambda model: 6)
-    state = SimpleNamespace(
-        cfg=cfg, spent_before=600.0, started=time.perf_counter() - 100.0, teacher=None,
-        read=lambda name: {"test_seconds": 2.0},
-    )  # fmt: skip
+    state = _budget_state({})
+    latency_1, latency_1_32 = 7 * 128, 7 * 33 * 128  # 2 warm-up + 5 timed passes at sequence 128
+    point = 0.75 * (500 + 400)  # a student on validation and test
+    curve = latency_1 + 6 * (point + 0.75 * latency_1)  # the teacher's latency, then 6 steps (no end-to-end steps)
+    later = 0.75 * 400 + 1.75 * latency_1_32 + 20_000  # evaluation stage (student test, both latencies), report
     now = time.monotonic()
     deadline, plan = budget.blockwise_deadline(state, 530, 265)
-    assert plan["evaluation_reserve"] == pytest.approx((1.5 * 6 + 2 + 3) * 2.0)
-    assert deadline - now == pytest.approx((300 - 28) * 2 / 3, abs=0.5)
+    assert plan["evaluation_reserve"] == pytest.approx((curve + point + later) / 1000, abs=0.05)
+    assert deadline - now == pytest.approx((300 - (curve + point + later) / 1000) * 2 / 3, abs=0.5)
     deadline, plan = budget.recovery_deadline(state, 1)
-    assert plan["evaluation_reserve"] == pytest.approx((2 + 2 + 3) * 2.0)
-    assert deadline - now == pytest.approx((300 - 14) / 2, abs=0.5)
+    assert plan["evaluation_reserve"] == pytest.approx((2 * point + later) / 1000, abs=0.05)
+    assert deadline - now == pytest.approx((300 - (2 * point + later) / 1000) / 2, abs=0.5)
     assert budget.blockwise_deadline(SimpleNamespace(cfg=build_config(), spent_before=0.0, started=0.0), 530, 265) == (
         None,
         {},
     )
+
+
+def test_the_reserve_counts_work_whose_size_does_not_follow_the_data(monkeypatch):
+    """End-to-end steps per curve step, pruning baselines, vocabulary pruning, the export and an embedding
+    model's probe each add their own tokens to what the run reserves after block-wise distillation."""
+    import torch
+
+    from blockswap.run import budget
+
+    monkeypatch.setattr(budget.arch, "num_blocks", lambda model: 6)
+    monkeypatch.setattr(budget, "prunable", lambda model: [torch.zeros(2000, 10)])  # 20,000 weights: 10 tokens
+    base = budget.work_after(_budget_state({}), "blockwise")
+    extra = {
+        "e2e": ({"distill": {"e2e_steps": 10}}, 6 * 10 * 32 * 10 * 3 * 0.75),  # 6 steps x 10 batches of 32 x 10 tokens
+        "magnitude": ({"run": {"baselines": "magnitude"}}, 2 * (500 + 10)),  # 2 key points: validation + top-k
+        "vocab": ({"run": {"prune_vocab": True}}, 0.75 * (3 * 1000 + 400)),  # each token alone, then the test split
+        "export": ({"run": {"export": "onnx"}}, budget.EXPORT_TOKENS),
+    }
+    for name, (overrides, tokens) in extra.items():
+        assert budget.work_after(_budget_state(overrides), "blockwise") - base == pytest.approx(tokens), name
+    probe = 1.75 * (100 * 10 + 400)  # teacher and student embed the 100 training texts (< 2,000) and the test split
+    embedding = budget.work_after(_budget_state({}, task="embedding"), "blockwise")
+    assert embedding - base == pytest.approx(probe)
+    assert budget.work_after(_budget_state({}, task="embedding", label_names=()), "blockwise") == base  # no probe

@@ -2,44 +2,78 @@
 
 Only block-wise distillation and recovery are shortened; the teacher, importance, the curve's evaluations and
 the baselines' are not. Each training stage gets a deadline when it starts, from what is left of the budget less a
-reserve for the evaluations still to come (each costed as the teacher's fp32 pass over the test split, timed in
-the teacher stage: an upper bound, as students are cheaper). Block-wise distillation gets its planned steps'
-share of the training time left; each recovery an equal share, with the recoveries still to come, of what remains
-when it starts (and the stop rule skips a recovery that would almost surely fail it: ``hopeless``). The loops
-measure their own pace (``train.StepBudget``), so the deadlines hold on a machine of any speed.
+reserve for the work still to come: every evaluation, latency measurement, end-to-end step, probe, export and the
+report, counted in tokens through the teacher and priced at the teacher's fp32 pass over the test split (timed in
+the teacher stage). Block-wise distillation gets its planned steps' share of the training time left; each recovery
+an equal share, with the recoveries still to come, of what remains when it starts (and the stop rule skips a
+recovery that would almost surely fail it: ``hopeless``). The loops measure their own pace (``train.StepBudget``),
+so the deadlines hold on a machine of any speed. Where the stages it cannot shorten take longer than the budget,
+the run ends late and says so (``summary``).
 """
 
 from __future__ import annotations
 
 import time
 
-from .. import arch
+from .. import arch, measure
+from ..baselines import prunable
 from ..config import Config
+from ..embed import PROBE_TRAIN_TEXTS
 from .state import RunState
 
+# The work after a training stage is counted in tokens through the teacher, priced at the teacher's fp32 pass over
+# the test split (timed in the teacher stage): an evaluation costs its split's tokens, and work whose size does not
+# follow the data (latency at fixed shapes, the curve's end-to-end steps, the probe, export, the report) its own.
+STUDENT = 0.75  # a student's forward against the teacher's: the default's curve steps averaged 0.73 (MiniLM, fp32)
+PRUNE_WEIGHTS_PER_TOKEN = 2000  # a global top-k over the prunable weights: ~1.3 s for MiniLM's 14 M, a 7,000-token pass
+REPORT_TOKENS = 20_000  # summary, plots and report: ~3.5 s on the default's 2-core CPU
+EXPORT_TOKENS = 575_000  # two ONNX exports, parity, int8 and their timing: 99 s for MiniLM on that CPU
 
-def evaluations_after(cfg: Config, num_blocks: int, stage: str, *, recoveries: int = 0) -> float:
-    """The work the run does after ``stage``'s training (``blockwise`` or ``recovery``), in passes of the teacher
-    over the test split; ``recoveries``: recoveries still to come after that stage's own.
 
-    Weights from the offline default in fp32 (its stage times over one such pass, 5.3-5.7 s): a curve step (its student on
-    validation and test, cheaper than the teacher, and its latency) 1.5; the evaluation stage (the student on
-    test, both models' latency) 2; a pruning baseline's point 1.5; summary and report 1.
-    """
-    steps = min(cfg.run.max_blocks or num_blocks, num_blocks)
+def _tokens(data, split: str) -> int:
+    return sum(len(ids) for ids in data.splits[split]["input_ids"])
+
+
+def work_after(state: RunState, stage: str, *, recoveries: int = 0) -> float:
+    """What the run does after ``stage``'s training (``blockwise`` or ``recovery``), in tokens through the teacher;
+    ``recoveries``: recoveries still to come after that stage's own."""
+    cfg, data = state.cfg, state.data
+    n = arch.num_blocks(state.teacher)
+    steps = min(cfg.run.max_blocks or n, n)
+    val, test = _tokens(data, "validation"), _tokens(data, "test")
+    train_len = _tokens(data, "train") / max(len(data.splits["train"]), 1)
+
+    def latency(*batches: int) -> float:
+        return (measure.LATENCY_WARMUP + cfg.run.latency_repeats) * sum(batches) * cfg.run.eval_seq_len
+
+    def distil(optimiser_steps: int) -> float:  # forward and backward of a student (the teacher cached)
+        teacher = 0.0 if cfg.distill.teacher_cache_gb > 0 else 1.0
+        return optimiser_steps * cfg.distill.batch_size * train_len * (3 * STUDENT + teacher)
+
+    sts = state.sts.tokens if getattr(state, "sts", None) is not None else 0
+    point = STUDENT * (val + test + sts)  # a student on validation and test (and the STS pairs)
+    curve = latency(1) + steps * (point + STUDENT * latency(1) + distil(cfg.distill.e2e_steps))
+    evaluation = STUDENT * test + (1 + STUDENT) * (latency(1, 32) + sts)
+    if data.task == "embedding" and data.label_names:  # the probe embeds training texts and the test split
+        evaluation += (1 + STUDENT) * (min(PROBE_TRAIN_TEXTS, len(data.splits["train"])) * train_len + test)
     points = steps if cfg.run.baseline_points == "all" else min(2, steps)
-    per_baseline = {"magnitude": points, "random": points, "drop": steps}
+    baselines = 0.0
+    for name in cfg.run.baselines:  # the ones --time-budget runs beside: no equal-budget training
+        if name in ("magnitude", "random"):  # each point: prune the teacher, then validation
+            baselines += points * (val + sum(w.numel() for w in prunable(state.teacher)) / PRUNE_WEIGHTS_PER_TOKEN)
+        elif name == "drop":
+            baselines += steps * (val + distil(cfg.distill.e2e_steps))
     later = (
-        2 * recoveries  # each recovered student on validation and test
-        + 2  # the evaluation stage
-        + 1  # summary and report
-        + (2 if cfg.run.prune_vocab else 0)
-        + (4 if cfg.run.export == "onnx" else 0)  # parity and int8 accuracy of teacher and student
-        + 1.5 * sum(per_baseline.get(name, 0) for name in cfg.run.baselines)
+        recoveries * point
+        + evaluation
+        + (STUDENT * (3 * len(data.tokenizer) + test) if cfg.run.prune_vocab else 0)  # each token alone, then test
+        + (EXPORT_TOKENS if cfg.run.export == "onnx" else 0)
+        + baselines
+        + REPORT_TOKENS
     )
     if stage == "blockwise":
-        return 1.5 * steps + 2 * recoveries_planned(cfg) + later
-    return 2 + later  # this recovery's student on validation and test
+        return curve + recoveries_planned(cfg) * point + later
+    return point + later  # this recovery's student on validation and test
 
 
 # Recovery lifted validation kept by 0.024 or more for one student in ten (85 students of the suites of sessions
@@ -68,15 +102,15 @@ def seconds_left(state: RunState) -> float | None:
     return budget - state.spent_before - (time.perf_counter() - state.started)
 
 
-def _evaluation_seconds(state: RunState) -> float:
-    """Seconds of one fp32 pass of the teacher over the test split (timed in the teacher stage; timed now for a
-    teacher.json written by a blockswap that did not record it)."""
+def _token_seconds(state: RunState) -> float:
+    """Seconds per token of the teacher's fp32 pass over the test split (timed in the teacher stage; timed now for
+    a teacher.json written by a blockswap that did not record it)."""
     seconds = state.read("teacher.json").get("test_seconds")
     if seconds is None:
         started = time.perf_counter()
         state.evaluate(state.teacher, "test")
         seconds = time.perf_counter() - started
-    return seconds
+    return seconds / max(_tokens(state.data, "test"), 1)
 
 
 def blockwise_deadline(state: RunState, planned_steps: int, recovery_steps: int) -> tuple[float | None, dict]:
@@ -85,7 +119,7 @@ def blockwise_deadline(state: RunState, planned_steps: int, recovery_steps: int)
     if left is None:
         return None, {}
     cfg = state.cfg
-    reserve = _evaluation_seconds(state) * evaluations_after(cfg, arch.num_blocks(state.teacher), "blockwise")
+    reserve = _token_seconds(state) * work_after(state, "blockwise")
     recovery = recoveries_planned(cfg) * recovery_steps
     share = planned_steps / (planned_steps + recovery)  # a recovery step costs about a block-wise one
     seconds = max(0.0, left - reserve) * share
@@ -98,8 +132,7 @@ def recovery_deadline(state: RunState, recoveries: int) -> tuple[float | None, d
     if left is None:
         return None, {}
     cfg = state.cfg
-    evals = evaluations_after(cfg, arch.num_blocks(state.teacher), "recovery", recoveries=recoveries)
-    reserve = _evaluation_seconds(state) * evals
+    reserve = _token_seconds(state) * work_after(state, "recovery", recoveries=recoveries)
     seconds = max(0.0, left - reserve) / (1 + recoveries)
     return time.monotonic() + seconds, _plan(cfg.run.time_budget, left, reserve, seconds)
 
@@ -114,8 +147,9 @@ def _plan(budget: float, left: float, reserve: float, seconds: float) -> dict:
 
 
 def summary(state: RunState) -> dict | None:
-    """summary.json's ``time_budget``: the budget and the steps each training stage planned and took (None
-    without --time-budget). ``recovery`` is the final student's."""
+    """summary.json's ``time_budget``: the budget, the steps each training stage planned and took (``recovery``: the
+    final student's), the seconds taken up to the summary and those spent training, and whether the run stayed
+    within it (``over``: the stages it does not shorten took longer). None without --time-budget."""
     if state.cfg.run.time_budget is None:
         return None
     blockwise = state.read("blockwise.json")["budget"]
@@ -123,9 +157,14 @@ def summary(state: RunState) -> dict | None:
         "seconds": state.cfg.run.time_budget,
         "blockwise": {"steps": blockwise["steps"], "planned_steps": blockwise.get("planned_steps", blockwise["steps"])},
     }
+    training = blockwise["seconds"]
     if state.path("recovery.json").is_file():
         rec = state.read("recovery.json")
         entry = rec["students"][str(rec["chosen_step"])]
         out["recovery"] = {"steps": entry["steps"], "planned_steps": entry.get("planned_steps", entry["steps"])}
+        training += sum(student["seconds"] for student in rec["students"].values())
     out["cut"] = any(v["steps"] < v["planned_steps"] for v in out.values() if isinstance(v, dict))
+    out["seconds_taken"] = round(state.cfg.run.time_budget - seconds_left(state), 1)
+    out["training_seconds"] = round(training, 1)
+    out["over"] = out["seconds_taken"] > state.cfg.run.time_budget
     return out

@@ -265,9 +265,6 @@ def evaluation(state: RunState) -> None:
     state.write("evaluation.json", result)
 
 
-PROBE_TRAIN_TEXTS = 2000
-
-
 @torch.no_grad()
 def _probe(state: RunState, model) -> float:
     """Test accuracy of a logistic-regression probe on ``model``'s embeddings of (up to 2,000) training texts."""
@@ -277,7 +274,7 @@ def _probe(state: RunState, model) -> float:
         for batch in state.data.loader(split, shuffle=split == "train", seed=state.cfg.run.seed):  # a random subset
             x.append(forward(batch))
             y.append(batch["class_label"])
-            if split == "train" and sum(len(t) for t in y) >= PROBE_TRAIN_TEXTS:
+            if split == "train" and sum(len(t) for t in y) >= embed.PROBE_TRAIN_TEXTS:
                 break
         parts[split] = torch.cat(x), torch.cat(y)
     return embed.probe_accuracy(*parts["train"], *parts["test"], seed=state.cfg.run.seed)
