@@ -112,7 +112,7 @@ def _log_cut(state: RunState, what: str, steps: int, planned: int, plan: dict) -
     if steps < planned:
         state.log(
             f"--time-budget {plan['time_budget']:g} s: {what} took {steps} of its {planned} steps ({plan['seconds_left']:.0f} s "
-            f"were left, {plan['evaluation_reserve']:.0f} s reserved for the evaluations to come)"
+            f"were left, {plan['evaluation_reserve']:.0f} s reserved for the evaluations and measurements to come)"
         )
 
 
