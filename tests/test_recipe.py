@@ -663,7 +663,7 @@ def test_the_training_stages_deadlines_leave_the_reserve_and_share_the_rest(monk
     latency_1, latency_1_32 = 7 * 128, 7 * 33 * 128  # 2 warm-up + 5 timed passes at sequence 128
     point = 0.75 * (500 + 400)  # a student on validation and test
     curve = latency_1 + 6 * (point + 0.75 * latency_1)  # the teacher's latency, then 6 steps (no end-to-end steps)
-    later = 0.75 * 400 + 1.75 * latency_1_32 + 20_000  # evaluation stage (student test, both latencies), report
+    later = 0.75 * 400 + 1.75 * latency_1_32 + 10_000  # evaluation stage (student test, both latencies), report
     now = time.monotonic()
     deadline, plan = budget.blockwise_deadline(state, 530, 265)
     assert plan["evaluation_reserve"] == pytest.approx((curve + point + later) / 1000, abs=0.05)
