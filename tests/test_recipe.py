@@ -513,6 +513,8 @@ def test_a_time_budget_cuts_block_wise_training_and_recovery_to_fit_and_says_so(
     )
     assert f"**Over the time budget**: {line}" in (out / "report.md").read_text()
     assert f"note: {line}" in printed
+    assert "--time-budget 0.01 s: already spent, and about " in printed  # said before training, too
+    assert "the run will end over its budget (near " in printed
 
 
 def test_as_a_command_the_time_budget_counts_from_the_process_start(

@@ -85,6 +85,14 @@ def blockwise(state: RunState) -> None:
     deadline, plan = time_budget.blockwise_deadline(
         state, planned, distill.steps_for(cfg.distill.recovery_epochs, loader) if cfg.distill.recovery_epochs else 0
     )
+    if plan and plan["seconds_left"] < plan["evaluation_reserve"]:  # said now: the user may stop and ask for more
+        over = plan["time_budget"] - plan["seconds_left"] + plan["evaluation_reserve"]
+        left = f"{plan['seconds_left']:.0f} s left" if plan["seconds_left"] > 0 else "already spent"
+        state.log(
+            f"--time-budget {plan['time_budget']:g} s: {left}, and about {plan['evaluation_reserve']:.0f} s of "
+            f"evaluations and measurements to come: the run will end over its budget (near {over:.0f} s), with "
+            "training cut to the steps that measure its pace"
+        )
     steps = StepBudget(planned, deadline, slack=0.3)  # epoch 2 reads the teacher cache; recovery absorbs an overrun
     history = distill.blockwise(
         state.teacher, subs, loader, cfg.distill, accelerator=state.accelerator, cache=state.teacher_cache, budget=steps
