@@ -680,8 +680,10 @@ def test_the_training_stages_deadlines_leave_the_reserve_and_share_the_rest(monk
 
 
 def test_the_reserve_counts_work_whose_size_does_not_follow_the_data(monkeypatch):
-    """End-to-end steps per curve step, pruning baselines, vocabulary pruning, the export and an embedding
-    model's probe each add their own tokens to what the run reserves after block-wise distillation."""
+    """End-to-end steps per curve step, pruning baselines, vocabulary pruning, the export, an embedding model's
+    probe and STS pairs each add their own tokens to what the run reserves after block-wise distillation."""
+    from types import SimpleNamespace
+
     import torch
 
     from blockswap.run import budget
@@ -701,3 +703,6 @@ def test_the_reserve_counts_work_whose_size_does_not_follow_the_data(monkeypatch
     embedding = budget.work_after(_budget_state({}, task="embedding"), "blockwise")
     assert embedding - base == pytest.approx(probe)
     assert budget.work_after(_budget_state({}, task="embedding", label_names=()), "blockwise") == base  # no probe
+    sts = _budget_state({})
+    sts.sts = SimpleNamespace(tokens=200)  # --eval-dataset: each curve step, the recovery and both models at the end
+    assert budget.work_after(sts, "blockwise") - base == pytest.approx(6 * 150 + 150 + 1.75 * 200)

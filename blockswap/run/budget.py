@@ -50,7 +50,7 @@ def work_after(state: RunState, stage: str, *, recoveries: int = 0) -> float:
         teacher = 0.0 if cfg.distill.teacher_cache_gb > 0 else 1.0
         return optimiser_steps * cfg.distill.batch_size * train_len * (3 * STUDENT + teacher)
 
-    sts = state.sts.tokens if getattr(state, "sts", None) is not None else 0
+    sts = state.sts.tokens if state.sts is not None else 0
     point = STUDENT * (val + test + sts)  # a student on validation and test (and the STS pairs)
     curve = latency(1) + steps * (point + STUDENT * latency(1) + distil(cfg.distill.e2e_steps))
     evaluation = STUDENT * test + (1 + STUDENT) * (latency(1, 32) + sts)
