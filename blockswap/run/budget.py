@@ -25,7 +25,7 @@ from .state import RunState
 # the test split (timed in the teacher stage): an evaluation costs its split's tokens, and work whose size does not
 # follow the data (latency at fixed shapes, the curve's end-to-end steps, the probe, export, the report) its own.
 STUDENT = 0.75  # a student's forward against the teacher's: the default's curve steps averaged 0.72 (MiniLM, fp32)
-PRUNE_WEIGHTS_PER_TOKEN = 2000  # a global top-k over the prunable weights: ~1.3 s for MiniLM's 14 M, a 7,000-token pass
+PRUNE_WEIGHTS_PER_TOKEN = 2000  # global top-k over the prunable weights: 1.2-1.4 s a point for MiniLM (14 M)
 REPORT_TOKENS = 10_000  # summary, plots and report: 1.3-1.4 s after the default here (8,000 tokens), and the exit
 EXPORT_TOKENS = 575_000  # two ONNX exports, parity, int8 and their timing: 99 s for MiniLM on that CPU
 
