@@ -261,6 +261,6 @@ def train_teacher(
     )
     history["validation"] = history.pop("best_validation")  # fine-tuning evaluated the returned model (fp32)
     started = time.perf_counter()
-    history["test"] = evaluate(model, data.loader("test"))
+    history["test"] = evaluate(model.to(accelerator.device), data.loader("test"))  # where a run's students are
     history["test_seconds"] = round(time.perf_counter() - started, 2)  # what --time-budget reserves per evaluation
-    return model, history
+    return model.cpu(), history

@@ -633,6 +633,7 @@ def _budget_state(overrides: dict, task: str = "classification", label_names=("n
     import time
     from types import SimpleNamespace
 
+    import torch
     from datasets import Dataset
 
     from blockswap.config import build_config
@@ -646,7 +647,8 @@ def _budget_state(overrides: dict, task: str = "classification", label_names=("n
                                   "distill": overrides.get("distill", {})})  # fmt: skip
     return SimpleNamespace(
         cfg=cfg, data=data, spent_before=600.0, started=time.perf_counter() - 100.0, teacher=None, sts=None,
-        read=lambda name: {"test_seconds": 0.4},
+        read=lambda name: {"test_seconds": 0.4}, accelerator=SimpleNamespace(device=torch.device("cpu")),
+        cpu_token_seconds=None,
     )  # fmt: skip
 
 
@@ -679,6 +681,64 @@ def test_the_training_stages_deadlines_leave_the_reserve_and_share_the_rest(monk
     )
 
 
+def test_the_export_is_reserved_at_the_cpus_pace_on_any_device(monkeypatch):
+    """The ONNX export runs on the CPU: on a CPU run it is priced like the rest (1 ms a token here); on a GPU run,
+    whose evaluations are priced at the device's pace, at the CPU's pace, timed once on a CPU copy of the teacher."""
+    import time
+
+    import torch
+
+    from blockswap.run import budget
+
+    monkeypatch.setattr(budget.arch, "num_blocks", lambda model: 6)
+    plain = _budget_state({})
+    device_work = budget.work_after(plain, "blockwise") / 1000  # seconds at 1 ms a token
+    assert budget.reserve(plain, "blockwise") == pytest.approx((device_work, 0.0))
+    cpu = _budget_state({"run": {"export": "onnx"}})
+    assert budget.work_after(cpu, "blockwise") / 1000 == pytest.approx(device_work)  # not device work
+    assert budget.reserve(cpu, "blockwise") == pytest.approx((device_work, budget.EXPORT_TOKENS / 1000))
+    gpu = _budget_state({"run": {"export": "onnx"}})
+    gpu.accelerator.device = torch.device("cuda")
+    timed = []
+    monkeypatch.setattr(budget, "_time_on_cpu", lambda state: timed.append(1) or 0.0002)
+    assert budget.reserve(gpu, "blockwise") == pytest.approx((device_work, budget.EXPORT_TOKENS * 0.0002))
+    now = time.monotonic()
+    deadline, plan = budget.recovery_deadline(gpu, 0)
+    assert timed == [1]  # timed once per run
+    assert deadline - now == pytest.approx(300 - sum(budget.reserve(gpu, "recovery")), abs=0.5)  # 300 s were left
+    assert plan["export_reserve"] == pytest.approx(budget.EXPORT_TOKENS * 0.0002, abs=0.05)
+    assert plan["evaluation_reserve"] == pytest.approx(sum(budget.reserve(gpu, "recovery")), abs=0.05)
+    assert budget.reserve(cpu, "blockwise")[1] == pytest.approx(budget.EXPORT_TOKENS / 1000)  # not timed
+    assert "export_reserve" not in budget.recovery_deadline(plain, 0)[1]
+
+
+def test_the_cpu_pace_is_timed_on_a_copy_of_the_teacher(monkeypatch):
+    """On a GPU run the teacher stays where it is: the CPU's pace is timed on a CPU copy of it, over every 8th test
+    batch, per real (unpadded) token."""
+    import time
+    from types import SimpleNamespace
+
+    from blockswap.run import budget
+
+    from .conftest import labelled_batches, tiny_model
+
+    teacher, batches = tiny_model(), labelled_batches(16)  # 27 real tokens each
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    seen = []
+
+    def predict(model, loader):
+        seen.append((model, [b["input_ids"] for b in loader]))
+        time.sleep(0.1)
+
+    monkeypatch.setattr(budget, "predict", predict)
+    seconds = budget._time_on_cpu(SimpleNamespace(teacher=teacher, data=SimpleNamespace(loader=lambda split: batches)))
+    ((model, timed),) = seen
+    assert model is not teacher and next(model.parameters()).device.type == "cpu"
+    assert [t.data_ptr() for t in timed] == [batches[0]["input_ids"].data_ptr(), batches[8]["input_ids"].data_ptr()]
+    assert seconds == pytest.approx(0.1 / 54, rel=0.5)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
 def test_the_reserve_counts_work_whose_size_does_not_follow_the_data(monkeypatch):
     """End-to-end steps per curve step, pruning baselines, vocabulary pruning, the export, an embedding model's
     probe and STS pairs each add their own tokens to what the run reserves after block-wise distillation."""
@@ -695,7 +755,6 @@ def test_the_reserve_counts_work_whose_size_does_not_follow_the_data(monkeypatch
         "e2e": ({"distill": {"e2e_steps": 10}}, 6 * 10 * 32 * 10 * 3 * 0.75),  # 6 steps x 10 batches of 32 x 10 tokens
         "magnitude": ({"run": {"baselines": "magnitude"}}, 2 * (500 + 10)),  # 2 key points: validation + top-k
         "vocab": ({"run": {"prune_vocab": True}}, 0.75 * (3 * 1000 + 400)),  # each token alone, then the test split
-        "export": ({"run": {"export": "onnx"}}, budget.EXPORT_TOKENS),
     }
     for name, (overrides, tokens) in extra.items():
         assert budget.work_after(_budget_state(overrides), "blockwise") - base == pytest.approx(tokens), name

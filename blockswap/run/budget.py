@@ -2,9 +2,10 @@
 
 Only block-wise distillation and recovery are shortened; the teacher, importance, the curve's evaluations and
 the baselines' are not. Each training stage gets a deadline when it starts, from what is left of the budget less a
-reserve for the work still to come: every evaluation, latency measurement, end-to-end step, probe, export and the
-report, counted in tokens through the teacher and priced at the teacher's fp32 pass over the test split (timed in
-the teacher stage). Block-wise distillation gets its planned steps' share of the training time left; each recovery
+reserve for the work still to come: every evaluation, latency measurement, end-to-end step, probe and the report,
+counted in tokens through the teacher and priced at the teacher's fp32 pass over the test split on the run's device
+(timed in the teacher stage), and the ONNX export, which runs on the CPU whatever the device, priced at the
+teacher's pace there. Block-wise distillation gets its planned steps' share of the training time left; each recovery
 an equal share, with the recoveries still to come, of what remains when it starts (and the stop rule skips a
 recovery that would almost surely fail it: ``hopeless``). The loops measure their own pace (``train.StepBudget``),
 so the deadlines hold on a machine of any speed. Where the stages it cannot shorten take longer than the budget,
@@ -13,17 +14,20 @@ the run ends late and says so (``summary``).
 
 from __future__ import annotations
 
+import copy
 import time
 
 from .. import arch, measure
 from ..baselines import prunable
 from ..config import Config
 from ..embed import PROBE_TRAIN_TEXTS
+from ..evaluate import predict
 from .state import RunState
 
 # The work after a training stage is counted in tokens through the teacher, priced at the teacher's fp32 pass over
 # the test split (timed in the teacher stage): an evaluation costs its split's tokens, and work whose size does not
-# follow the data (latency at fixed shapes, the curve's end-to-end steps, the probe, export, the report) its own.
+# follow the data (latency at fixed shapes, the curve's end-to-end steps, the probe, the report) its own. The export
+# runs on the CPU, also on a GPU run: its tokens are priced at the teacher's pace on the CPU (``_cpu_token_seconds``).
 STUDENT = 0.75  # a student's forward against the teacher's: the default's curve steps averaged 0.72 (MiniLM, fp32)
 PRUNE_WEIGHTS_PER_TOKEN = 2000  # global top-k over the prunable weights: 1.2-1.4 s a point for MiniLM (14 M)
 REPORT_TOKENS = 10_000  # summary, plots and report: 1.3-1.4 s after the default here (8,000 tokens), and the exit
@@ -35,8 +39,9 @@ def _tokens(data, split: str) -> int:
 
 
 def work_after(state: RunState, stage: str, *, recoveries: int = 0) -> float:
-    """What the run does after ``stage``'s training (``blockwise`` or ``recovery``), in tokens through the teacher;
-    ``recoveries``: recoveries still to come after that stage's own."""
+    """What the run does on its device after ``stage``'s training (``blockwise`` or ``recovery``), in tokens through
+    the teacher; ``recoveries``: recoveries still to come after that stage's own. The export is not counted here
+    (``reserve``)."""
     cfg, data = state.cfg, state.data
     n = arch.num_blocks(state.teacher)
     steps = min(cfg.run.max_blocks or n, n)
@@ -67,7 +72,6 @@ def work_after(state: RunState, stage: str, *, recoveries: int = 0) -> float:
         recoveries * point
         + evaluation
         + (STUDENT * (3 * len(data.tokenizer) + test) if cfg.run.prune_vocab else 0)  # each token alone, then test
-        + (EXPORT_TOKENS if cfg.run.export == "onnx" else 0)
         + baselines
         + REPORT_TOKENS
     )
@@ -102,9 +106,16 @@ def seconds_left(state: RunState) -> float | None:
     return budget - state.spent_before - (time.perf_counter() - state.started)
 
 
+def reserve(state: RunState, stage: str, *, recoveries: int = 0) -> tuple[float, float]:
+    """Seconds of work after ``stage``'s training: ``work_after`` at the device's pace, and the export (0 without
+    one) at the CPU's."""
+    export = _cpu_token_seconds(state) * EXPORT_TOKENS if state.cfg.run.export == "onnx" else 0.0
+    return _token_seconds(state) * work_after(state, stage, recoveries=recoveries), export
+
+
 def _token_seconds(state: RunState) -> float:
-    """Seconds per token of the teacher's fp32 pass over the test split (timed in the teacher stage; timed now for
-    a teacher.json written by a blockswap that did not record it)."""
+    """Seconds per token of the teacher's fp32 pass over the test split on the run's device (timed in the teacher
+    stage; timed now for a teacher.json written by a blockswap that did not record it)."""
     seconds = state.read("teacher.json").get("test_seconds")
     if seconds is None:
         started = time.perf_counter()
@@ -113,17 +124,40 @@ def _token_seconds(state: RunState) -> float:
     return seconds / max(_tokens(state.data, "test"), 1)
 
 
+CPU_SAMPLE = 8  # on a GPU run, the CPU's pace is timed on every 8th test batch
+
+
+def _cpu_token_seconds(state: RunState) -> float:
+    """Seconds per token of the teacher's fp32 pass on the CPU: the device's price on a CPU run; on a GPU run, a CPU
+    copy of the teacher timed once over every ``CPU_SAMPLE``-th test batch (the teacher stays where it is)."""
+    if state.accelerator.device.type == "cpu":
+        return _token_seconds(state)
+    if state.cpu_token_seconds is None:
+        state.cpu_token_seconds = _time_on_cpu(state)
+    return state.cpu_token_seconds
+
+
+def _time_on_cpu(state: RunState) -> float:
+    """Seconds per token of a CPU copy of the teacher over every ``CPU_SAMPLE``-th test batch."""
+    batches = list(state.data.loader("test"))[::CPU_SAMPLE]
+    teacher = copy.deepcopy(state.teacher).to("cpu")
+    started = time.perf_counter()
+    predict(teacher, batches)
+    seconds = time.perf_counter() - started
+    return seconds / max(sum(int(b["attention_mask"].sum()) for b in batches), 1)
+
+
 def blockwise_deadline(state: RunState, planned_steps: int, recovery_steps: int) -> tuple[float | None, dict]:
     """The ``time.monotonic()`` by which block-wise distillation ends, and what it was computed from."""
     left = seconds_left(state)
     if left is None:
         return None, {}
     cfg = state.cfg
-    reserve = _token_seconds(state) * work_after(state, "blockwise")
+    after = reserve(state, "blockwise")
     recovery = recoveries_planned(cfg) * recovery_steps
     share = planned_steps / (planned_steps + recovery)  # a recovery step costs about a block-wise one
-    seconds = max(0.0, left - reserve) * share
-    return time.monotonic() + seconds, _plan(cfg.run.time_budget, left, reserve, seconds)
+    seconds = max(0.0, left - sum(after)) * share
+    return time.monotonic() + seconds, _plan(cfg.run.time_budget, left, after, seconds)
 
 
 def recovery_deadline(state: RunState, recoveries: int) -> tuple[float | None, dict]:
@@ -131,17 +165,17 @@ def recovery_deadline(state: RunState, recoveries: int) -> tuple[float | None, d
     left = seconds_left(state)
     if left is None:
         return None, {}
-    cfg = state.cfg
-    reserve = _token_seconds(state) * work_after(state, "recovery", recoveries=recoveries)
-    seconds = max(0.0, left - reserve) / (1 + recoveries)
-    return time.monotonic() + seconds, _plan(cfg.run.time_budget, left, reserve, seconds)
+    after = reserve(state, "recovery", recoveries=recoveries)
+    seconds = max(0.0, left - sum(after)) / (1 + recoveries)
+    return time.monotonic() + seconds, _plan(state.cfg.run.time_budget, left, after, seconds)
 
 
-def _plan(budget: float, left: float, reserve: float, seconds: float) -> dict:
+def _plan(budget: float, left: float, reserve: tuple[float, float], seconds: float) -> dict:
     return {
         "time_budget": budget,
         "seconds_left": round(left, 1),
-        "evaluation_reserve": round(reserve, 1),
+        "evaluation_reserve": round(sum(reserve), 1),  # the export's share included
+        **({"export_reserve": round(reserve[1], 1)} if reserve[1] else {}),
         "training_seconds": round(seconds, 1),
     }
 

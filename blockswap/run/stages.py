@@ -43,6 +43,7 @@ def teacher(state: RunState) -> None:
     cfg = state.cfg
     if state.teacher is not None:
         default = embed.default_teacher() if state.data.task == "embedding" else None
+        state.place(state.teacher)  # measured where the students will be: the test pass prices --time-budget's reserve
         metrics = {"source": cfg.run.teacher or default, "validation": state.evaluate(state.teacher, "validation")}
         started = time.perf_counter()
         metrics["test"] = state.evaluate(state.teacher, "test")
