@@ -136,7 +136,7 @@ def time_budget(tb: dict) -> str:
         fixed = tb["seconds_taken"] - tb["training_seconds"]
         verdict = (
             f"{'cut' if tb['cut'] else 'nothing cut'}, and over all the same: {tb['seconds_taken']:.0f} s by the "
-            f"summary, {fixed:.0f} s of them in what it does not shorten (start-up, teacher, importance, evaluations, "
-            "baselines): a budget below that cannot be met"
+            f"summary, {fixed:.0f} s of them in what it does not shorten (all but block-wise distillation and "
+            "recovery): a budget below that cannot be met"
         )
     return f"--time-budget {tb['seconds']:g} s: {', '.join(parts)} ({verdict})"

@@ -541,8 +541,8 @@ def test_the_time_budget_line_says_whether_the_run_fitted():
     over = tables.time_budget({**tb, "seconds_taken": 651.4, "training_seconds": 80.0, "over": True})
     assert over == (
         "--time-budget 600 s: block-wise distillation 76 of 530 steps (cut, and over all the same: 651 s by the "
-        "summary, 571 s of them in what it does not shorten (start-up, teacher, importance, evaluations, baselines): "
-        "a budget below that cannot be met)"
+        "summary, 571 s of them in what it does not shorten (all but block-wise distillation and recovery): a budget "
+        "below that cannot be met)"
     )
 
 
