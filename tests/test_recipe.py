@@ -648,7 +648,7 @@ def _budget_state(overrides: dict, task: str = "classification", label_names=("n
     return SimpleNamespace(
         cfg=cfg, data=data, spent_before=600.0, started=time.perf_counter() - 100.0, teacher=None, sts=None,
         read=lambda name: {"test_seconds": 0.4}, accelerator=SimpleNamespace(device=torch.device("cpu")),
-        cpu_token_seconds=None,
+        cpu_paces=None,
     )  # fmt: skip
 
 
@@ -681,9 +681,11 @@ def test_the_training_stages_deadlines_leave_the_reserve_and_share_the_rest(monk
     )
 
 
-def test_the_export_is_reserved_at_the_cpus_pace_on_any_device(monkeypatch):
-    """The ONNX export runs on the CPU: on a CPU run it is priced like the rest (1 ms a token here); on a GPU run,
-    whose evaluations are priced at the device's pace, at the CPU's pace, timed once on a CPU copy of the teacher."""
+def test_the_export_is_reserved_at_the_cpus_paces_on_any_device(monkeypatch):
+    """The ONNX export runs on the CPU, much of it on one core: its serial tokens are priced at the teacher's pace on
+    one CPU thread, the rest at its pace on all of them. On a CPU run that is the device's price (1 ms a token here);
+    on a GPU run, whose evaluations are priced at the device's pace, it is timed on a CPU copy of the teacher. Each
+    pace is timed once per run."""
     import time
 
     import torch
@@ -691,30 +693,38 @@ def test_the_export_is_reserved_at_the_cpus_pace_on_any_device(monkeypatch):
     from blockswap.run import budget
 
     monkeypatch.setattr(budget.arch, "num_blocks", lambda model: 6)
+    timed = []
+
+    def time_on_cpu(state, threads=None):
+        timed.append(threads)
+        return 0.0003 if threads == 1 else 0.0001
+
+    monkeypatch.setattr(budget, "_time_on_cpu", time_on_cpu)
     plain = _budget_state({})
     device_work = budget.work_after(plain, "blockwise") / 1000  # seconds at 1 ms a token
     assert budget.reserve(plain, "blockwise") == pytest.approx((device_work, 0.0))
+    assert "export_reserve" not in budget.recovery_deadline(plain, 0)[1] and timed == []  # no export: nothing timed
     cpu = _budget_state({"run": {"export": "onnx"}})
     assert budget.work_after(cpu, "blockwise") / 1000 == pytest.approx(device_work)  # not device work
-    assert budget.reserve(cpu, "blockwise") == pytest.approx((device_work, budget.EXPORT_TOKENS / 1000))
+    export = budget.EXPORT_SERIAL_TOKENS * 0.0003 + budget.EXPORT_TOKENS / 1000
+    assert budget.reserve(cpu, "blockwise") == pytest.approx((device_work, export))
+    assert timed == [1]  # only the one-thread pace: all threads' is the teacher stage's test pass
     gpu = _budget_state({"run": {"export": "onnx"}})
     gpu.accelerator.device = torch.device("cuda")
-    timed = []
-    monkeypatch.setattr(budget, "_time_on_cpu", lambda state: timed.append(1) or 0.0002)
-    assert budget.reserve(gpu, "blockwise") == pytest.approx((device_work, budget.EXPORT_TOKENS * 0.0002))
+    export = budget.EXPORT_SERIAL_TOKENS * 0.0003 + budget.EXPORT_TOKENS * 0.0001
+    assert budget.reserve(gpu, "blockwise") == pytest.approx((device_work, export))
     now = time.monotonic()
     deadline, plan = budget.recovery_deadline(gpu, 0)
-    assert timed == [1]  # timed once per run
+    assert timed == [1, None, 1]  # once per run
     assert deadline - now == pytest.approx(300 - sum(budget.reserve(gpu, "recovery")), abs=0.5)  # 300 s were left
-    assert plan["export_reserve"] == pytest.approx(budget.EXPORT_TOKENS * 0.0002, abs=0.05)
+    assert plan["export_reserve"] == pytest.approx(export, abs=0.05)
     assert plan["evaluation_reserve"] == pytest.approx(sum(budget.reserve(gpu, "recovery")), abs=0.05)
-    assert budget.reserve(cpu, "blockwise")[1] == pytest.approx(budget.EXPORT_TOKENS / 1000)  # not timed
-    assert "export_reserve" not in budget.recovery_deadline(plain, 0)[1]
 
 
 def test_the_cpu_pace_is_timed_on_a_copy_of_the_teacher(monkeypatch):
-    """On a GPU run the teacher stays where it is: the CPU's pace is timed on a CPU copy of it, over every 8th test
-    batch, per real (unpadded) token."""
+    """The teacher stays where it is: its pace on the CPU is timed on a CPU copy, over every 4th test batch after the
+    first of them once untimed, per real (unpadded) token, on the threads asked for; torch's thread pool is restored
+    after."""
     import time
     from types import SimpleNamespace
 
@@ -727,15 +737,20 @@ def test_the_cpu_pace_is_timed_on_a_copy_of_the_teacher(monkeypatch):
     seen = []
 
     def predict(model, loader):
-        seen.append((model, [b["input_ids"] for b in loader]))
+        seen.append((model, [b["input_ids"] for b in loader], torch.get_num_threads()))
         time.sleep(0.1)
 
     monkeypatch.setattr(budget, "predict", predict)
-    seconds = budget._time_on_cpu(SimpleNamespace(teacher=teacher, data=SimpleNamespace(loader=lambda split: batches)))
-    ((model, timed),) = seen
-    assert model is not teacher and next(model.parameters()).device.type == "cpu"
-    assert [t.data_ptr() for t in timed] == [batches[0]["input_ids"].data_ptr(), batches[8]["input_ids"].data_ptr()]
-    assert seconds == pytest.approx(0.1 / 54, rel=0.5)
+    state = SimpleNamespace(teacher=teacher, data=SimpleNamespace(loader=lambda split: batches))
+    threads = torch.get_num_threads()
+    seconds = budget._time_on_cpu(state, threads=1)
+    budget._time_on_cpu(state)
+    ((model, warm, used), (same, timed, _), (_, _, used_all), _) = seen
+    assert model is same and model is not teacher and next(model.parameters()).device.type == "cpu"
+    sampled = [batches[i]["input_ids"].data_ptr() for i in (0, 4, 8, 12)]
+    assert ([t.data_ptr() for t in warm], [t.data_ptr() for t in timed]) == (sampled[:1], sampled)
+    assert (used, used_all, torch.get_num_threads()) == (1, threads, threads)
+    assert seconds == pytest.approx(0.1 / 108, rel=0.5)  # the timed call alone: 4 batches of 27 real tokens
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 

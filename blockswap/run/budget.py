@@ -5,7 +5,7 @@ the baselines' are not. Each training stage gets a deadline when it starts, from
 reserve for the work still to come: every evaluation, latency measurement, end-to-end step, probe and the report,
 counted in tokens through the teacher and priced at the teacher's fp32 pass over the test split on the run's device
 (timed in the teacher stage), and the ONNX export, which runs on the CPU whatever the device, priced at the
-teacher's pace there. Block-wise distillation gets its planned steps' share of the training time left; each recovery
+teacher's pace there on one thread (its serial part) and on all of them. Block-wise distillation gets its planned steps' share of the training time left; each recovery
 an equal share, with the recoveries still to come, of what remains when it starts (and the stop rule skips a
 recovery that would almost surely fail it: ``hopeless``). The loops measure their own pace (``train.StepBudget``),
 so the deadlines hold on a machine of any speed. Where the stages it cannot shorten take longer than the budget,
@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import time
 
+import torch
+
 from .. import arch, measure
 from ..baselines import prunable
 from ..config import Config
@@ -27,11 +29,20 @@ from .state import RunState
 # The work after a training stage is counted in tokens through the teacher, priced at the teacher's fp32 pass over
 # the test split (timed in the teacher stage): an evaluation costs its split's tokens, and work whose size does not
 # follow the data (latency at fixed shapes, the curve's end-to-end steps, the probe, the report) its own. The export
-# runs on the CPU, also on a GPU run: its tokens are priced at the teacher's pace on the CPU (``_cpu_token_seconds``).
+# runs on the CPU, also on a GPU run, and much of it on one core: it is priced at the teacher's pace on the CPU, on one
+# thread and on all of torch's (``_cpu_paces``).
 STUDENT = 0.75  # a student's forward against the teacher's: the default's curve steps averaged 0.72 (MiniLM, fp32)
 PRUNE_WEIGHTS_PER_TOKEN = 2000  # global top-k over the prunable weights: 1.2-1.4 s a point for MiniLM (14 M)
 REPORT_TOKENS = 10_000  # summary, plots and report: 1.3-1.4 s after the default here (8,000 tokens), and the exit
-EXPORT_TOKENS = 575_000  # two ONNX exports, parity, int8 and their timing: 99 s for MiniLM on that CPU
+# The export of teacher and student (ONNX, graph optimisation, int8, parity, test passes and latency rounds in ONNX
+# Runtime): EXPORT_SERIAL_TOKENS at the one-thread pace (the work more threads do not speed up: tracing, graph
+# optimisation, quantisation) and EXPORT_TOKENS at the pace on every thread (parity, test passes, latency rounds).
+# Measured on 2 cores for MiniLM: the stage took 87.1 s (the teacher's pass 1.61e-4 s a token), of which the exports
+# themselves 2 x 20.0 s on 2 threads and 2 x 23.1 s on one (the pass 1.78e-4 and 3.07e-4 s a token): 15.6 s each of
+# serial work. Predicted 86 s there, 138 s on one core (measured 143.2 s); the session-24 H200 host took 42.5 s,
+# where one price for it all (575,000 tokens at every thread's pace) had reserved about 20 s.
+EXPORT_SERIAL_TOKENS = 100_000
+EXPORT_TOKENS = 350_000
 
 
 def _tokens(data, split: str) -> int:
@@ -109,7 +120,10 @@ def seconds_left(state: RunState) -> float | None:
 def reserve(state: RunState, stage: str, *, recoveries: int = 0) -> tuple[float, float]:
     """Seconds of work after ``stage``'s training: ``work_after`` at the device's pace, and the export (0 without
     one) at the CPU's."""
-    export = _cpu_token_seconds(state) * EXPORT_TOKENS if state.cfg.run.export == "onnx" else 0.0
+    export = 0.0
+    if state.cfg.run.export == "onnx":
+        one, every = _cpu_paces(state)
+        export = EXPORT_SERIAL_TOKENS * one + EXPORT_TOKENS * every
     return _token_seconds(state) * work_after(state, stage, recoveries=recoveries), export
 
 
@@ -124,26 +138,32 @@ def _token_seconds(state: RunState) -> float:
     return seconds / max(_tokens(state.data, "test"), 1)
 
 
-CPU_SAMPLE = 8  # on a GPU run, the CPU's pace is timed on every 8th test batch
+CPU_SAMPLE = 4  # the CPU's paces are timed on every 4th test batch, after the first of them once untimed
 
 
-def _cpu_token_seconds(state: RunState) -> float:
-    """Seconds per token of the teacher's fp32 pass on the CPU: the device's price on a CPU run; on a GPU run, a CPU
-    copy of the teacher timed once over every ``CPU_SAMPLE``-th test batch (the teacher stays where it is)."""
-    if state.accelerator.device.type == "cpu":
-        return _token_seconds(state)
-    if state.cpu_token_seconds is None:
-        state.cpu_token_seconds = _time_on_cpu(state)
-    return state.cpu_token_seconds
+def _cpu_paces(state: RunState) -> tuple[float, float]:
+    """Seconds per token of the teacher's fp32 pass on the CPU, on one thread and on all of torch's, timed once on a
+    CPU copy of the teacher (the teacher stays where it is); on a CPU run the second is the device's price."""
+    if state.cpu_paces is None:
+        every = _token_seconds(state) if state.accelerator.device.type == "cpu" else _time_on_cpu(state)
+        state.cpu_paces = (_time_on_cpu(state, threads=1), every)
+    return state.cpu_paces
 
 
-def _time_on_cpu(state: RunState) -> float:
-    """Seconds per token of a CPU copy of the teacher over every ``CPU_SAMPLE``-th test batch."""
+def _time_on_cpu(state: RunState, *, threads: int | None = None) -> float:
+    """Seconds per token of a CPU copy of the teacher over every ``CPU_SAMPLE``-th test batch (on ``threads`` threads
+    of torch's intra-op pool when given; the pool is restored after). On 2 cores this came within 4 % of the whole
+    test pass on one thread and 7-27 % above it on two."""
     batches = list(state.data.loader("test"))[::CPU_SAMPLE]
-    teacher = copy.deepcopy(state.teacher).to("cpu")
-    started = time.perf_counter()
-    predict(teacher, batches)
-    seconds = time.perf_counter() - started
+    teacher, before = copy.deepcopy(state.teacher).to("cpu"), torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        predict(teacher, batches[:1])  # one-off costs (the thread pool, first-call allocations) left out
+        started = time.perf_counter()
+        predict(teacher, batches)
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(before)
     return seconds / max(sum(int(b["attention_mask"].sum()) for b in batches), 1)
 
 

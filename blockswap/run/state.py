@@ -41,7 +41,7 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)  # when this invocation began
     spent_before: float = 0.0  # seconds of the stages that earlier invocations (--resume) ran
     sts: StsSet | None = None  # --eval-dataset (embedding task): pairs scored for similarity
-    cpu_token_seconds: float | None = None  # --time-budget on a GPU run: the teacher's pace on the CPU, timed once
+    cpu_paces: tuple[float, float] | None = None  # --time-budget --export: the teacher's CPU pace, 1 and all threads
     _cache: TeacherCache | None = None
 
     @property
