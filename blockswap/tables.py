@@ -133,10 +133,11 @@ def time_budget(tb: dict) -> str:
     ]
     verdict = "cut to fit" if tb["cut"] else "nothing cut"
     if tb.get("over"):
-        fixed = tb["seconds_taken"] - tb["training_seconds"]
+        taken, fixed = tb["seconds_taken"], tb["seconds_taken"] - tb["training_seconds"]
         verdict = (
-            f"{'cut' if tb['cut'] else 'nothing cut'}, and over all the same: {tb['seconds_taken']:.0f} s by the "
-            f"summary, {fixed:.0f} s of them in what it does not shorten (all but block-wise distillation and "
-            "recovery): a budget below that cannot be met"
+            f"{'cut' if tb['cut'] else 'nothing cut'}, and over by {taken - tb['seconds']:.0f} s: {taken:.0f} s by the "
+            f"summary, {fixed:.0f} s of them in what it does not shorten (all but block-wise distillation and recovery)"
         )
+        if fixed > tb["seconds"]:
+            verdict += ": a budget below that cannot be met"
     return f"--time-budget {tb['seconds']:g} s: {', '.join(parts)} ({verdict})"
