@@ -725,6 +725,14 @@ def test_the_export_is_reserved_at_the_cpus_paces_on_any_device(monkeypatch):
     assert deadline - now == pytest.approx(300 - sum(budget.reserve(gpu, "recovery")), abs=0.5)  # 300 s were left
     assert plan["export_reserve"] == pytest.approx(export, abs=0.05)
     assert plan["evaluation_reserve"] == pytest.approx(sum(budget.reserve(gpu, "recovery")), abs=0.05)
+    slow = _budget_state({"run": {"export": "onnx"}})  # timing the two paces takes a second: not left for training
+    slow.accelerator.device = torch.device("cuda")
+    monkeypatch.setattr(budget, "_time_on_cpu", lambda state, threads=None: time.sleep(0.5) or 0.0001)
+    now = time.monotonic()
+    deadline, plan = budget.blockwise_deadline(slow, 530, 265)
+    assert plan["seconds_left"] == pytest.approx(299.0, abs=0.2)
+    share = (299 - sum(budget.reserve(slow, "blockwise"))) * 2 / 3  # of what was left after the timing
+    assert deadline - now == pytest.approx(1 + share, abs=0.3)  # counted from when the timing ended
 
 
 def test_the_cpu_pace_is_timed_on_a_copy_of_the_teacher(monkeypatch):

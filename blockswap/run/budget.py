@@ -175,11 +175,10 @@ def _time_on_cpu(state: RunState, *, threads: int | None = None) -> float:
 
 def blockwise_deadline(state: RunState, planned_steps: int, recovery_steps: int) -> tuple[float | None, dict]:
     """The ``time.monotonic()`` by which block-wise distillation ends, and what it was computed from."""
-    left = seconds_left(state)
-    if left is None:
+    if state.cfg.run.time_budget is None:
         return None, {}
-    cfg = state.cfg
-    after = reserve(state, "blockwise")
+    cfg, after = state.cfg, reserve(state, "blockwise")  # first: it may time the CPU's paces
+    left = seconds_left(state)
     recovery = recoveries_planned(cfg) * recovery_steps
     share = planned_steps / (planned_steps + recovery)  # a recovery step costs about a block-wise one
     seconds = max(0.0, left - sum(after)) * share
@@ -188,10 +187,10 @@ def blockwise_deadline(state: RunState, planned_steps: int, recovery_steps: int)
 
 def recovery_deadline(state: RunState, recoveries: int) -> tuple[float | None, dict]:
     """The ``time.monotonic()`` by which the recovery starting now ends, ``recoveries`` more coming after it."""
-    left = seconds_left(state)
-    if left is None:
+    if state.cfg.run.time_budget is None:
         return None, {}
-    after = reserve(state, "recovery", recoveries=recoveries)
+    after = reserve(state, "recovery", recoveries=recoveries)  # first: it may time the CPU's paces
+    left = seconds_left(state)
     seconds = max(0.0, left - sum(after)) / (1 + recoveries)
     return time.monotonic() + seconds, _plan(state.cfg.run.time_budget, left, after, seconds)
 
