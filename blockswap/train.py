@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -131,6 +132,11 @@ def resolve_precision(name: str, *, cpu: bool) -> str:
 def make_accelerator(*, cpu: bool, mixed_precision: str) -> tuple[Accelerator, str]:
     """The Accelerator of a command, with ``mixed_precision`` resolved; returns it and the precision used."""
     precision = resolve_precision(mixed_precision, cpu=cpu)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        # accelerate keeps one device and precision per process: a second command in the same process (a notebook,
+        # a script calling main twice) would get the first one's GPU when it asks for the CPU, or a ValueError for
+        # another precision. Outside a launched process group nothing else holds that state, so start afresh.
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
     if precision == "fp16" and accelerator.device.type == "cpu":
         # accelerate would silently train in fp32

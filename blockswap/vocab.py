@@ -177,7 +177,7 @@ def _scores(model, pruned, tokenizer, test, *, max_length: int) -> dict[str, dic
     from datasets import DatasetDict
 
     from .embed import embedding_metrics
-    from .evaluate import evaluate
+    from .evaluate import evaluate, logits_fn
     from .loaders import in_input_order, length_batches, loader, tokenize
 
     if not isinstance(model, SentenceEncoder):
@@ -185,11 +185,9 @@ def _scores(model, pruned, tokenizer, test, *, max_length: int) -> dict[str, dic
                          shuffle=False)  # fmt: skip
         return {"before": evaluate(model, batches), "after": evaluate(pruned, batches)}
     texts = _all_texts(test)
-    with torch.no_grad():
+    with torch.no_grad():  # logits_fn: on the model's device (a GPU when there is one), back on the CPU
         before, after = (
-            in_input_order(
-                lambda b, m=m: m(**b).logits.float(), length_batches(tokenizer, texts, max_length=max_length)
-            )
+            in_input_order(logits_fn(m), length_batches(tokenizer, texts, max_length=max_length))
             for m in (model, pruned)
         )
     return {"before": embedding_metrics(before, before), "after": embedding_metrics(after, before)}

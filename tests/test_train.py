@@ -1,7 +1,6 @@
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from blockswap import distill
 from blockswap import train as optim
@@ -75,9 +74,17 @@ def test_fp16_on_a_cpu_is_refused_not_silently_fp32():
 
     with pytest.raises(ConfigError, match="needs a GPU"):
         optim.make_accelerator(cpu=True, mixed_precision="fp16")
-    AcceleratorState._reset_state(reset_partial_state=False)  # accelerate keeps one precision per process
     accelerator, precision = optim.make_accelerator(cpu=True, mixed_precision="no")
     assert precision == "no" and accelerator.device.type == "cpu"
+
+
+def test_a_second_command_in_one_process_gets_its_own_precision():
+    """accelerate keeps one state per process; a notebook or script calling blockswap twice must not inherit it
+    (another precision raised a ValueError; on a GPU machine a --cpu command got the GPU)."""
+    first, _ = optim.make_accelerator(cpu=True, mixed_precision="bf16")
+    assert first.mixed_precision == "bf16"
+    second, precision = optim.make_accelerator(cpu=True, mixed_precision="no")
+    assert precision == "no" and second.mixed_precision == "no"
 
 
 class _Clock:

@@ -42,9 +42,9 @@ def teacher(state: RunState) -> None:
     """teacher.json: the given teacher's fp32 metrics, or fine-tune one into RUN/teacher."""
     cfg = state.cfg
     if state.teacher is not None:
-        default = embed.default_teacher() if state.data.task == "embedding" else None
         state.place(state.teacher)  # measured where the students will be: the test pass prices --time-budget's reserve
-        metrics = {"source": cfg.run.teacher or default, "validation": state.evaluate(state.teacher, "validation")}
+        source = cfg.run.teacher or embed.default_teacher()  # no --teacher: the embedding task's packaged default
+        metrics = {"source": source, "validation": state.evaluate(state.teacher, "validation")}
         started = time.perf_counter()
         metrics["test"] = state.evaluate(state.teacher, "test")
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)  # what --time-budget reserves per evaluation
