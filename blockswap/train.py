@@ -230,8 +230,9 @@ def finetune(
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
             if step >= total:
                 break
-        snapshot = full_precision(acc, copy.deepcopy(acc.unwrap_model(model))).cpu()  # evaluated in fp32
-        metrics = evaluate(snapshot, val_loader)
+        snapshot = full_precision(acc, copy.deepcopy(acc.unwrap_model(model)))  # evaluated in fp32
+        metrics = evaluate(snapshot, val_loader)  # where it trained: on a GPU run, not by the host's CPU
+        snapshot = snapshot.cpu()  # the best epoch's copy waits off the accelerator
         history.append(
             {"epoch": epoch + 1, "step": step, metrics["metric"]: metrics["score"], "loss": metrics.get("loss")}
         )
