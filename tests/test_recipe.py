@@ -382,6 +382,33 @@ def test_the_recovered_stop_rule_falls_back_to_the_curves_choice(
     assert "Stop rule `recovered`" not in (runs["recovered"] / "report.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "extra, freed_after, still_to_run",
+    [
+        (["--baselines", "magnitude"], "recovery.json", "evaluation.json"),  # nothing after recovery reads it
+        (["--baselines", "distil", "--recovery-epochs", "0"], "baselines.json", "summary.json"),  # the baseline does
+    ],
+)
+def test_the_teacher_cache_is_freed_once_no_stage_left_reads_it(
+    tmp_path, tiny_csv, tiny_teacher_dir, monkeypatch, extra, freed_after, still_to_run
+):
+    """The cache (1.2 GB in the default run) was held to the end, through the export and its ONNX Runtime sessions."""
+    from blockswap.run.state import RunState
+
+    release, freed = RunState.release_teacher_cache, []
+
+    def spy(self):
+        if self._cache is not None:
+            freed.append((len(self._cache.rows), self.path(freed_after).exists(), self.path(still_to_run).exists()))
+        release(self)
+
+    monkeypatch.setattr(RunState, "release_teacher_cache", spy)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    assert main([*argv, *extra]) == 0
+    assert len(freed) == 1 and freed[0][0] > 0 and freed[0][1:] == (True, False), freed
+
+
 def test_the_distilbert_style_baseline_gets_the_substitution_paths_budget(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]

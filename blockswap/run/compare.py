@@ -160,6 +160,9 @@ RUNNERS: dict[str, Callable[[RunState, list[dict], float], list[dict]]] = {
 }
 
 
+CACHE_USERS = frozenset({"drop", "distil"})  # the baselines that distil from the teacher (the thesis's uses labels)
+
+
 def baselines_stage(state: RunState) -> None:
     """baselines.json: each configured baseline at every curve step, with its description."""
     curve = state.read("curve.json")

@@ -20,7 +20,7 @@ from ..errors import ConfigError, RunError
 from ..loaders import prepare, prepare_embedding
 from ..train import default_base_model, make_accelerator
 from . import stages
-from .compare import baselines_stage
+from .compare import CACHE_USERS, baselines_stage
 from .curve import substitution_curve
 from .state import RunState, check_run_dir, create_run_dir
 
@@ -35,19 +35,20 @@ class Stage:
     reads: tuple[str, ...] = ()
     enabled: Callable[[Config], bool] = lambda cfg: True
     always: bool = False  # re-run on every invocation (cheap summaries of the others)
+    uses_cache: Callable[[Config], bool] = lambda cfg: False  # reads the teacher's outputs on the training texts
 
 
 # fmt: off
 RECIPE: tuple[Stage, ...] = (
     Stage("teacher", "teacher.json", stages.teacher),
     Stage("importance", "importance.json", stages.block_importance, reads=("teacher.json",)),
-    Stage("blockwise", "blockwise.json", stages.blockwise, reads=("teacher.json",)),
-    Stage("curve", "curve.json", substitution_curve, reads=("importance.json", "blockwise.json")),
-    Stage("recovery", "recovery.json", stages.recovery, reads=("curve.json",), enabled=lambda c: c.distill.recovery_epochs > 0),
+    Stage("blockwise", "blockwise.json", stages.blockwise, reads=("teacher.json",), uses_cache=lambda c: True),
+    Stage("curve", "curve.json", substitution_curve, reads=("importance.json", "blockwise.json"), uses_cache=lambda c: c.distill.e2e_steps > 0),
+    Stage("recovery", "recovery.json", stages.recovery, reads=("curve.json",), enabled=lambda c: c.distill.recovery_epochs > 0, uses_cache=lambda c: True),
     Stage("evaluation", "evaluation.json", stages.evaluation, reads=("teacher.json", "curve.json")),
     Stage("vocab", "vocab.json", stages.prune_vocab, reads=("curve.json",), enabled=lambda c: c.run.prune_vocab),
     Stage("export", "export.json", stages.onnx_export, reads=("curve.json",), enabled=lambda c: c.run.export == "onnx"),
-    Stage("baselines", "baselines.json", baselines_stage, reads=("curve.json",), enabled=lambda c: bool(c.run.baselines)),
+    Stage("baselines", "baselines.json", baselines_stage, reads=("curve.json",), enabled=lambda c: bool(c.run.baselines), uses_cache=lambda c: bool(CACHE_USERS & set(c.run.baselines))),
     Stage("summary", "summary.json", stages.summary, reads=("teacher.json", "curve.json", "evaluation.json"), always=True),
     Stage("report", "report.md", lambda s: report.render(s.out), always=True),
 )
@@ -111,7 +112,10 @@ def run_pipeline(
     which the command began (default: now), from which --time-budget counts."""
     started = time.perf_counter() if started is None else started
     state = _start(cfg, out, resume=resume, log=log, started=started)
-    for stage in RECIPE:
+    for i, stage in enumerate(RECIPE):
+        if not any(s.enabled(cfg) and s.uses_cache(cfg) for s in RECIPE[i:]):
+            # nothing left reads the teacher cache (up to --teacher-cache-gb): its memory goes to the export and the rest
+            state.release_teacher_cache()
         if not stage.enabled(cfg):
             continue
         if state.path(stage.artifact).exists() and not stage.always:

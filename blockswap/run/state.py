@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 from collections.abc import Callable
@@ -50,6 +51,12 @@ class RunState:
         if self._cache is None:
             self._cache = TeacherCache(int(self.cfg.distill.teacher_cache_gb * 2**30))
         return self._cache
+
+    def release_teacher_cache(self) -> None:
+        """Free the teacher cache's memory once no stage left reads it (a later read would start an empty one)."""
+        if self._cache is not None:
+            self._cache = None
+            gc.collect()
 
     def path(self, name: str) -> Path:
         return self.out / name
