@@ -134,8 +134,8 @@ def make_accelerator(*, cpu: bool, mixed_precision: str) -> tuple[Accelerator, s
     precision = resolve_precision(mixed_precision, cpu=cpu)
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         # accelerate keeps one device and precision per process: a second command in the same process (a notebook,
-        # a script calling main twice) would get the first one's GPU when it asks for the CPU, or a ValueError for
-        # another precision. Outside a launched process group nothing else holds that state, so start afresh.
+        # a script calling main twice) that asks for the CPU after a GPU command, or for another precision, raised
+        # a ValueError. Outside a launched process group nothing else holds that state, so start afresh.
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
     if precision == "fp16" and accelerator.device.type == "cpu":

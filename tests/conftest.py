@@ -14,7 +14,7 @@ from blockswap.compact import CompactSpec
 @pytest.fixture(autouse=True)
 def _fresh_accelerator_state():
     """Each test may build an Accelerator with its own device and precision; accelerate keeps one per process (on a
-    GPU machine a test's ``Accelerator(cpu=True)`` got the GPU of an earlier test while the partial state was kept)."""
+    GPU machine a test's ``Accelerator(cpu=True)`` after a GPU test failed while the partial state was kept)."""
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
 

@@ -80,7 +80,7 @@ def test_fp16_on_a_cpu_is_refused_not_silently_fp32():
 
 def test_a_second_command_in_one_process_gets_its_own_precision():
     """accelerate keeps one state per process; a notebook or script calling blockswap twice must not inherit it
-    (another precision raised a ValueError; on a GPU machine a --cpu command got the GPU)."""
+    (another precision, or the CPU after a GPU command, raised a ValueError)."""
     first, _ = optim.make_accelerator(cpu=True, mixed_precision="bf16")
     assert first.mixed_precision == "bf16"
     second, precision = optim.make_accelerator(cpu=True, mixed_precision="no")
