@@ -95,7 +95,7 @@ def main() -> int:
         folders["last"] = last
     runtimes = RUNTIMES + (("ort_fp32_unfused", "ort_int8_unfused") if args.unfused else ())
     result: dict = {"run_dir": str(run), "threads": args.threads, "repeats": args.repeats, "sessions": args.sessions, "warmup": args.warmup,
-                    "timing": f"measure.round_robin: shuffled rounds, each runner {args.warmup} untimed + up to {measure.ROUND_ROBIN_BURST} timed calls",
+                    "timing": f"measure.session_rounds: one session of each model and runtime open at a time; shuffled rounds, each runner {args.warmup} untimed + up to {measure.ROUND_ROBIN_BURST} timed calls",
                     "host": measure.machine(), "models": {}, "cases": {}}  # fmt: skip
     texts = deploy.latency_texts(list(dsd["test"]["text"]))  # a batch of typical-to-long sentences, as a run's report
     for name, folder in folders.items():
@@ -111,23 +111,27 @@ def main() -> int:
         }  # fmt: skip
     tok = export.load_tokenizer(folders["teacher"])
     cases = {"b1_s128": (None, 1, 128), "b32_s128": (None, 32, 128), "b32_real": (texts, 32, data_cfg.max_length)}
-    runners = {(name, rt, k): _runner(rt, name, folder, run, args.threads) for name, folder in folders.items()
-               for rt in runtimes for k in range(args.sessions)}  # fmt: skip
+    batches = {case: _inputs(tok, src, n, seq) for case, (src, n, seq) in cases.items()}
+
+    def open_draw(k: int) -> dict:  # one session (or eager model) of each model and runtime, for every case
+        runners = {
+            (name, rt): _runner(rt, name, folder, run, args.threads)
+            for name, folder in folders.items()
+            for rt in runtimes
+        }
+        return {(name, rt, case): (lambda fn=fn, b=b: fn(b)) for (name, rt), fn in runners.items() for case, b in batches.items()}  # fmt: skip
+
+    with torch.inference_mode():
+        timed = measure.by_session(
+            measure.session_rounds(open_draw, sessions=args.sessions, repeats=args.repeats, warmup=args.warmup)
+        )
     models = {name: export.load_classifier(str(folder)) for name, folder in folders.items()}  # MACs per shape
-    for case, (src, n, seq) in cases.items():
-        batch = _inputs(tok, src, n, seq)
+    for case, batch in batches.items():
+        n = batch["input_ids"].shape[0]
         row = {"batch": list(batch["input_ids"].shape)}
-        with torch.inference_mode():
-            timed = measure.by_session(
-                measure.round_robin(
-                    {k: (lambda fn=fn, b=batch: fn(b)) for k, fn in runners.items()},
-                    repeats=args.repeats,
-                    warmup=args.warmup,
-                )
-            )
         for name, model in models.items():
             macs = measure.count_macs(model, batch=n, seq_len=batch["input_ids"].shape[1])
-            row[name] = {"gmacs": macs["gmacs"], **{rt: timed[(name, rt)] for rt in runtimes}}
+            row[name] = {"gmacs": macs["gmacs"], **{rt: timed[(name, rt, case)] for rt in runtimes}}
         teacher = row["teacher"]
         for name in folders:
             if name == "teacher":

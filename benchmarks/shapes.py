@@ -77,15 +77,16 @@ def main() -> int:
     batch = {k: enc[k] for k in ("input_ids", "attention_mask")} | {
         "token_type_ids": torch.zeros_like(enc["input_ids"])
     }
-    runners = {
-        (name, rt, k): deploy.OnnxClassifier.load(work / name, int8=rt == "int8", threads=args.threads).logits
-        for name in models
-        for rt in ("fp32", "int8")
-        for k in range(args.sessions)
-    }
-    per_session = measure.round_robin(
-        {key: (lambda fn=fn: fn(batch)) for key, fn in runners.items()}, repeats=args.repeats, warmup=2
-    )
+
+    def open_draw(k: int) -> dict:  # one session of each model and precision at a time
+        sessions = {
+            (name, rt): deploy.OnnxClassifier.load(work / name, int8=rt == "int8", threads=args.threads)
+            for name in models
+            for rt in ("fp32", "int8")
+        }
+        return {key: (lambda o=session: o.logits(batch)) for key, session in sessions.items()}
+
+    per_session = measure.session_rounds(open_draw, sessions=args.sessions, repeats=args.repeats, warmup=2)
     timed = measure.by_session(per_session)  # (name, rt): the median of its sessions' medians
     length = batch["input_ids"].shape[1]
     gmacs = {name: measure.count_macs(m, batch=32, seq_len=length)["gmacs"] for name, m in models.items()}

@@ -245,22 +245,24 @@ def ort_latency(
 ) -> dict:
     """``{name: {case: {ort_fp32|ort_int8: median and spread (ms), batch shape}}}`` for exports given as
     ``name -> (folder, {case: tokenised batch})``: ``sessions`` independent sessions of each export and precision
-    as ``OnnxClassifier`` opens them (``threads`` intra-op threads), each timed ``repeats`` times, every (export,
-    precision, session, batch) in the same shuffled rounds (``measure.round_robin``); the median of the sessions'
-    medians is reported (``measure.session_summary``: one session is one draw of its speed, and the sessions of
-    one process can be slow together)."""
+    as ``OnnxClassifier`` opens them (``threads`` intra-op threads), each timed ``repeats`` times. One session of
+    every export and precision is open at a time, all of them and their batches timed in the same shuffled rounds
+    (``measure.session_rounds``); the median of the sessions' medians is reported (``measure.session_summary``: one
+    session is one draw of its speed, and the sessions of one process can be slow together)."""
     from . import measure
 
-    runners = {}
-    for name, (folder, cases) in exports.items():
-        for runtime, int8 in (("ort_fp32", False), ("ort_int8", True)):
-            if int8 and not (Path(folder) / INT8_FILE).is_file():
-                continue
-            for k in range(sessions):
+    def open_draw(k: int) -> dict:
+        runners = {}
+        for name, (folder, cases) in exports.items():
+            for runtime, int8 in (("ort_fp32", False), ("ort_int8", True)):
+                if int8 and not (Path(folder) / INT8_FILE).is_file():
+                    continue
                 session = OnnxClassifier.load(folder, int8=int8, threads=threads)
                 for case, batch in cases.items():
-                    runners[(name, case, runtime, k)] = lambda o=session, b=batch: o.logits(b)
-    timed = measure.by_session(measure.round_robin(runners, repeats=repeats, warmup=warmup))
+                    runners[(name, case, runtime)] = lambda o=session, b=batch: o.logits(b)
+        return runners
+
+    timed = measure.by_session(measure.session_rounds(open_draw, sessions=sessions, repeats=repeats, warmup=warmup))
     out: dict = {name: {case: {} for case in cases} for name, (_, cases) in exports.items()}
     for (name, case, runtime), stats in timed.items():
         out[name][case][runtime] = {**stats, "batch": list(exports[name][1][case]["input_ids"].shape)}

@@ -138,6 +138,20 @@ def round_robin(runners: dict, *, repeats: int, warmup: int, seed: int = 0) -> d
     return {k: spread(v) for k, v in times.items()}
 
 
+def session_rounds(open_runners: Callable[[int], dict], *, sessions: int, repeats: int, warmup: int) -> dict:
+    """``round_robin`` over ``sessions`` draws, one after another: ``open_runners(k)`` opens the k-th draw's runners
+    (key -> callable), timed together in shuffled rounds and let go before the next draw opens. Results are keyed
+    ``(*key, k)``, for ``by_session``. Every draw open at once multiplies the memory: the 3 draws of a run's export
+    stage (teacher and student, fp32 and int8: 12 ONNX Runtime sessions) held 3 GB on 2 cores (session 26)."""
+    timed = {}
+    for k in range(sessions):
+        runners = open_runners(k)
+        for key, stats in round_robin(runners, repeats=repeats, warmup=warmup, seed=k).items():
+            timed[(*key, k)] = stats
+        del runners  # the last reference to this draw's sessions
+    return timed
+
+
 def session_summary(sessions: list[dict]) -> dict:
     """One model and runtime timed in several independent sessions (each a ``spread``): the median of the sessions'
     medians (what is compared), their p10/p90 medians, and each session's median. One ONNX Runtime session of a

@@ -503,6 +503,35 @@ def test_round_robin_times_every_runner_in_interleaved_rounds():
     assert switches >= 2 * rounds  # runners alternate round by round (one after the other: 2 switches)
 
 
+def test_ort_latency_keeps_one_session_of_each_export_and_precision_open_at_a_time(tmp_path, monkeypatch):
+    # 3 draws of a teacher and a student in fp32 and int8, all open at once, held 3 GB in a run's export stage
+    import weakref
+
+    live, most = [0], [0]
+
+    class Session:
+        def __init__(self):
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+            weakref.finalize(self, lambda: live.__setitem__(0, live[0] - 1))
+
+        def logits(self, batch):
+            return batch["input_ids"] * 2
+
+    monkeypatch.setattr(
+        deploy.OnnxClassifier, "load", classmethod(lambda cls, folder, int8=False, threads=None: Session())
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / deploy.INT8_FILE).write_bytes(b"")  # "a" has an int8 file, "b" does not
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long)}
+    exports = {"a": (tmp_path / "a", {"b1": batch, "b2": batch}), "b": (tmp_path / "b", {"b1": batch})}
+    out = deploy.ort_latency(exports, threads=1, repeats=3, warmup=0, sessions=3)
+    assert most[0] == 3 and live[0] == 0  # a fp32, a int8, b fp32; each draw let go before the next opens
+    assert set(out["a"]["b2"]) == {"ort_fp32", "ort_int8"} and set(out["b"]["b1"]) == {"ort_fp32"}
+    assert all(len(out[n][c][rt]["session_medians_ms"]) == 3 for n in out for c in out[n] for rt in out[n][c])
+    assert out["a"]["b1"]["ort_int8"]["repeats"] == 9 and out["b"]["b1"]["ort_fp32"]["batch"] == [2, 3]
+
+
 def test_latency_texts_are_the_longer_half_longest_first():
     texts = ["a", "bbb", "cc", "dddd", "eeeee", "f"]
     assert deploy.latency_texts(texts) == ["eeeee", "dddd", "bbb"]
