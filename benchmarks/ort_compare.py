@@ -6,8 +6,8 @@
 Each ONNX_DIR is an export folder (`blockswap export`, a run's RUN/onnx/<name> or `benchmarks/deploy.py`'s
 RUN/bench_onnx/<name>); REF (the first, e.g. the teacher) is what the others' speed-ups are quoted against.
 ONNX Runtime fp32 and int8, 32 longer-half test sentences of the packaged snippets (padded to their longest)
-and 32 x 128 random ids, through `deploy.ort_latency`: every (export, precision, session, batch) in the same
-shuffled rounds, the median of the sessions' medians reported. Why one process: on the 2-core AMD EPYC of
+and 32 x 128 random ids, through `deploy.ort_latency`: one session of every export and precision open at a time, all of them and
+both batches in the same shuffled rounds, the sessions one draw after another, the median of the sessions' medians reported. Why one process: on the 2-core AMD EPYC of
 sessions 11-19 a process's sessions of one small int8 model were all slow together in one measurement
 (session 19: 42.4-43.2 ms in one process, 31.6-32.3 ms in another, same file, same batch), so numbers from
 separate processes can differ by a third for no reason in the models.

@@ -7,8 +7,8 @@ Each shape ``h<width>_l<layers>_a<heads>_f<feed-forward>[_<activation>]`` (activ
 silu, tanh) substitutes every block of the classifier with random weights (speed does not depend on the weights);
 teacher and students are exported as `blockswap export` does (fused attention, parity-checked, per-tensor dynamic
 int8) into ``--work`` and timed with 2 ONNX Runtime threads on the 32 longer-half test sentences of the snippets
-(padded to their longest), all models in shuffled rounds (``measure.round_robin``), each model and precision in
-``--sessions`` independent sessions: one session of a small int8 model can run its element-wise operators 2-3x
+(padded to their longest), all models in shuffled rounds, each model and precision in ``--sessions`` independent sessions, one of each open
+at a time (``measure.session_rounds``): one session of a small int8 model can run its element-wise operators 2-3x
 slower than another session of the same file for its whole life (measured here, cause not found), so the median
 of the sessions' medians is compared (all in one process, which can also be slow as a whole: session 19). Reports per shape: MACs ratio to the teacher at that batch, fp32 and int8
 medians and the speed-up over the teacher in the same runtime divided by the MACs ratio (#11's target: >= 0.9).
