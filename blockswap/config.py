@@ -146,6 +146,9 @@ class ImportanceConfig:
             raise ConfigError("importance.signals must give at least one signal a positive weight")
 
 
+BLOCKWISE_INPUTS = ("teacher", "cascade", "alternate")
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Block-wise and end-to-end knowledge distillation."""
@@ -158,6 +161,14 @@ class DistillConfig:
         "epochs of block-wise hidden-state distillation (all substitutes at once)", default=2.0
     )
     blockwise_lr: float = _help("learning rate of block-wise distillation", default=2e-3)
+    blockwise_inputs: str = _help(
+        "what each substitute is fed in block-wise distillation: 'teacher', its block's input in the teacher; "
+        "'cascade', the output of the previous block's substitute where that block is substituted too (detached: "
+        "each substitute still learns from its own block's output only), as in a student with both substituted; "
+        "'alternate', the one and the other on alternate steps (embedding task, one seed: the four-block and "
+        "every-block students' mean cosine +0.006 and +0.015 after recovery; docs/results.md)",
+        default="teacher",
+    )
     e2e_steps: int = _help(
         "end-to-end distillation steps after each substitution (default 0: in benchmarks/ablation.py 30 steps per "
         "swap bought nothing over the block-wise substitutes as they are; recovery trains the chosen student)",
@@ -214,6 +225,10 @@ class DistillConfig:
                      "similarity_weight", "teacher_cache_gb"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self, name)}")
+        if self.blockwise_inputs not in BLOCKWISE_INPUTS:
+            raise ConfigError(
+                f"distill.blockwise_inputs {self.blockwise_inputs!r} unknown; use {', '.join(BLOCKWISE_INPUTS)}"
+            )
         if self.substitute_init not in ("linear", "random"):
             raise ConfigError(f"distill.substitute_init {self.substitute_init!r} unknown; use linear or random")
 

@@ -85,11 +85,17 @@ class _Bundle(nn.Module):
 
     def __init__(self, substitutes: dict[int, CompactBlock]) -> None:
         super().__init__()
+        self.blocks = list(substitutes)
         self.subs = nn.ModuleList(substitutes.values())
 
-    def forward(self, inputs: list[torch.Tensor], masks: list) -> list[torch.Tensor]:
-        outs = [sub(x, m) for sub, x, m in zip(self.subs, inputs, masks, strict=True)]
-        return [o[0] if isinstance(o, tuple) else o for o in outs]  # MPNet / DeBERTa blocks return (hidden, None)
+    def forward(self, inputs: list[torch.Tensor], masks: list, cascade: bool = False) -> list[torch.Tensor]:
+        """Each substitute's output for its block's teacher input; with ``cascade``, a substitute whose previous
+        block is substituted too is fed that substitute's output instead (detached), as in the student."""
+        outs: dict[int, torch.Tensor] = {}
+        for i, sub, x, m in zip(self.blocks, self.subs, inputs, masks, strict=True):
+            o = sub(outs[i - 1].detach() if cascade and i - 1 in outs else x, m)
+            outs[i] = o[0] if isinstance(o, tuple) else o  # MPNet / DeBERTa blocks return (hidden, None)
+        return list(outs.values())
 
 
 def _check(loss: torch.Tensor, what: str, step: int) -> None:
@@ -107,7 +113,8 @@ def blockwise(
     cache: TeacherCache | None = None,
     budget: StepBudget | None = None,
 ) -> dict[int, list[float]]:
-    """Train every substitute at once on masked MSE to its block's output (teacher-forced inputs).
+    """Train every substitute at once on masked MSE to its block's output, fed its block's teacher input or, as
+    ``cfg.blockwise_inputs`` says, the previous substitute's output (``_Bundle``).
 
     One teacher forward per batch captures all block inputs/outputs (from ``cache`` once the texts have
     been seen). ``budget``: the steps (default ``blockwise_epochs`` of ``loader``), possibly cut short by a
@@ -115,6 +122,7 @@ def blockwise(
     (first and last entries compare).
     """
     teacher.eval()
+    substitutes = dict(sorted(substitutes.items()))  # block order: a cascaded input comes from the block before
     modules = _Bundle(substitutes)
     modules.train()
     opt = adamw(modules.parameters(), lr=cfg.blockwise_lr, weight_decay=0.0)
@@ -133,7 +141,8 @@ def blockwise(
     while step < budget.total:
         b = {k: v.to(device) for k, v in next(batches).items()}
         inputs, outputs, _, masks = teacher_outputs(teacher, b, accelerator, cache, masks=True)
-        preds = modules([inputs[i] for i in substitutes], [masks[i] for i in substitutes])
+        cascade = cfg.blockwise_inputs == "cascade" or (cfg.blockwise_inputs == "alternate" and step % 2 == 1)
+        preds = modules([inputs[i] for i in substitutes], [masks[i] for i in substitutes], cascade)
         losses = [
             masked_mse(p.float(), outputs[i].float(), b["attention_mask"])
             for p, i in zip(preds, substitutes, strict=True)

@@ -41,6 +41,52 @@ def test_blockwise_lowers_every_substitutes_mse():
         assert after[i] < 0.7 * before[i], (i, before[i], after[i])
 
 
+def _blockwise_feeds(mode: str) -> tuple[list[dict], list[dict], dict]:
+    """Two block-wise steps on substitutes of blocks 3, 0, 1 of a 4-block teacher (given out of order): per step,
+    each substitute's input and output, and the teacher's block inputs on each batch."""
+    teacher = tiny_model("bert", layers=4)
+    subs = {i: s for i, s in sorted(_subs(teacher, 4).items(), reverse=True) if i != 2}
+    batches = labelled_batches(2)
+    fed, made = [{}, {}], [{}, {}]
+    step = [0]
+    for i, sub in subs.items():
+        sub.register_forward_pre_hook(lambda m, args, i=i: fed[step[0]].__setitem__(i, args[0]))
+        sub.register_forward_hook(lambda m, args, out, i=i: made[step[0]].__setitem__(i, out))
+    subs[3].register_forward_hook(lambda *_: step.__setitem__(0, min(1, step[0] + 1)))  # the last of a step
+    teacher_in = {}
+    with torch.no_grad(), arch.capture_blocks(teacher) as rec:
+        for k, b in enumerate(batches):
+            teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            teacher_in[k] = {i: rec[i]["input"].clone() for i in range(4)}
+    cfg = DistillConfig(blockwise_epochs=1, blockwise_inputs=mode)
+    distill.blockwise(teacher, subs, batches, cfg, accelerator=Accelerator(cpu=True))
+    return fed, made, teacher_in
+
+
+def test_blockwise_feeds_each_substitute_its_teacher_input_or_the_previous_substitutes_output():
+    fed, made, teacher_in = _blockwise_feeds("alternate")
+    for i in (0, 1, 3):  # step 0: every substitute gets its block's input in the teacher
+        torch.testing.assert_close(fed[0][i], teacher_in[0][i])
+    # step 1, cascaded: block 1 gets substitute 0's output, detached; 0 and 3 (block 2 is not substituted) the teacher's
+    assert torch.equal(fed[1][1], made[1][0]) and not fed[1][1].requires_grad and made[1][0].requires_grad
+    torch.testing.assert_close(fed[1][0], teacher_in[1][0])
+    torch.testing.assert_close(fed[1][3], teacher_in[1][3])
+    fed, made, teacher_in = _blockwise_feeds("cascade")
+    assert torch.equal(fed[0][1], made[0][0]) and torch.equal(fed[1][1], made[1][0])
+    fed, made, teacher_in = _blockwise_feeds("teacher")
+    torch.testing.assert_close(fed[1][1], teacher_in[1][1])
+    assert not torch.equal(fed[1][1], made[1][0])
+
+
+def test_blockwise_inputs_other_than_the_three_are_refused():
+    import pytest
+
+    from blockswap.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="blockwise_inputs 'student' unknown; use teacher, cascade, alternate"):
+        DistillConfig(blockwise_inputs="student")
+
+
 def test_linear_init_beats_random_and_is_exact_linear_map():
     teacher = tiny_model("bert", layers=2)
     subs = _subs(teacher, 2)
