@@ -165,8 +165,9 @@ class DistillConfig:
         "what each substitute is fed in block-wise distillation: 'teacher', its block's input in the teacher; "
         "'cascade', the output of the previous block's substitute where that block is substituted too (detached: "
         "each substitute still learns from its own block's output only), as in a student with both substituted; "
-        "'alternate', the one and the other on alternate steps (embedding task, one seed: the four-block and "
-        "every-block students' mean cosine +0.006 and +0.015 after recovery; docs/results.md)",
+        "'alternate', the one and the other on alternate steps (embedding task, two seeds: the four-block and "
+        "every-block students' mean cosine +0.006 and +0.015 after recovery; the default classifier: no gain; "
+        "docs/results.md)",
         default="teacher",
     )
     e2e_steps: int = _help(
