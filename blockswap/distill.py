@@ -114,7 +114,8 @@ def blockwise(
     budget: StepBudget | None = None,
 ) -> dict[int, list[float]]:
     """Train every substitute at once on masked MSE to its block's output, fed its block's teacher input or, as
-    ``cfg.blockwise_inputs`` says, the previous substitute's output (``_Bundle``).
+    ``cfg.blockwise_inputs`` says, the previous substitute's output (``_Bundle``; ``auto``, which ``Config``
+    resolves by task, feeds the teacher's inputs here).
 
     One teacher forward per batch captures all block inputs/outputs (from ``cache`` once the texts have
     been seen). ``budget``: the steps (default ``blockwise_epochs`` of ``loader``), possibly cut short by a

@@ -78,13 +78,30 @@ def test_blockwise_feeds_each_substitute_its_teacher_input_or_the_previous_subst
     assert not torch.equal(fed[1][1], made[1][0])
 
 
-def test_blockwise_inputs_other_than_the_three_are_refused():
+def test_blockwise_inputs_other_than_the_four_are_refused():
     import pytest
 
     from blockswap.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="blockwise_inputs 'student' unknown; use teacher, cascade, alternate"):
+    with pytest.raises(ConfigError, match="blockwise_inputs 'student' unknown; use auto, teacher, cascade, alternate"):
         DistillConfig(blockwise_inputs="student")
+
+
+def test_blockwise_inputs_auto_is_alternate_for_embeddings_and_teacher_otherwise_and_a_choice_stands():
+    from blockswap.config import build_config, dump_config, load_config
+
+    def feeds(task, given=None):
+        distill = {"blockwise_inputs": given} if given else {}
+        return build_config({"data": {"task": task}, "distill": distill}).distill.blockwise_inputs
+
+    assert feeds("embedding") == "alternate"
+    for task in ("auto", "classification", "regression", "token"):
+        assert feeds(task) == "teacher"
+    assert feeds("embedding", "teacher") == "teacher" and feeds("classification", "cascade") == "cascade"
+    assert feeds("embedding", "auto") == "alternate"
+    # config.yaml records what ran, so a resumed run or a benchmark reading it feeds the same
+    assert "blockwise_inputs: alternate" in dump_config(build_config({"data": {"task": "embedding"}}))
+    assert load_config().distill.blockwise_inputs == "teacher"
 
 
 def test_linear_init_beats_random_and_is_exact_linear_map():
