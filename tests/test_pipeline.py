@@ -86,7 +86,8 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
     assert main(argv) == 2
     assert "--resume" in capsys.readouterr().err
     assert main([*argv, "--resume", "--alpha", "0.9"]) == 2
-    assert "config differs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config differs" in err and "distill.alpha 0.5 -> 0.9" in err  # what differs is named
 
     assert main(["report", str(out)]) == 0
 

@@ -140,9 +140,22 @@ def check_run_dir(out: Path, *, resume: bool, config: Config) -> None:
     if saved.is_file() and saved.read_text() != dump_config(config):
         if (out / "curve.json").is_file() or not _differs_in_stop_rule_only(saved, config):
             raise RunError(
-                f"the config differs from {saved}; resume with the same flags (the stop rule's may change until "
-                "the curve is complete) or start a new run"
+                f"the config differs from {saved} ({_differences(saved, config)}); resume with the same flags (the "
+                "stop rule's may change until the curve is complete; a default changed since the run began needs "
+                "its saved value as a flag) or start a new run"
             )
+
+
+def _differences(saved: Path, config: Config, most: int = 3) -> str:
+    """``section.key saved -> now`` for the first ``most`` keys whose values differ."""
+    old, new = yaml.safe_load(saved.read_text()) or {}, to_dict(config)
+    diffs = [
+        f"{section}.{key} {(old.get(section) or {}).get(key)!r} -> {value!r}"
+        for section, values in new.items()
+        for key, value in values.items()
+        if (old.get(section) or {}).get(key) != value
+    ]
+    return "; ".join(diffs[:most]) + (f"; {len(diffs) - most} more" if len(diffs) > most else "")
 
 
 def _differs_in_stop_rule_only(saved: Path, config: Config) -> bool:
