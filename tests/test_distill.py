@@ -104,6 +104,32 @@ def test_blockwise_inputs_auto_is_alternate_for_embeddings_and_teacher_otherwise
     assert load_config().distill.blockwise_inputs == "teacher"
 
 
+def test_embedding_task_starts_from_its_own_substitute_shape_and_given_values_stand():
+    import dataclasses
+
+    import yaml
+
+    from blockswap.compact import CompactSpec
+    from blockswap.config import build_config, dump_config
+
+    def shape(task, overrides=None, **given):
+        return build_config({"data": {"task": task}, "compact": given}, overrides).compact
+
+    emb = shape("embedding")
+    assert (emb.hidden, emb.layers, emb.heads, emb.ffn_size, emb.activation) == (192, 1, 2, 384, "gelu")
+    for task in ("auto", "classification", "regression", "token"):
+        assert shape(task) == CompactSpec()
+    # what the YAML or a flag gives stands; the rest still comes from the task's shape
+    mixed = shape("embedding", hidden=128, activation="relu")
+    assert (mixed.hidden, mixed.layers, mixed.ffn_size, mixed.activation) == (128, 1, 384, "relu")
+    assert shape("embedding", {"compact": {"layers": 3}}, layers=2) == dataclasses.replace(emb, layers=3)
+    assert build_config({}, {"data": {"task": "embedding"}}).compact == emb  # --task given as a flag
+    # config.yaml records the shape: read back (a resumed run, a benchmark) it is the same, and a folder written
+    # before this default (every field saved, 128 x 2) keeps its own shape
+    assert build_config(yaml.safe_load(dump_config(build_config({"data": {"task": "embedding"}})))).compact == emb
+    assert shape("embedding", **dataclasses.asdict(CompactSpec())) == CompactSpec()
+
+
 def test_linear_init_beats_random_and_is_exact_linear_map():
     teacher = tiny_model("bert", layers=2)
     subs = _subs(teacher, 2)
