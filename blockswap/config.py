@@ -386,6 +386,7 @@ def _build(section: str, values: dict[str, Any]) -> Any:
 
 # The substitute shape a task starts from, under whatever the YAML or the flags give (docs/results.md, "Sentence-
 # embedding models": the 192-wide single GELU layer keeps more of the teacher's embedding at a larger cut than 128 x 2).
+# Applied where the given keys are known (build_config: the CLI, config files); a Config built by hand keeps its spec.
 TASK_COMPACT: dict[str, dict[str, Any]] = {
     "embedding": {"hidden": 192, "layers": 1, "heads": 2, "ffn": 384, "activation": "gelu"},
 }
