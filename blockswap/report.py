@@ -232,7 +232,7 @@ def render(run_dir: str | Path) -> Path:
     )
     recovered = (_load(run_dir, "recovery.json") or {}).get("students", {})  # older runs: a flat dict, not shown
     plots = _plots(run_dir, curve, imp, base, recovered)
-    md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher)
+    md = [f"# blockswap run: {run_dir.name}", ""] + _summary_lines(summary, teacher) + _substitute_line(run_dir)
     md += (
         ["## Substitution curve", "", "![curve](curve.png)", ""]
         + _curve_table(curve, (summary or {}).get("chosen_step"))
@@ -378,6 +378,22 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
     if teacher:
         md += [f"Teacher: `{teacher.get('source')}`.", ""]
     return md
+
+
+def _substitute_line(run_dir: Path) -> list[str]:
+    """The substitute's shape from the run's config.yaml (it depends on the task and the flags); [] without one."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    c = ((yaml.safe_load(path.read_text()) or {}).get("compact") or {}) if path.is_file() else {}
+    if not c:
+        return []
+    layers = f"{c['layers']} transformer layer{'s' if c['layers'] != 1 else ''}"
+    return [
+        f"Substitute: down to {c['hidden']}, {layers} × {c['heads']} heads (feed-forward {c.get('ffn') or 4 * c['hidden']}, "
+        f"{c.get('activation', 'gelu')}), up again, plus the residual (`compact` in config.yaml).",
+        "",
+    ]
 
 
 def _stage_seconds(seconds: dict) -> str:

@@ -155,6 +155,11 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     assert set(ev["probe"]) == {"teacher", "student"} and 0 <= ev["probe"]["student"] <= 1
     assert 0 < ev["student"]["test"]["mean_cosine"] <= 1
     assert "mean_cosine" in (out / "report.md").read_text() and (out / "metrics.png").is_file()
+    # the embedding task's shape (1 GELU layer) under the given --compact-hidden 8 / --compact-ffn 16
+    assert (
+        "Substitute: down to 8, 1 transformer layer × 2 heads (feed-forward 16, gelu)"
+        in (out / "report.md").read_text()
+    )
     assert (out / "model" / "modules.json").is_file() and (out / "model" / "modeling_blockswap.py").is_file()
     assert ev["student_source"].endswith("model_recovered"), "recovery trains the embedding student too"
     assert (out / "model_recovered" / "modules.json").is_file()

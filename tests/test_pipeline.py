@@ -53,6 +53,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
     secs = summary["seconds_per_stage"]  # the wall-time line in words, not a Python dict
     assert f"- wall time: teacher {secs['teacher']:.0f} s, importance {secs['importance']:.0f} s" in report
     assert f"(this invocation {secs['total_this_invocation']:.0f} s)" in report and "{'teacher'" not in report
+    assert "Substitute: down to 8, 2 transformer layers × 2 heads (feed-forward 16, relu)" in report  # a classifier's
     base = json.loads((out / "baselines.json").read_text())
     assert len(base["drop"]) == 3, "layer dropping is cumulative: every step"
     near_half = min(rows[1:], key=lambda r: abs(r["gmacs_cut"] - 0.5))["step"]
