@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 from . import tables
 from .files import write_text
 
@@ -382,8 +384,6 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
 
 def _substitute_line(run_dir: Path) -> list[str]:
     """The substitute's shape from the run's config.yaml (it depends on the task and the flags); [] without one."""
-    import yaml
-
     path = run_dir / "config.yaml"
     c = ((yaml.safe_load(path.read_text()) or {}).get("compact") or {}) if path.is_file() else {}
     if not c:
