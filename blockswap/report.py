@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from . import tables
+from .compact import CompactSpec
 from .files import write_text
 
 
@@ -388,10 +389,11 @@ def _substitute_line(run_dir: Path) -> list[str]:
     c = ((yaml.safe_load(path.read_text()) or {}).get("compact") or {}) if path.is_file() else {}
     if not c:
         return []
-    layers = f"{c['layers']} transformer layer{'s' if c['layers'] != 1 else ''}"
+    spec = CompactSpec.from_dict(c)
+    layers = f"{spec.layers} transformer layer{'s' if spec.layers != 1 else ''}"
     return [
-        f"Substitute: down to {c['hidden']}, {layers} × {c['heads']} heads (feed-forward {c.get('ffn') or 4 * c['hidden']}, "
-        f"{c.get('activation', 'gelu')}), up again, plus the residual (`compact` in config.yaml).",
+        f"Substitute: down to {spec.hidden}, {layers} × {spec.heads} heads (feed-forward {spec.ffn_size}, "
+        f"{spec.activation}), up again, plus the residual (`compact` in config.yaml).",
         "",
     ]
 
