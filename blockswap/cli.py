@@ -191,7 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     s = run_pipeline(cfg, out, resume=args.resume, started=args.started)
     print(
         f"teacher test {s['metric']} {s['teacher_test_score']:.4f}; chosen step {s['chosen_step']} "
-        f"(blocks {s['chosen_blocks']}): test {s['metric']} {s['student_test_score']:.4f}, "
+        f"(blocks {s['chosen_blocks']}{tables.dropped_note(s)}): test {s['metric']} {s['student_test_score']:.4f}, "
         f"kept {s['kept_test']:.4f}, params -{s['params_cut']:.1%}, GMACs -{s['gmacs_cut']:.1%}, "
         f"speed-up x{s['speedup_b32']:.2f} at batch 32"
     )

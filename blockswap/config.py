@@ -250,7 +250,14 @@ class RunConfig:
         default="recovered",
     )
     target_gmacs_cut: float | None = _help("stop once this fraction of GMACs is cut", default=None)
-    max_blocks: int | None = _help("substitute at most this many blocks", default=None)
+    max_blocks: int | None = _help("at most this many curve steps (blocks substituted or dropped)", default=None)
+    drop_blocks: int = _help(
+        "hybrid students: the curve's first K steps drop the K least important blocks (as layer removal does) "
+        "instead of substituting them (their end-to-end steps train the kept weights, as layer dropping does); the "
+        "later steps substitute the rest. Dropping is cheaper than a substitute and, at high cuts, loses less than "
+        "substituting one more block",
+        default=0,
+    )
     full_curve: bool = _help(
         "continue the curve to the last block after the stop rule fails (the chosen model still obeys it)", default=True
     )
@@ -317,6 +324,8 @@ class RunConfig:
             raise ConfigError(f"--target-gmacs-cut must be in (0, 1), got {self.target_gmacs_cut}")
         _positive("run", max_blocks=self.max_blocks, eval_seq_len=self.eval_seq_len)
         _positive("run", latency_repeats=self.latency_repeats)
+        if self.drop_blocks < 0:
+            raise ConfigError(f"--drop-blocks must be >= 0, got {self.drop_blocks}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.stop_rule not in ("recovered", "curve"):

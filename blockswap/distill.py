@@ -20,6 +20,7 @@ from .compact import CompactBlock
 from .config import DistillConfig
 from .errors import TrainingDiverged
 from .losses import distillation_loss, masked_mse, task_loss
+from .substitute import block_origins
 from .teacher_cache import TeacherCache
 from .train import StepBudget, adamw, full_precision, linear_schedule
 
@@ -234,8 +235,21 @@ def _partly_cached(teacher, b: dict, accelerator, cache: TeacherCache):
     return None if rows is None else cache.get(b, fresh=dict(zip(missing, rows, strict=True)))
 
 
-def _kd_step(student, s_model, t_model, b: dict, subs: list[int], cfg: DistillConfig, accelerator, cache=None):
-    """One batch's distillation loss: the teacher's logits and block outputs against the student's."""
+def matched_blocks(student: PreTrainedModel, every_block: bool) -> list[tuple[int, int]]:
+    """(student block, teacher block) pairs whose outputs the hidden-state loss matches: the substitutes', or with
+    ``every_block`` every block's but an identity standing in for a dropped one (its output is its input); after
+    blocks were removed for real, each block is paired with the teacher block it stands for."""
+    origins = block_origins(student)
+    return [
+        (i, origins[i])
+        for i, b in enumerate(arch.blocks(student))
+        if isinstance(b, CompactBlock) or (every_block and not isinstance(b, arch.IdentityBlock))
+    ]
+
+
+def _kd_step(student, s_model, t_model, b: dict, pairs: list, cfg: DistillConfig, accelerator, cache=None):
+    """One batch's distillation loss: the teacher's logits and block outputs against the student's (``pairs``:
+    ``matched_blocks``)."""
     _, t_out, t_logits, _ = teacher_outputs(t_model, b, accelerator, cache)
     with capture_blocks(s_model, detach=False) as s_rec:
         s_logits = student(**forward_inputs(s_model, b)).logits
@@ -243,8 +257,8 @@ def _kd_step(student, s_model, t_model, b: dict, subs: list[int], cfg: DistillCo
         student_logits=s_logits,
         teacher_logits=t_logits.float(),
         labels=b["labels"],
-        student_hidden=[s_rec[i]["output"].float() for i in subs],
-        teacher_hidden=[t_out[i].float() for i in subs],
+        student_hidden=[s_rec[i]["output"].float() for i, _ in pairs],
+        teacher_hidden=[t_out[j].float() for _, j in pairs],
         mask=b["attention_mask"],
         temperature=cfg.temperature,
         alpha=cfg.alpha,
@@ -268,7 +282,7 @@ def end_to_end(
     budget: StepBudget | None = None,
 ) -> list[dict[str, float]]:
     """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs (every block's
-    output with ``match_all_blocks``). With ``labels_only``: the task's own loss on the labels, no teacher
+    output but a dropped one's with ``match_all_blocks``: ``matched_blocks``). With ``labels_only``: the task's own loss on the labels, no teacher
     at all (the seed thesis's procedure).
 
     Substitutes train at ``lr_substitute``; kept original weights at ``lr_kept`` (or frozen). ``budget``: the
@@ -282,12 +296,7 @@ def end_to_end(
     # No dropout: the student fits the teacher's function in a few dozen steps, far too few to
     # overfit, and on CPU dropout's random masks were a quarter of a substitute's block-wise step.
     student.eval()
-    blocks = arch.blocks(student)
-    subs = (
-        list(range(len(blocks)))
-        if match_all_blocks
-        else [i for i, b in enumerate(blocks) if isinstance(b, CompactBlock)]
-    )
+    pairs = matched_blocks(student, match_all_blocks)
     opt = adamw(_param_groups(student, cfg), weight_decay=0.0)
     sched = linear_schedule(opt, budget, max_warmup=20)
     t_model = teacher.to(accelerator.device)  # frozen: placed, never wrapped for gradient sync
@@ -304,7 +313,7 @@ def end_to_end(
             loss = task_loss(student(**forward_inputs(s_model, b)).logits, b["labels"])
             parts = {"ce": loss.item(), "total": loss.item()}
         else:
-            loss, parts = _kd_step(student, s_model, t_model, b, subs, cfg, accelerator, cache)
+            loss, parts = _kd_step(student, s_model, t_model, b, pairs, cfg, accelerator, cache)
         _check(loss, "end-to-end", step)
         accelerator.backward(loss)
         opt.step()

@@ -23,7 +23,7 @@ from .compact import compact_from_meta
 from .embed import SentenceEncoder
 from .errors import ModelLoadError
 from .files import atomic_dir
-from .substitute import META_KEY, record
+from .substitute import META_KEY, record, without_dropped_in_place
 from .vocab import install_pruned_embedding
 
 _REMOTE_TEMPLATE = """
@@ -75,8 +75,9 @@ def save(model: PreTrainedModel, directory: str | os.PathLike, tokenizer=None) -
     """Save ``model`` (and ``tokenizer``) to ``directory`` atomically; returns the folder.
 
     A sentence encoder is saved as a sentence-transformers folder whose transformer carries the remote code.
+    Identities standing in for dropped blocks are removed for real first (the shorter model of its class).
     """
-    directory = Path(directory)
+    directory, model = Path(directory), without_dropped_in_place(model)
     with atomic_dir(directory) as tmp:
         if isinstance(model, SentenceEncoder):
             embed.save(model, tmp, _write_transformer)
@@ -237,6 +238,8 @@ def _load_sentence_encoder(directory: Path, cfg: dict, meta: dict | None) -> Sen
     def put(model: SentenceEncoder) -> None:
         for i in meta["substituted"]:
             arch.put_block(model, i, compact_from_meta(meta))
+        if meta.get("dropped"):  # the original config was read without the record: its blocks removed for real
+            setattr(model.config, META_KEY, {"dropped": meta["dropped"]})
         record(model)
         if meta.get("vocab"):
             install_pruned_embedding(model, kept=meta["vocab"]["kept"])

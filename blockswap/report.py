@@ -151,11 +151,18 @@ def _curve_table(curve: dict, final: int | None = None) -> list[str]:
     for r in curve["rows"]:
         mark = " **(chosen)**" if r["step"] == final else ""
         lines.append(
-            f"| {r['step']}{mark} | {'' if r['block'] is None else r['block']} | {r['substituted']} | {r['params'] / 1e6:.2f} | "
+            f"| {r['step']}{mark} | {_block_cell(r)} | {r['substituted']} | {r['params'] / 1e6:.2f} | "
             f"{_pct(r['params_cut'])} | {r['gmacs']:.3f} | {_pct(r['gmacs_cut'])} | {r['score']:.4f} | {r['kept']:.4f} | "
             f"{r['test_score']:.4f} | {_kept_ci(r.get('kept_test'), r.get('kept_test_ci95'))} | {r['latency_ms']:.1f} |"
         )
     return lines
+
+
+def _block_cell(row: dict) -> str:
+    """The block a curve step swapped in a substitute for, or dropped (a hybrid's first steps)."""
+    if row["block"] is None:
+        return ""
+    return f"{row['block']} (dropped)" if row["block"] in row.get("dropped", ()) else str(row["block"])
 
 
 def _metrics_table(curve: dict) -> list[str]:
@@ -356,7 +363,7 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
     if summary:
         md += [
             f"- teacher test {summary['metric']}: **{summary['teacher_test_score']:.4f}**",
-            f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}"
+            f"- chosen student (step {summary['chosen_step']}, blocks {summary['chosen_blocks']}{tables.dropped_note(summary)}"
             f"{_recovered(summary)}): test {summary['metric']} "
             f"**{summary['student_test_score']:.4f}**, kept **{summary['kept_test']:.4f}** "
             f"(95 % paired-bootstrap interval {_interval(summary.get('kept_test_ci95'))} "
@@ -386,16 +393,20 @@ def _summary_lines(summary: dict | None, teacher: dict | None) -> list[str]:
 def _substitute_line(run_dir: Path) -> list[str]:
     """The substitute's shape from the run's config.yaml (it depends on the task and the flags); [] without one."""
     path = run_dir / "config.yaml"
-    c = ((yaml.safe_load(path.read_text()) or {}).get("compact") or {}) if path.is_file() else {}
+    saved = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    c, drop = saved.get("compact") or {}, (saved.get("run") or {}).get("drop_blocks") or 0
     if not c:
         return []
     spec = CompactSpec.from_dict(c)
     layers = f"{spec.layers} transformer layer{'s' if spec.layers != 1 else ''}"
-    return [
+    line = (
         f"Substitute: down to {spec.hidden}, {layers} × {spec.heads} heads (feed-forward {spec.ffn_size}, "
-        f"{spec.activation}), up again, plus the residual (`compact` in config.yaml).",
-        "",
-    ]
+        f"{spec.activation}), up again, plus the residual (`compact` in config.yaml)."
+    )
+    if drop:
+        n = "block" if drop == 1 else f"{drop} blocks"
+        line += f" Hybrid students (`--drop-blocks {drop}`): the curve's first {drop} step{'s' if drop > 1 else ''} drop the least important {n} outright (as layer removal does); the later steps substitute."
+    return [line, ""]
 
 
 def _stage_seconds(seconds: dict) -> str:

@@ -58,8 +58,21 @@ def substituted_blocks(model: PreTrainedModel) -> list[int]:
     return [i for i, b in enumerate(arch.blocks(model)) if isinstance(b, CompactBlock)]
 
 
+def dropped_in_place(model: PreTrainedModel) -> list[int]:
+    """Indices of the blocks that are identities standing in for dropped blocks (removed for real on saving)."""
+    return [i for i, b in enumerate(arch.blocks(model)) if isinstance(b, arch.IdentityBlock)]
+
+
+def block_origins(model: PreTrainedModel) -> list[int]:
+    """The original model's block each block of ``model`` stands for: its own index, unless blocks were removed
+    for real (recorded as ``dropped`` in its config), when the blocks after them moved up."""
+    dropped = set((getattr(model.config, META_KEY, None) or {}).get("dropped") or ())
+    return [i for i in range(arch.num_blocks(model) + len(dropped)) if i not in dropped]
+
+
 def record(model: PreTrainedModel) -> None:
-    """Write which blocks are substituted (and how) into ``model.config`` so it survives save/load."""
+    """Write which blocks are substituted (and how) into ``model.config`` so it survives save/load; ``dropped``
+    (the original blocks removed for real) is kept as it is."""
     subs = substituted_blocks(model)
     meta = getattr(model.config, META_KEY, None) or {}
     if subs:  # every substitute of a model shares one shape
@@ -106,11 +119,23 @@ def substitute(
 
 
 def drop_blocks(model: PreTrainedModel, blocks: Sequence[int]) -> PreTrainedModel:
-    """A deep copy of ``model`` with ``blocks`` removed (layer dropping)."""
+    """A deep copy of ``model`` with ``blocks`` removed (layer dropping), recorded as ``dropped`` in its config: the
+    original blocks the rest stand for (``block_origins``) survive save/load."""
     indices = check_blocks(model, list(blocks))
-    student = copy.deepcopy(model)
+    student, origins = copy.deepcopy(model), block_origins(model)
     arch.remove_blocks(student, indices)
+    meta = getattr(student.config, META_KEY, None) or {}
+    dropped = set(meta.get("dropped") or ()) | {origins[i] for i in indices}
+    setattr(student.config, META_KEY, {**meta, "dropped": sorted(dropped)})
+    record(student)
     return student
+
+
+def without_dropped_in_place(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` itself, or, when identities stand in for dropped blocks, a deep copy with them removed for real:
+    the shorter model of its class (substitutes included) that saves and exports as any other."""
+    dropped = dropped_in_place(model)
+    return drop_blocks(model, dropped) if dropped else model
 
 
 def save_substitutes(substitutes: dict[int, CompactBlock], path: str | Path) -> None:

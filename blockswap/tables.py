@@ -141,3 +141,9 @@ def time_budget(tb: dict) -> str:
         if fixed > tb["seconds"]:
             verdict += ": a budget below that cannot be met"
     return f"--time-budget {tb['seconds']:g} s: {', '.join(parts)} ({verdict})"
+
+
+def dropped_note(summary: dict) -> str:
+    """``", block 3 dropped"`` for a hybrid student (--drop-blocks) in summary.json; '' otherwise."""
+    dropped = summary.get("chosen_dropped") or []
+    return f"; {'block' if len(dropped) == 1 else 'blocks'} {', '.join(map(str, dropped))} dropped" if dropped else ""

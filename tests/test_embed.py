@@ -388,6 +388,38 @@ def test_loading_a_saved_embedding_student_prints_no_load_report(tmp_path):
     assert "LOAD REPORT" not in proc.stderr and "MISSING" not in proc.stderr, proc.stderr
 
 
+def test_a_hybrid_embedding_student_saves_shorter_and_loads_without_blockswap(tmp_path):
+    from blockswap import arch, distill, export
+    from blockswap.compact import CompactSpec
+    from blockswap.substitute import substitute
+
+    teacher = embed.load_teacher(tiny_sentence_transformer(tmp_path))
+    student = substitute(teacher, [2], CompactSpec(hidden=8, heads=2, ffn=16)).eval()
+    arch.put_block(student, 0, arch.identity_block(student))  # --drop-blocks: block 0 dropped, 1 kept, 2 substituted
+    export.save(student, tmp_path / "hybrid")
+    loaded = export.load(tmp_path / "hybrid")
+    assert arch.num_blocks(loaded) == 2 and loaded.config.blockswap["dropped"] == [0]
+    assert distill.matched_blocks(loaded, True) == [(0, 1), (1, 2)]
+    texts = ["good movie", "the plot was dull", "fun and smart"]
+    batch = student.st[0].tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = student(**batch).logits
+        torch.testing.assert_close(loaded(**batch).logits, want, atol=0, rtol=0)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["blockswap"] = None
+        from sentence_transformers import SentenceTransformer
+        m = SentenceTransformer({str(tmp_path / "hybrid")!r}, device="cpu", trust_remote_code=True)
+        print(json.dumps(m.encode({texts!r}).tolist()))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_a_sentence_transformer_saved_in_half_precision_is_loaded_in_fp32(tmp_path):
     from sentence_transformers import SentenceTransformer
 

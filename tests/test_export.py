@@ -54,6 +54,39 @@ def test_every_family_reloads_without_blockswap(tmp_path):
         torch.testing.assert_close(got[name], logits, atol=1e-6, rtol=0, msg=name)
 
 
+def test_a_hybrid_saves_as_the_shorter_model_that_pairs_its_blocks_with_the_teachers(tmp_path):
+    """A curve student of --drop-blocks: an identity in a dropped block's place, removed for real on saving; every
+    family's folder gives the same logits (reloaded, and where blockswap cannot be imported) at the same MACs, and
+    its blocks keep their teacher blocks for hidden-state matching."""
+    from blockswap import distill, measure
+
+    ids, mask = padded_batch()
+    want, folders = {}, {}
+    for family in ARCHS:
+        student = substitute(tiny_model(family), [0], TINY_COMPACT).eval()  # block 1 dropped, block 2 kept as it is
+        arch.put_block(student, 1, arch.identity_block(student))
+        assert distill.matched_blocks(student, True) == [(0, 0), (2, 2)]  # no target for an identity's output
+        want[family], folders[family] = _logits(student, ids, mask), export.save(student, tmp_path / family)
+        loaded = export.load(folders[family])
+        assert arch.num_blocks(loaded) == 2 and loaded.config.blockswap["dropped"] == [1], family
+        assert loaded.config.blockswap["substituted"] == [0], family
+        assert distill.matched_blocks(loaded, True) == [(0, 0), (1, 2)], family  # its block 1 stands for block 2
+        assert distill.matched_blocks(loaded, False) == [(0, 0)], family
+        torch.testing.assert_close(_logits(loaded, ids, mask), want[family], atol=0, rtol=0, msg=family)
+        assert measure.count_macs(loaded, seq_len=16) == measure.count_macs(student, seq_len=16) | {
+            "per_block": measure.count_macs(student, seq_len=16)["per_block"][::2]
+        }, family
+    got = logits_without_blockswap(folders, ids, mask, tmp_path)
+    for family, logits in want.items():
+        torch.testing.assert_close(got[family], logits, atol=1e-6, rtol=0, msg=family)
+    # dropped only: a plain shorter model of its class, which still knows which blocks it lost
+    dropped = tiny_model("bert")
+    arch.put_block(dropped, 0, arch.identity_block(dropped))
+    folder = export.save(dropped, tmp_path / "dropped")
+    assert not (folder / "modeling_blockswap.py").exists()
+    assert distill.matched_blocks(export.load(folder), True) == [(0, 1), (1, 2)]
+
+
 def test_plain_load_without_remote_code_fails_loudly(tmp_path):
     from transformers import AutoModelForSequenceClassification
 

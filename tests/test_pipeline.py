@@ -114,6 +114,7 @@ def test_run_end_to_end_then_resume(tmp_path, capsys, tiny_csv, tiny_teacher_dir
         (["--mixed-precision", "fp16", "--cpu"], "needs a GPU"),
         (["--mixed-precision", "fp8"], "--mixed-precision"),
         (["--int8-scales", "per-row"], "--int8-scales"),
+        (["--drop-blocks", "-1"], "--drop-blocks"),
     ],
 )
 def test_run_argument_errors(tmp_path, capsys, extra, message):
@@ -160,6 +161,54 @@ def test_unsatisfiable_stop_rule_still_writes_the_curve(tmp_path, capsys, tiny_c
     for changed in (["--target-gmacs-cut", "0.2", "--seed", "1"], ["--target-gmacs-cut", "0.3"]):
         assert main([*argv, *changed, "--baselines", "none", "--resume"]) == 2
         assert "the config differs" in capsys.readouterr().err
+
+
+def test_a_hybrid_run_drops_the_least_important_block_then_substitutes(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
+    from blockswap import arch, measure
+
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--drop-blocks", "1", "--recovery-epochs", "1", "--recover-key", "--baselines", "thesis"]
+    argv += ["--mixed-precision", "no"]  # the curve's points in fp32, as `evaluate` scores the saved student
+    capsys.readouterr()
+    assert main([*argv[:-2], "--drop-blocks", "3"]) == 2  # the teacher has 3 blocks
+    err = capsys.readouterr().err
+    assert "--drop-blocks 3" in err and "at least one must stay" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists(), "refused before the run starts"
+    assert main(argv) == 0, capsys.readouterr().err
+    order = json.loads((out / "importance.json").read_text())["order"]
+    curve = json.loads((out / "curve.json").read_text())
+    rows = curve["rows"]
+    assert [r["block"] for r in rows[1:]] == order
+    assert rows[1]["dropped"] == [order[0]] and rows[1]["substituted"] == []
+    assert rows[-1]["dropped"] == [order[0]] and rows[-1]["substituted"] == sorted(order[1:])
+    teacher = export.load(tiny_teacher_dir)  # the dropped block's whole cost is gone at step 1
+    per_block = measure.count_macs(teacher, seq_len=16)["per_block"]
+    assert rows[0]["gmacs"] - rows[1]["gmacs"] == pytest.approx(per_block[order[0]] / 1e9)
+    # the curve's student is saved as the shorter model, which scores what the curve measured
+    chosen = curve["chosen_step"]
+    model = export.load(out / "model")
+    assert arch.num_blocks(model) == 3 - len(rows[chosen]["dropped"])
+    assert model.config.blockswap["dropped"] == rows[chosen]["dropped"]
+    capsys.readouterr()
+    assert (
+        main(
+            ["evaluate", "--model", str(out / "model"), "--dataset", str(tiny_csv), "--json", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
+    scored = json.loads((tmp_path / "e.json").read_text())  # the loss tells two near-chance models apart
+    assert scored["loss"] == pytest.approx(rows[chosen]["test_metrics"]["loss"], abs=1e-6)
+    recovered = json.loads((out / "recovery.json").read_text())["students"]
+    assert all(s["steps"] > 0 for s in recovered.values()) and str(rows[-1]["step"]) in recovered
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chosen_dropped"] == [order[0]]
+    # the thesis's procedure at a hybrid point drops the same block: the same parameters are cut
+    for b in json.loads((out / "baselines.json").read_text())["thesis"]:
+        assert b["params_cut"] == pytest.approx(rows[b["step"]]["params_cut"])
+    report = (out / "report.md").read_text()
+    assert f"| 1 | {order[0]} (dropped) |" in report and "Hybrid students (`--drop-blocks 1`)" in report
+    assert f"blocks {sorted(order[1:])}; block {order[0]} dropped" in report
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ def _budgeted(state, r, student, teacher_val, teacher_test, seconds: float, **ex
 
 
 def _thesis(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
-    """The seed thesis's procedure at the curve's points: the same blocks and substitute shape, random
+    """The seed thesis's procedure at the curve's points: the same blocks (and dropped ones) and substitute shape, random
     initialisation, every weight trained on the task's labels only for the substitution path's budget."""
     teacher, cfg = state.teacher, state.cfg
     ce = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
@@ -112,12 +112,17 @@ def _thesis(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
     for r in _points(state, rows):
         torch.manual_seed(cfg.run.seed + 3000 + r["step"])
         student, started = substitute(teacher, r["substituted"], cfg.compact).requires_grad_(True), time.perf_counter()
+        for i in r.get("dropped", []):  # a hybrid's point: its dropped blocks dropped here too
+            arch.put_block(student, i, arch.identity_block(student))
         distill.end_to_end(
             student, teacher, state.train_loader(cfg.run.seed + 3000 + r["step"]), ce, steps=budget_steps(state, r),
             accelerator=state.accelerator, desc=f"thesis procedure, blocks {r['substituted']}", labels_only=True,
         )  # fmt: skip
         seconds = time.perf_counter() - started
-        out.append(_budgeted(state, r, student, teacher_val, teacher_test, seconds, gmacs_cut=r["gmacs_cut"]))
+        params_cut = measure.cut(measure.count_params(teacher)["total"], measure.count_params(student)["total"])
+        out.append(_budgeted(
+            state, r, student, teacher_val, teacher_test, seconds, gmacs_cut=r["gmacs_cut"], params_cut=params_cut
+        ))  # fmt: skip
     return out
 
 

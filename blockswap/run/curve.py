@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import time
 
 from .. import arch, distill, importance
-from ..errors import StopRuleUnsatisfied
+from ..errors import ConfigError, StopRuleUnsatisfied
 from ..evaluate import kept_interval, per_example
 from ..files import write_text
-from ..substitute import load_substitutes, substituted_blocks, swap_in
+from ..substitute import dropped_in_place, load_substitutes, substituted_blocks, swap_in
 from .state import RunState
 
-CSV_KEYS = ["step", "block", "substituted", "params", "params_cut", "gmacs", "gmacs_cut", "score", "kept"]
+CSV_KEYS = ["step", "block", "substituted", "dropped", "params", "params_cut", "gmacs", "gmacs_cut", "score", "kept"]
 CSV_KEYS += ["test_score", "kept_test", "kept_test_low", "kept_test_high", "latency_ms"]
 
 
@@ -31,6 +32,7 @@ def _row(state: RunState, step: int, block: int | None, model, cost: dict, teach
         "step": step,
         "block": block,
         "substituted": substituted_blocks(model),
+        "dropped": dropped_in_place(model),
         **cost,
         "score": val["score"],  # the task's main metric on validation (accuracy, Pearson, ...)
         "kept": val["score"] / teacher_val if teacher_val else 0.0,
@@ -67,6 +69,14 @@ def _next_block(state: RunState, student, remaining: list[int], order: list[int]
     cheap = {k: v for k, v in signals.items() if k in ("drop_one", "influence")} or {"drop_one": 1.0}
     batches = state.first_batches("validation", state.cfg.importance.importance_batches, batch_size=32, seed=1)
     return importance.rank(student, batches, cheap, candidates=remaining)["order"][0]
+
+
+def check_drop_blocks(drop: int, n: int) -> None:
+    """--drop-blocks leaves at least one of the teacher's ``n`` blocks (dropped or substituted) in the student."""
+    if drop >= n:
+        raise ConfigError(
+            f"--drop-blocks {drop}: the teacher has {n} blocks and at least one must stay; give 0 to {n - 1}"
+        )
 
 
 def key_rows(rows: list[dict]) -> list[dict]:
@@ -106,15 +116,21 @@ def substitution_curve(state: RunState) -> None:
     student.requires_grad_(True)
     chosen, remaining, logs, half = None, list(range(n)), {}, None
     budget = dict(state.read("blockwise.json").get("budget") or {"steps": 0, "seconds": 0.0})
+    check_drop_blocks(cfg.drop_blocks, n)
     for k in range(1, min(n, cfg.max_blocks or n) + 1):
         block = _next_block(state, student, remaining, order)
         remaining.remove(block)
-        swap_in(student, block, copy.deepcopy(subs[block]))
+        dcfg = state.cfg.distill
+        if k <= cfg.drop_blocks:  # a hybrid's dropped block: an identity in its place until the student is saved
+            arch.put_block(student, block, arch.identity_block(student))
+            dcfg = dataclasses.replace(dcfg, freeze_kept=False)  # no substitute takes it up: the kept blocks adapt
+        else:
+            swap_in(student, block, copy.deepcopy(subs[block]))
         started = time.perf_counter()
         logs[k] = distill.end_to_end(
-            student, teacher, state.train_loader(cfg.seed + k), state.cfg.distill, steps=state.cfg.distill.e2e_steps,
-            accelerator=state.accelerator, desc=f"step {k}: distil with block {block} swapped",
-            cache=state.teacher_cache,
+            student, teacher, state.train_loader(cfg.seed + k), dcfg, steps=state.cfg.distill.e2e_steps,
+            accelerator=state.accelerator, cache=state.teacher_cache,
+            desc=f"step {k}: distil with block {block} {'dropped' if k <= cfg.drop_blocks else 'swapped'}",
         )  # fmt: skip
         budget["steps"] += state.cfg.distill.e2e_steps
         budget["seconds"] += time.perf_counter() - started
@@ -175,6 +191,12 @@ def _csv(rows: list[dict]) -> str:
     for r in rows:
         low, high = r["kept_test_ci95"]
         w.writerow(
-            {**r, "substituted": " ".join(map(str, r["substituted"])), "kept_test_low": low, "kept_test_high": high}
+            {
+                **r,
+                "substituted": " ".join(map(str, r["substituted"])),
+                "dropped": " ".join(map(str, r.get("dropped", []))),
+                "kept_test_low": low,
+                "kept_test_high": high,
+            }
         )
     return buf.getvalue()

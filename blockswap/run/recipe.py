@@ -14,14 +14,14 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from .. import embed, export, report
+from .. import arch, embed, export, report
 from ..config import Config
 from ..errors import ConfigError, RunError
 from ..loaders import prepare, prepare_embedding
 from ..train import default_base_model, make_accelerator
 from . import stages
 from .compare import CACHE_USERS, baselines_stage
-from .curve import substitution_curve
+from .curve import check_drop_blocks, substitution_curve
 from .state import RunState, check_run_dir, create_run_dir
 
 
@@ -67,6 +67,18 @@ def _check_classifier_options(cfg: Config) -> None:
         raise ConfigError("--eval-dataset scores sentence embeddings; it needs --task embedding")
 
 
+def _check_drop_blocks(cfg: Config, teacher) -> None:
+    """--drop-blocks against the teacher's blocks (the base model's config when the run fine-tunes one)."""
+    if teacher is None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(cfg.finetune.model or default_base_model())
+        n = getattr(config, "num_hidden_layers", None) or config.n_layers
+    else:
+        n = arch.num_blocks(teacher)
+    check_drop_blocks(cfg.run.drop_blocks, n)
+
+
 def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None], started: float) -> RunState:
     """Validate the folder, load data and teacher; only then create the folder (a failed start leaves none)."""
     accelerator, precision = make_accelerator(cpu=cfg.run.cpu, mixed_precision=cfg.run.mixed_precision)
@@ -95,6 +107,8 @@ def _start(cfg: Config, out: Path, *, resume: bool, log: Callable[[str], None], 
         source = state.read("teacher.json")["source"] if state.path("teacher.json").is_file() else cfg.run.teacher
         if source is not None:
             state.teacher = stages.load_teacher(source, len(data.label_names), data.task)
+    if cfg.run.drop_blocks:
+        _check_drop_blocks(cfg, state.teacher)
     accelerator.wait_for_everyone()  # every process has validated before the main one creates anything
     if accelerator.is_main_process:
         create_run_dir(out, cfg)

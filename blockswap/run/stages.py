@@ -385,6 +385,7 @@ def summary(state: RunState) -> None:
             "curve_chosen_step": curve["chosen_step"],  # before recovery; differs when the last step passed after it
             "stop_rule": state.cfg.run.stop_rule if rec_file.is_file() else "curve",
             "chosen_blocks": chosen["substituted"],
+            "chosen_dropped": chosen.get("dropped", []),  # --drop-blocks: removed outright
             "student_test_score": ev["student"]["test"]["score"],
             "kept_test": ev["kept"],
             "kept_test_ci95": ev["kept_ci95"],
