@@ -179,6 +179,7 @@ def test_embedding_run_end_to_end_and_reload_without_blockswap(tmp_path, capsys,
     assert all("sts_spearman" in r["test_metrics"] for r in curve["rows"])
     assert "STS (" in (out / "report.md").read_text()
     for b in json.loads((out / "baselines.json").read_text())["distil"]:  # layer removal: a plain shorter model
+        assert b["test_metrics"]["recall@10"] == b["test_score"] and 0 < b["test_metrics"]["mean_cosine"] <= 1
         assert not (out / b["folder"] / "modeling_blockswap.py").exists()
         dropped = SentenceTransformer(str(out / b["folder"]), device="cpu")
         assert (

@@ -16,7 +16,7 @@ import torch
 from .. import arch, baselines, distill, measure
 from ..evaluate import kept_difference, kept_interval, per_example
 from ..substitute import drop_blocks, substitute
-from .curve import key_rows
+from .curve import key_rows, other_metrics
 from .stages import recovered_steps
 from .state import RunState
 
@@ -99,7 +99,7 @@ def _budgeted(state, r, student, teacher_val, teacher_test, seconds: float, **ex
     return _row(
         state, r, student, teacher_val, train_steps=budget_steps(state, r), train_batch=state.cfg.distill.batch_size,
         train_seconds=seconds, test_score=test["score"], kept_test=ci["kept"], kept_test_ci95=ci["ci95"], **extra,
-        test_per_example=per_example(test),
+        test_metrics=other_metrics(test), test_per_example=per_example(test),
     )  # fmt: skip
 
 
