@@ -175,6 +175,9 @@ def test_a_hybrid_run_drops_the_least_important_block_then_substitutes(tmp_path,
     err = capsys.readouterr().err
     assert "--drop-blocks 3" in err and "at least one must stay" in err and len(err.strip().splitlines()) == 1
     assert not out.exists(), "refused before the run starts"
+    finetune = ["run", "--finetune-model", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out)]
+    assert main([*finetune, "--drop-blocks", "3"]) == 2  # a run that fine-tunes its teacher: read from the base
+    assert "--drop-blocks 3" in capsys.readouterr().err and not out.exists()
     assert main(argv) == 0, capsys.readouterr().err
     order = json.loads((out / "importance.json").read_text())["order"]
     curve = json.loads((out / "curve.json").read_text())
