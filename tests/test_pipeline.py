@@ -169,9 +169,9 @@ def test_a_hybrid_run_drops_the_least_important_block_then_substitutes(tmp_path,
     out = tmp_path / "run"
     argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
     argv += ["--drop-blocks", "1", "--recovery-epochs", "1", "--recover-key", "--baselines", "thesis"]
-    argv += ["--mixed-precision", "no"]  # the curve's points in fp32, as `evaluate` scores the saved student
+    argv += ["--export", "onnx", "--mixed-precision", "no"]  # fp32 points, as `evaluate` scores the saved student
     capsys.readouterr()
-    assert main([*argv[:-2], "--drop-blocks", "3"]) == 2  # the teacher has 3 blocks
+    assert main([*argv, "--drop-blocks", "3"]) == 2  # the teacher has 3 blocks (the last flag given stands)
     err = capsys.readouterr().err
     assert "--drop-blocks 3" in err and "at least one must stay" in err and len(err.strip().splitlines()) == 1
     assert not out.exists(), "refused before the run starts"
@@ -206,6 +206,8 @@ def test_a_hybrid_run_drops_the_least_important_block_then_substitutes(tmp_path,
     assert all(s["steps"] > 0 for s in recovered.values()) and str(rows[-1]["step"]) in recovered
     summary = json.loads((out / "summary.json").read_text())
     assert summary["chosen_dropped"] == [order[0]]
+    exported = json.loads((out / "export.json").read_text())["student"]  # the shorter student exports with parity
+    assert exported["parity"]["passed"] and exported["parity"]["max_abs_logit_diff"] <= 1e-4
     # the thesis's procedure at a hybrid point drops the same block: the same parameters are cut
     for b in json.loads((out / "baselines.json").read_text())["thesis"]:
         assert b["params_cut"] == pytest.approx(rows[b["step"]]["params_cut"])
