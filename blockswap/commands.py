@@ -17,7 +17,7 @@ from .data import load_source
 from .errors import ConfigError, DataError
 from .evaluate import evaluate, logits_fn
 from .loaders import in_input_order, length_batches, prepare
-from .substitute import check_blocks, substitute
+from .substitute import check_blocks, check_drop_blocks, drop_blocks, substitute
 from .train import default_base_model, make_accelerator, train_teacher
 from .vocab import CANDIDATES, prune_and_measure
 
@@ -40,8 +40,10 @@ def measure_command(
     batch: int = 1,
     with_latency: bool = True,
     repeats: int = 10,
+    drop: int = 0,
 ) -> dict:
-    """Cost of a model before and after substituting blocks (and of a baseline architecture), with cuts."""
+    """Cost of a model before and after substituting blocks (and of a baseline architecture), with cuts; the first
+    ``drop`` of the blocks are removed instead (a hybrid, as `blockswap run --drop-blocks` builds)."""
     teacher = _model_for(model, builtin)
     n = arch.num_blocks(teacher)
     if substitute_n is not None:
@@ -60,7 +62,9 @@ def measure_command(
     }
     final = before
     if blocks:
-        final = measure.cost(substitute(teacher, blocks, compact).eval(), **kw)
+        result["dropped"] = blocks[:drop]
+        student = substitute(teacher, blocks[drop:], compact)
+        final = measure.cost(drop_blocks(student, blocks[:drop]).eval(), **kw)
         result["after"], result["cut"] = final.as_dict(), final.cut(before)
     if baseline is not None:
         ref = measure.cost(_model_for(None, baseline), **kw)
@@ -84,14 +88,18 @@ def dry_run(cfg: Config) -> tuple[str, dict]:
             f"add --arch NAME, one of: {', '.join(arch.BUILTIN_ARCHS)}"
         )
     n_blocks = arch.builtin_config(name).num_hidden_layers
-    k = cfg.run.max_blocks or n_blocks
+    k = min(cfg.run.max_blocks or n_blocks, n_blocks)
+    check_drop_blocks(cfg.run.drop_blocks, n_blocks)
     result = measure_command(
         model=None, builtin=name, substitute_n=k, blocks=None, baseline=cfg.run.baseline_arch,
         compact=cfg.compact, seq_len=cfg.run.eval_seq_len, batch=1, with_latency=False, repeats=1,
+        drop=cfg.run.drop_blocks,
     )  # fmt: skip
     packaged = "as it is" if cfg.data.task == "embedding" else "fine-tuned by the run"
     teacher = cfg.run.teacher or cfg.finetune.model or f"the packaged all-MiniLM-L6-v2 ({packaged})"
-    head = f"dry run: {name} (random weights), {k} of {n_blocks} blocks substituted, teacher {teacher}"
+    dropped = len(result.get("dropped", []))
+    plan = f"{k - dropped} of {n_blocks} blocks substituted" + (f" and {dropped} dropped" if dropped else "")
+    head = f"dry run: {name} (random weights), {plan}, teacher {teacher}"
     return head, result
 
 

@@ -282,8 +282,8 @@ def end_to_end(
     budget: StepBudget | None = None,
 ) -> list[dict[str, float]]:
     """KD of the assembled student: KL(T) + alpha CE + beta MSE at substituted block outputs (every block's
-    output but a dropped one's with ``match_all_blocks``: ``matched_blocks``). With ``labels_only``: the task's own loss on the labels, no teacher
-    at all (the seed thesis's procedure).
+    output but a dropped one's with ``match_all_blocks``: ``matched_blocks``). With ``labels_only``: the task's
+    own loss on the labels, no teacher at all (the seed thesis's procedure).
 
     Substitutes train at ``lr_substitute``; kept original weights at ``lr_kept`` (or frozen). ``budget``: the
     ``steps``, possibly cut short by a deadline (it holds the steps taken afterwards).

@@ -405,7 +405,10 @@ def _substitute_line(run_dir: Path) -> list[str]:
     )
     if drop:
         n = "block" if drop == 1 else f"{drop} blocks"
-        line += f" Hybrid students (`--drop-blocks {drop}`): the curve's first {drop} step{'s' if drop > 1 else ''} drop the least important {n} outright (as layer removal does); the later steps substitute."
+        line += (
+            f" Hybrid students (`--drop-blocks {drop}`): the curve's first {drop} step{'s' if drop > 1 else ''} "
+            f"drop the least important {n} outright (as layer removal does); the later steps substitute."
+        )
     return [line, ""]
 
 

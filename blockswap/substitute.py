@@ -131,6 +131,14 @@ def drop_blocks(model: PreTrainedModel, blocks: Sequence[int]) -> PreTrainedMode
     return student
 
 
+def check_drop_blocks(drop: int, n: int) -> None:
+    """--drop-blocks leaves at least one of the teacher's ``n`` blocks (substituted or kept) in the student."""
+    if drop >= n:
+        raise ConfigError(
+            f"--drop-blocks {drop}: the teacher has {n} blocks and at least one must stay; give 0 to {n - 1}"
+        )
+
+
 def without_dropped_in_place(model: PreTrainedModel) -> PreTrainedModel:
     """``model`` itself, or, when identities stand in for dropped blocks, a deep copy with them removed for real:
     the shorter model of its class (substitutes included) that saves and exports as any other."""

@@ -14,7 +14,9 @@ def measure_table(result: dict) -> str:
     cols = [(result["baseline_name"], result["baseline"])] if "baseline" in result else []
     cols.append(("before", result["before"]))
     if "after" in result:
-        cols.append((f"after ({len(result['blocks'])} swapped)", result["after"]))
+        dropped = len(result.get("dropped", []))
+        label = f"{len(result['blocks']) - dropped} swapped" + (f", {dropped} dropped" if dropped else "")
+        cols.append((f"after ({label})", result["after"]))
     cuts = [("cut", result["cut"])] if "cut" in result else []
     if "cut_vs_baseline" in result:
         cuts.append((f"cut vs {result['baseline_name']}", result["cut_vs_baseline"]))
@@ -44,8 +46,11 @@ def measure_table(result: dict) -> str:
     if lat_key in last:
         lat = last[lat_key]
         note += f"; latency on {lat['device']} {lat['dtype']} {lat['threads']} threads, {lat['repeats']} repeats"
+    dropped = result.get("dropped", [])
     if result["blocks"]:
-        note += f"; substituted blocks {result['blocks']}"
+        note += f"; substituted blocks {[b for b in result['blocks'] if b not in dropped]}"
+    if dropped:
+        note += f", dropped {dropped}"
     return "\n".join(lines + ["", note])
 
 

@@ -253,6 +253,12 @@ def test_dry_run_of_the_offline_default_plans_the_packaged_teacher(capsys):
     assert "dry run: all-minilm-l6-v2 (random weights), 6 of 6 blocks substituted" in out
     assert "after (6 swapped)" in out and "(fine-tuned by the run)" in out  # the header whole, not cut at 14
     assert "70.2%" in out  # every block, 384 -> 128 x 2 layers: the README's every-block GMACs cut
+    # a hybrid: the GMACs and parameters the classifier run cut at its step 6 (docs/results.md), block 0 dropped here
+    assert main(["run", "--dry-run", "--drop-blocks", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "5 of 6 blocks substituted and 1 dropped" in out and "after (5 swapped, 1 dropped)" in out
+    assert "75.1%" in out and "36.0%" in out and "substituted blocks [1, 2, 3, 4, 5], dropped [0]" in out
+    assert main(["run", "--dry-run", "--drop-blocks", "6"]) == 2 and "--drop-blocks 6" in capsys.readouterr().err
     # a named teacher cannot be planned without loading it: one line asking for --arch, exit 2
     assert main(["run", "--dry-run", "--teacher", "someone/some-model"]) == 2
     err = capsys.readouterr().err.strip()

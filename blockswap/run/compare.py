@@ -104,8 +104,8 @@ def _budgeted(state, r, student, teacher_val, teacher_test, seconds: float, **ex
 
 
 def _thesis(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]:
-    """The seed thesis's procedure at the curve's points: the same blocks (and dropped ones) and substitute shape, random
-    initialisation, every weight trained on the task's labels only for the substitution path's budget."""
+    """The seed thesis's procedure at the curve's points: the same blocks (and dropped ones) and substitute shape,
+    random initialisation, every weight trained on the task's labels only for the substitution path's budget."""
     teacher, cfg = state.teacher, state.cfg
     ce = dataclasses.replace(cfg.distill, freeze_kept=False, lr_kept=cfg.distill.recovery_lr)
     teacher_test, out = state.teacher_test(), []

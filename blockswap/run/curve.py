@@ -9,10 +9,10 @@ import io
 import time
 
 from .. import arch, distill, importance
-from ..errors import ConfigError, StopRuleUnsatisfied
+from ..errors import StopRuleUnsatisfied
 from ..evaluate import kept_interval, per_example
 from ..files import write_text
-from ..substitute import dropped_in_place, load_substitutes, substituted_blocks, swap_in
+from ..substitute import check_drop_blocks, dropped_in_place, load_substitutes, substituted_blocks, swap_in
 from .state import RunState
 
 CSV_KEYS = ["step", "block", "substituted", "dropped", "params", "params_cut", "gmacs", "gmacs_cut", "score", "kept"]
@@ -69,14 +69,6 @@ def _next_block(state: RunState, student, remaining: list[int], order: list[int]
     cheap = {k: v for k, v in signals.items() if k in ("drop_one", "influence")} or {"drop_one": 1.0}
     batches = state.first_batches("validation", state.cfg.importance.importance_batches, batch_size=32, seed=1)
     return importance.rank(student, batches, cheap, candidates=remaining)["order"][0]
-
-
-def check_drop_blocks(drop: int, n: int) -> None:
-    """--drop-blocks leaves at least one of the teacher's ``n`` blocks (dropped or substituted) in the student."""
-    if drop >= n:
-        raise ConfigError(
-            f"--drop-blocks {drop}: the teacher has {n} blocks and at least one must stay; give 0 to {n - 1}"
-        )
 
 
 def key_rows(rows: list[dict]) -> list[dict]:

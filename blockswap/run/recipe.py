@@ -18,10 +18,11 @@ from .. import arch, embed, export, report
 from ..config import Config
 from ..errors import ConfigError, RunError
 from ..loaders import prepare, prepare_embedding
+from ..substitute import check_drop_blocks
 from ..train import default_base_model, make_accelerator
 from . import stages
 from .compare import CACHE_USERS, baselines_stage
-from .curve import check_drop_blocks, substitution_curve
+from .curve import substitution_curve
 from .state import RunState, check_run_dir, create_run_dir
 
 
