@@ -42,6 +42,12 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "run_default.json"))
     parser.add_argument("extra", nargs="*", help="extra flags for `blockswap run` (after --)")
     args = parser.parse_args()
+    if "--resume" in args.extra:  # the folder is replaced: a "resumed" run would silently start afresh
+        print(
+            "run_default.py: it times a whole run in a fresh --out folder, so --resume would start afresh; leave it out",
+            file=sys.stderr,
+        )
+        return 2
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
