@@ -25,10 +25,10 @@ import transformers
 from accelerate.utils import set_seed
 from finished_run import open_run  # benchmarks/finished_run.py
 
-from blockswap import arch, distill, measure
+from blockswap import distill, measure
 from blockswap.evaluate import kept_difference, kept_interval
 from blockswap.run.state import RunState
-from blockswap.substitute import check_blocks, load_substitutes, substitute
+from blockswap.substitute import load_substitutes, substitute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,10 +46,9 @@ def parse_plan(text: str) -> tuple[list[int], list[int]]:
 
 def build(teacher, substitutes: dict, drop: list[int], sub: list[int], spec):
     """The teacher with ``sub`` substituted (trained substitutes) and ``drop`` replaced by identity blocks."""
-    student = substitute(teacher, sub, spec, substitutes={i: substitutes[i] for i in sub})
-    for i in check_blocks(student, drop):
-        arch.put_block(student, i, arch.identity_block(student))
-    return student.requires_grad_(True)
+    return substitute(teacher, sub, spec, substitutes={i: substitutes[i] for i in sub}, dropped=drop).requires_grad_(
+        True
+    )
 
 
 def references(run: Path) -> dict[str, dict]:

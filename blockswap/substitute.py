@@ -102,17 +102,24 @@ def substitute(
     spec: CompactSpec | None = None,
     *,
     substitutes: dict[int, nn.Module] | None = None,
+    dropped: Sequence[int] = (),
 ) -> PreTrainedModel:
-    """A deep copy of ``model`` with ``blocks`` replaced by compact substitutes.
+    """A deep copy of ``model`` with ``blocks`` replaced by compact substitutes (and ``dropped`` by identities: a
+    hybrid, whose identities ``export.save`` removes for real).
 
     ``substitutes`` may provide already-trained modules (deep-copied in); the others are fresh
     ``CompactBlock``s built from ``spec``. The original model is not touched.
     """
     spec = spec or CompactSpec()
-    indices = check_blocks(model, list(blocks))
+    indices = check_blocks(model, [*blocks, *dropped])
     student = copy.deepcopy(model)
     for i in indices:
-        new = copy.deepcopy(substitutes[i]) if substitutes and i in substitutes else make_compact(student, spec, i)
+        if i in dropped:
+            new = arch.identity_block(student)
+        elif substitutes and i in substitutes:
+            new = copy.deepcopy(substitutes[i])
+        else:
+            new = make_compact(student, spec, i)
         arch.put_block(student, i, new)
     record(student)
     return student

@@ -111,9 +111,8 @@ def _thesis(state: RunState, rows: list[dict], teacher_val: float) -> list[dict]
     teacher_test, out = state.teacher_test(), []
     for r in _points(state, rows):
         torch.manual_seed(cfg.run.seed + 3000 + r["step"])
-        student, started = substitute(teacher, r["substituted"], cfg.compact).requires_grad_(True), time.perf_counter()
-        for i in r.get("dropped", []):  # a hybrid's point: its dropped blocks dropped here too
-            arch.put_block(student, i, arch.identity_block(student))
+        student = substitute(teacher, r["substituted"], cfg.compact, dropped=r.get("dropped", [])).requires_grad_(True)
+        started = time.perf_counter()
         distill.end_to_end(
             student, teacher, state.train_loader(cfg.run.seed + 3000 + r["step"]), ce, steps=budget_steps(state, r),
             accelerator=state.accelerator, desc=f"thesis procedure, blocks {r['substituted']}", labels_only=True,

@@ -12,7 +12,7 @@ from .. import arch, distill, importance
 from ..errors import StopRuleUnsatisfied
 from ..evaluate import kept_interval, per_example
 from ..files import write_text
-from ..substitute import check_drop_blocks, dropped_in_place, load_substitutes, substituted_blocks, swap_in
+from ..substitute import dropped_in_place, load_substitutes, substituted_blocks, swap_in
 from .state import RunState
 
 CSV_KEYS = ["step", "block", "substituted", "dropped", "params", "params_cut", "gmacs", "gmacs_cut", "score", "kept"]
@@ -108,7 +108,6 @@ def substitution_curve(state: RunState) -> None:
     student.requires_grad_(True)
     chosen, remaining, logs, half = None, list(range(n)), {}, None
     budget = dict(state.read("blockwise.json").get("budget") or {"steps": 0, "seconds": 0.0})
-    check_drop_blocks(cfg.drop_blocks, n)
     for k in range(1, min(n, cfg.max_blocks or n) + 1):
         block = _next_block(state, student, remaining, order)
         remaining.remove(block)
