@@ -246,7 +246,8 @@ class RunConfig:
     stop_rule: str = _help(
         "'recovered': the curve's last (most compressed) student if, after recovery, it keeps --min-kept on "
         "validation, else the last curve step that kept it before recovery, recovered (one recovery more when the "
-        "last fails); 'curve': the last curve step keeping --min-kept before recovery. Without recovery: 'curve'",
+        "last fails; when no step kept it, exit 2); 'curve': the last curve step keeping --min-kept before "
+        "recovery. Without recovery: 'curve'",
         default="recovered",
     )
     target_gmacs_cut: float | None = _help("stop once this fraction of GMACs is cut", default=None)

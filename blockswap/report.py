@@ -346,9 +346,14 @@ def _stop_rule_line(summary: dict | None, curve: dict) -> list[str]:
     """How the chosen step was chosen, when recovery moved it past the curve's own choice."""
     if not summary or summary.get("chosen_step") in (None, curve.get("chosen_step")):
         return []
+    before = (
+        "no step kept the minimum on validation"
+        if curve.get("chosen_step") is None
+        else f"step {curve.get('chosen_step')} was the last to keep the minimum on validation"
+    )
     return [
-        f"Stop rule `recovered`: before recovery, step {curve.get('chosen_step')} was the last to keep the minimum "
-        f"on validation; after recovery the last step's student keeps it, so it is the chosen one.",
+        f"Stop rule `recovered`: before recovery, {before}; after recovery the last step's student keeps it, so it "
+        "is the chosen one.",
         "",
     ]
 

@@ -97,10 +97,16 @@ def work_after(state: RunState, stage: str, *, recoveries: int = 0) -> float:
 LIKELY_RECOVERY_LIFT = 0.024
 
 
+def out_of_reach(cfg: Config, kept_before: float) -> bool:
+    """Whether a student keeping ``kept_before`` on validation will almost surely keep less than --min-kept after
+    recovery."""
+    return kept_before + LIKELY_RECOVERY_LIFT < cfg.run.min_kept
+
+
 def hopeless(cfg: Config, kept_before: float) -> bool:
     """Under --time-budget: a recovery of a student keeping ``kept_before`` on validation is not worth its share of
     the time, since it will almost surely end below --min-kept (without a budget the stop rule tries it anyway)."""
-    return cfg.run.time_budget is not None and kept_before + LIKELY_RECOVERY_LIFT < cfg.run.min_kept
+    return cfg.run.time_budget is not None and out_of_reach(cfg, kept_before)
 
 
 def recoveries_planned(cfg: Config) -> int:

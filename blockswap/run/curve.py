@@ -9,10 +9,12 @@ import io
 import time
 
 from .. import arch, distill, importance
+from ..config import Config
 from ..errors import StopRuleUnsatisfied
 from ..evaluate import kept_interval, per_example
 from ..files import write_text
 from ..substitute import dropped_in_place, load_substitutes, substituted_blocks, swap_in
+from .budget import out_of_reach
 from .state import RunState
 
 CSV_KEYS = ["step", "block", "substituted", "dropped", "params", "params_cut", "gmacs", "gmacs_cut", "score", "kept"]
@@ -150,12 +152,21 @@ def substitution_curve(state: RunState) -> None:
     write_text(state.path("curve.csv"), _csv(rows))
     _check_stop_rule(state, result)
     state.path("curve.unsatisfied.json").unlink(missing_ok=True)  # a resumed run's earlier, stricter rule
-    state.save_model(chosen[1], "model")
-    if chosen[0] != rows[-1]["step"]:  # the most compressed student too: to deploy or benchmark it
+    last = rows[-1]["step"]
+    if chosen is not None:
+        state.save_model(chosen[1], "model")
+    if result["chosen_step"] != last:  # the most compressed student too: to deploy, benchmark or recover it
         state.save_model(student, "model_last")
-    if half is not None and half[1] not in (chosen[0], rows[-1]["step"]):
+    if half is not None and half[1] not in (result["chosen_step"], last):
         state.save_model(half[2], f"model_step{half[1]}")
     state.write("curve.json", result)
+
+
+def rescued_by_recovery(cfg: Config, last_kept: float) -> bool:
+    """Whether a curve no step of which keeps --min-kept before recovery goes on to the recovery stage: under the
+    stop rule ``recovered`` its last student (keeping ``last_kept`` on validation), recovered, may still keep it (a
+    hybrid's untrained dropped block costs more before recovery than a substitute), unless it is out of reach."""
+    return cfg.run.stop_rule == "recovered" and cfg.distill.recovery_epochs > 0 and not out_of_reach(cfg, last_kept)
 
 
 def _check_stop_rule(state: RunState, result: dict) -> None:
@@ -163,16 +174,22 @@ def _check_stop_rule(state: RunState, result: dict) -> None:
     target_missed = cfg.target_gmacs_cut is not None and not any(r["gmacs_cut"] >= cfg.target_gmacs_cut for r in rows)
     if result["chosen_step"] is not None and not target_missed:
         return
+    best = max(r["kept"] for r in rows[1:])
+    if not target_missed and rescued_by_recovery(state.cfg, rows[-1]["kept"]):
+        state.log(
+            f"no step keeps >= {cfg.min_kept} of the teacher's {result['metric']} before recovery (best {best:.4f}); "
+            f"stop rule 'recovered': the last step's student is recovered and taken if it keeps it then"
+        )
+        return
     state.write("curve.unsatisfied.json", result)
     if target_missed:
         why = f"no step reached --target-gmacs-cut {cfg.target_gmacs_cut} (max {max(r['gmacs_cut'] for r in rows):.3f})"
     else:
-        best = max(r["kept"] for r in rows[1:])
         why = f"no step keeps >= {cfg.min_kept} of the teacher's {result['metric']} (best {best:.4f})"
-    raise StopRuleUnsatisfied(
-        f"{why}; the curve is in {state.path('curve.csv')}; relax the stop rule (--min-kept, --target-gmacs-cut, "
-        "--max-blocks) and --resume"
-    )
+    raise StopRuleUnsatisfied(f"{why}; the curve is in {state.path('curve.csv')}; {RELAX}")
+
+
+RELAX = "relax the stop rule (--min-kept, --target-gmacs-cut, --max-blocks) and --resume"
 
 
 def _csv(rows: list[dict]) -> str:

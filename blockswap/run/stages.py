@@ -13,13 +13,13 @@ from transformers import PreTrainedModel
 
 from .. import arch, deploy, distill, embed, export, importance, measure
 from ..data import load_source
-from ..errors import RunError
+from ..errors import RunError, StopRuleUnsatisfied
 from ..evaluate import kept_interval, logits_fn, per_example
 from ..substitute import make_compact, save_substitutes
 from ..train import StepBudget, default_base_model, train_teacher
 from ..vocab import prune_and_measure
 from . import budget as time_budget
-from .curve import key_rows, other_metrics
+from .curve import RELAX, key_rows, other_metrics
 from .state import RunState
 
 
@@ -153,8 +153,11 @@ def recovery(state: RunState) -> None:
         state.log(
             f"stop rule 'recovered': the last step's student keeps {entry['kept_validation_after']:.4f} [{low:.3f}, "
             f"{high:.3f}] of the teacher's validation score over {entry['n_validation']} texts after recovery, "
-            f"{'>=' if passed else '<'} --min-kept {run_cfg.min_kept}: the final student is step {final}"
+            f"{'>=' if passed else '<'} --min-kept {run_cfg.min_kept}: "
+            + (f"the final student is step {final}" if final is not None else "and no curve step kept it before")
         )
+    if final is None:  # no curve step kept --min-kept before recovery (curve.rescued_by_recovery), nor the last after
+        _unsatisfied(state, curve, students.get(str(last)))
     wanted = [chosen] if final == chosen else []
     if cfg.recover_last or cfg.recover_key:
         wanted.append(last)
@@ -178,6 +181,21 @@ def recovery(state: RunState) -> None:
         {"metric": curve["metric"], "stop_rule": run_cfg.stop_rule, "chosen_step": final,
          "curve_chosen_step": chosen, "students": students},
     )  # fmt: skip
+
+
+def _unsatisfied(state: RunState, curve: dict, last: dict | None) -> None:
+    """Ends a run whose curve kept --min-kept at no step and whose last student, recovered (``last``; None when
+    --time-budget left it unrecovered), does not either: its curve goes back to curve.unsatisfied.json, where a
+    --resume with a relaxed stop rule starts again (run.state.STOP_RULE_FIELDS may change until curve.json exists)."""
+    got = f", {last['kept_validation_after']:.4f} after recovery (RUN/{last['folder']})" if last else ""
+    best = max(r["kept"] for r in curve["rows"][1:])
+    state.write("curve.unsatisfied.json", {**curve, "recovered_last": last})
+    state.path("curve.json").unlink()
+    raise StopRuleUnsatisfied(
+        f"no step keeps >= {state.cfg.run.min_kept} of the teacher's {curve['metric']}: best {best:.4f} before "
+        f"recovery, the last step {curve['rows'][-1]['kept']:.4f} before{got}; the curve is in "
+        f"{state.path('curve.csv')}; {RELAX}"
+    )
 
 
 def _worth_trying(state: RunState, curve: dict, last: int) -> bool:
