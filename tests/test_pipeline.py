@@ -163,56 +163,6 @@ def test_unsatisfiable_stop_rule_still_writes_the_curve(tmp_path, capsys, tiny_c
         assert "the config differs" in capsys.readouterr().err
 
 
-def test_the_recovered_rule_delivers_the_last_student_when_no_curve_step_kept_enough_before_recovery(
-    tmp_path, capsys, monkeypatch, tiny_csv, tiny_teacher_dir
-):
-    """Under --stop-rule recovered a curve no step of which keeps --min-kept before recovery (as an untrained dropped
-    block often does) still recovers its last student, which becomes the final one when it keeps it then."""
-    from blockswap.run import curve as curve_stage
-
-    real_row, below = curve_stage._row, {"by": 0.01}
-
-    def weak_before_recovery(state, step, block, model, cost, teacher):
-        row, metrics = real_row(state, step, block, model, cost, teacher)
-        if teacher is not None:  # a student's row: it keeps a little less than --min-kept before recovery
-            row["kept"] = state.cfg.run.min_kept - below["by"]
-        else:  # the score recovery's kept is read against: 4x the teacher's, so that none keeps 0.9 of it
-            row["score"] *= 4
-        return row, metrics
-
-    monkeypatch.setattr(curve_stage, "_row", weak_before_recovery)
-    out = tmp_path / "run"
-    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
-    argv += ["--baselines", "none", "--mixed-precision", "no"]
-    capsys.readouterr()
-    assert main([*argv, "--stop-rule", "curve"]) == 2  # the curve's own rule: nothing to choose, as before
-    assert "no step keeps >= 0.01" in capsys.readouterr().err and not (out / "recovery.json").exists()
-    below["by"] = 0.1  # further below than recovery lifts a student one time in ten: not tried, exit 2 at once
-    assert main([*argv, "--resume", "--min-kept", "0.9"]) == 2
-    assert "no step keeps >= 0.9" in capsys.readouterr().err and not (out / "model_last_recovered").exists()
-    below["by"] = 0.01
-    assert main([*argv, "--resume", "--min-kept", "0.9"]) == 2  # nor does the last step after recovery: exit 2 ...
-    err = capsys.readouterr().err
-    assert "after recovery (RUN/model_last_recovered)" in err and "--resume" in err
-    assert len(err.strip().splitlines()) == 1
-    unsatisfied = json.loads((out / "curve.unsatisfied.json").read_text())
-    assert 0.01 < unsatisfied["recovered_last"]["kept_validation_after"] < 0.9
-    assert not (out / "curve.json").exists() and not (out / "recovery.json").exists()  # ... and nothing looks done
-    assert (out / "model_last_recovered").is_dir() and not (out / "model").exists()
-    # which a relaxed rule resumes (the stop rule may change: the curve is not complete)
-    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
-    curve = json.loads((out / "curve.json").read_text())
-    recovery = json.loads((out / "recovery.json").read_text())
-    summary = json.loads((out / "summary.json").read_text())
-    last = curve["rows"][-1]["step"]
-    assert curve["chosen_step"] is None and recovery["chosen_step"] == summary["chosen_step"] == last
-    assert recovery["students"][str(last)]["folder"] == "model_recovered" and not (out / "model").exists()
-    assert (out / "model_recovered").is_dir() and not (out / "curve.unsatisfied.json").exists()
-    evaluation = json.loads((out / "evaluation.json").read_text())
-    assert evaluation["student_source"].endswith("model_recovered")
-    assert "before recovery, no step kept the minimum" in (out / "report.md").read_text()
-
-
 def test_a_hybrid_run_drops_the_least_important_block_then_substitutes(tmp_path, capsys, tiny_csv, tiny_teacher_dir):
     from blockswap import arch, measure
 

@@ -240,19 +240,25 @@ def test_recovery_leaves_the_original_weights_when_frozen(tmp_path, capsys, tiny
     assert moved and all(f"layer.{sub}." in k for k in moved), sorted(moved)[:5]  # the substitute only
 
 
-def _stop_rule_chooses_step_one(monkeypatch, later: float = 0.5) -> None:
-    """Make step 1 the only step that satisfies the stop rule (the later ones keep ``later`` on validation); the
-    (full) curve goes on to step 3."""
+def _curve_keeps(monkeypatch, kept) -> None:
+    """Each curve step's validation kept is ``kept(state, step)`` (the teacher's row, step 0, is left alone)."""
     from blockswap.run import curve as curve_mod
 
     original = curve_mod._row
 
-    def step_one_only(state, step, *args):
+    def fixed(state, step, *args):
         row, metrics = original(state, step, *args)
-        row["kept"] = 1.0 if step <= 1 else later
+        if step:
+            row["kept"] = kept(state, step)
         return row, metrics
 
-    monkeypatch.setattr(curve_mod, "_row", step_one_only)
+    monkeypatch.setattr(curve_mod, "_row", fixed)
+
+
+def _stop_rule_chooses_step_one(monkeypatch, later: float = 0.5) -> None:
+    """Make step 1 the only step that satisfies the stop rule (the later ones keep ``later`` on validation); the
+    (full) curve goes on to step 3."""
+    _curve_keeps(monkeypatch, lambda state, step: 1.0 if step <= 1 else later)
 
 
 def test_recover_last_and_the_baselines_get_the_recovery_budget_too(
@@ -380,6 +386,45 @@ def test_the_recovered_stop_rule_falls_back_to_the_curves_choice(
     ours, theirs = (export.load(r / "model_recovered").state_dict() for r in runs.values())
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     assert "Stop rule `recovered`" not in (runs["recovered"] / "report.md").read_text()
+
+
+def test_the_recovered_stop_rule_recovers_the_last_step_when_no_curve_step_kept_enough(
+    tmp_path, capsys, tiny_csv, tiny_teacher_dir, monkeypatch
+):
+    """No curve step keeps --min-kept before recovery (as with a hybrid's untrained dropped block): the last step's
+    student is still recovered, and is the final one when it keeps --min-kept then; when it does not, or is beyond
+    what recovery adds one time in ten, the run exits 2 with nothing that looks done, resumable with a relaxed rule."""
+    below = {"by": 0.01}
+    _curve_keeps(monkeypatch, lambda state, step: state.cfg.run.min_kept - below["by"])
+    recovered = _recovered_validation_kept(monkeypatch, 0.85)
+    out = tmp_path / "run"
+    argv = ["run", "--teacher", str(tiny_teacher_dir), "--dataset", str(tiny_csv), "--out", str(out), *FAST]
+    argv += ["--recovery-epochs", "0.5", "--baselines", "none", "--min-kept", "0.9"]
+    assert main([*argv, "--stop-rule", "curve"]) == 2  # the curve's own rule: nothing to choose, as before
+    assert "no step keeps >= 0.9" in capsys.readouterr().err and recovered == []
+    below["by"] = 0.1  # further below than recovery lifts a student one time in ten: not tried
+    assert main([*argv, "--resume"]) == 2
+    assert "no step keeps >= 0.9" in capsys.readouterr().err and recovered == []
+    below["by"] = 0.01
+    assert main([*argv, "--resume"]) == 2  # tried; it keeps 0.85 after recovery: exit 2 ...
+    err = capsys.readouterr().err
+    assert recovered == [3] and "0.8500 after recovery (RUN/model_last_recovered)" in err and "--resume" in err
+    assert len(err.strip().splitlines()) == 1
+    assert json.loads((out / "curve.unsatisfied.json").read_text())["recovered_last"]["kept_validation_after"] == 0.85
+    assert not (out / "curve.json").exists() and not (out / "recovery.json").exists()  # ... and nothing looks done
+    assert (out / "model_last_recovered").is_dir() and not (out / "model").exists()
+    # a relaxed rule resumes (the stop rule may change until the curve is complete): the last step, recovered
+    assert main([*argv, "--resume", "--min-kept", "0.8"]) == 0, capsys.readouterr().err
+    assert recovered == [3, 3]
+    curve, rec, summary, ev = (
+        json.loads((out / f).read_text()) for f in ("curve.json", "recovery.json", "summary.json", "evaluation.json")
+    )
+    assert curve["chosen_step"] is None and rec["chosen_step"] == summary["chosen_step"] == 3
+    assert {k: v["folder"] for k, v in rec["students"].items()} == {"3": "model_recovered"}
+    assert not (out / "model").exists() and not (out / "curve.unsatisfied.json").exists()
+    assert ev["student_source"].endswith("model_recovered")
+    report = (out / "report.md").read_text()
+    assert "| 3 **(chosen)**" in report and "before recovery, no step kept the minimum" in report
 
 
 @pytest.mark.parametrize(
