@@ -157,7 +157,7 @@ def recovery(state: RunState) -> None:
             + (f"the final student is step {final}" if final is not None else "and no curve step kept it before")
         )
     if final is None:  # no curve step kept --min-kept before recovery (curve.rescued_by_recovery), nor the last after
-        _unsatisfied(state, curve, students.get(str(last)))
+        _unsatisfied(state, curve, students[str(last)])
     wanted = [chosen] if final == chosen else []
     if cfg.recover_last or cfg.recover_key:
         wanted.append(last)
@@ -183,17 +183,18 @@ def recovery(state: RunState) -> None:
     )  # fmt: skip
 
 
-def _unsatisfied(state: RunState, curve: dict, last: dict | None) -> None:
-    """Ends a run whose curve kept --min-kept at no step and whose last student, recovered (``last``; None when
-    --time-budget left it unrecovered), does not either: its curve goes back to curve.unsatisfied.json, where a
-    --resume with a relaxed stop rule starts again (run.state.STOP_RULE_FIELDS may change until curve.json exists)."""
-    got = f", {last['kept_validation_after']:.4f} after recovery (RUN/{last['folder']})" if last else ""
+def _unsatisfied(state: RunState, curve: dict, last: dict) -> None:
+    """Ends a run whose curve kept --min-kept at no step and whose last student, recovered (``last``, its entry), does
+    not either: its curve goes back to curve.unsatisfied.json, where a --resume with a relaxed stop rule starts again
+    (run.state.STOP_RULE_FIELDS may change until curve.json exists). The curve let it through only when in reach
+    (curve.rescued_by_recovery), so ``_worth_trying`` tried it even under --time-budget."""
     best = max(r["kept"] for r in curve["rows"][1:])
     state.write("curve.unsatisfied.json", {**curve, "recovered_last": last})
     state.path("curve.json").unlink()
     raise StopRuleUnsatisfied(
         f"no step keeps >= {state.cfg.run.min_kept} of the teacher's {curve['metric']}: best {best:.4f} before "
-        f"recovery, the last step {curve['rows'][-1]['kept']:.4f} before{got}; the curve is in "
+        f"recovery, the last step {curve['rows'][-1]['kept']:.4f} before and {last['kept_validation_after']:.4f} after "
+        f"recovery (RUN/{last['folder']}); the curve is in "
         f"{state.path('curve.csv')}; {RELAX}"
     )
 
